@@ -1,0 +1,147 @@
+"""nbtrack: every ``%%track`` cell of a notebook becomes a complete MLflow run.
+
+In a notebook::
+
+    %load_ext nbtrack
+
+    %%track
+    C = 0.1
+    clf = LogisticRegression(C=C).fit(X_train, y_train)
+    val_acc = clf.score(X_test, y_test)
+
+Importing nbtrack is cheap: MLflow, pandas and IPython's magics load only when needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load_ipython_extension",
+    "unload_ipython_extension",
+    "log_metric",
+    "log_param",
+    "log_figure",
+    "last_run",
+    "runs",
+    "unrecorded",
+    "__version__",
+]
+
+
+def load_ipython_extension(ipython) -> None:
+    """Register ``%%track`` and ``%track_config`` (``%load_ext nbtrack``)."""
+    from nbtrack.extension import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """Remove nbtrack's magics' hooks (``%unload_ext nbtrack``, ``%reload_ext nbtrack``)."""
+    from nbtrack.extension import unload
+
+    unload(ipython)
+
+
+def _tracker():
+    from nbtrack.session import current
+
+    return current()
+
+
+def log_metric(key: str, value: float, step: int | None = None) -> None:
+    """Log one point of a metric series in the running ``%%track`` cell.
+
+    Parameters
+    ----------
+    key
+        Metric name, e.g. ``"train_loss"``.
+    value
+        A number (Python or numpy).
+    step
+        The point's step; default: one more than the key's last step in this run.
+
+    Examples
+    --------
+    >>> for epoch in range(epochs):  # doctest: +SKIP
+    ...     nbtrack.log_metric("train_loss", loss, step=epoch)
+    """
+    tracker = _tracker()
+    if tracker is None:
+        from nbtrack import display
+
+        display.warn(f"nbtrack.log_metric({key!r}): load nbtrack with %load_ext nbtrack first.")
+        return
+    tracker.log_metric(key, value, step)
+
+
+def log_param(key: str, value: Any) -> None:
+    """Log a param in the running ``%%track`` cell (it wins over a detected one).
+
+    Examples
+    --------
+    >>> nbtrack.log_param("data_version", "2024-06")  # doctest: +SKIP
+    """
+    tracker = _tracker()
+    if tracker is None:
+        from nbtrack import display
+
+        display.warn(f"nbtrack.log_param({key!r}): load nbtrack with %load_ext nbtrack first.")
+        return
+    tracker.log_param(key, value)
+
+
+def log_figure(figure: Any, name: str | None = None) -> None:
+    """Log a matplotlib figure, as it looks now, in the running ``%%track`` cell.
+
+    Examples
+    --------
+    >>> nbtrack.log_figure(fig, "calibration")  # doctest: +SKIP
+    """
+    tracker = _tracker()
+    if tracker is None:
+        from nbtrack import display
+
+        display.warn("nbtrack.log_figure: load nbtrack with %load_ext nbtrack first.")
+        return
+    tracker.log_figure(figure, name)
+
+
+def last_run() -> str | None:
+    """The run id of the last tracked cell of this kernel, or None.
+
+    Examples
+    --------
+    >>> mlflow.get_run(nbtrack.last_run()).data.metrics  # doctest: +SKIP
+    """
+    tracker = _tracker()
+    return tracker.last_run_id if tracker is not None else None
+
+
+def unrecorded() -> list:
+    """Records of tracked cells the store did not accept in this kernel (kept, not lost)."""
+    tracker = _tracker()
+    return list(tracker.unrecorded) if tracker is not None else []
+
+
+def runs(experiment: str | None = None, filter: str | None = None, order_by=None):
+    """The experiment's runs as a pandas DataFrame (``mlflow.search_runs`` columns).
+
+    Parameters
+    ----------
+    experiment
+        Experiment name; default: the one tracked cells here go to.
+    filter
+        MLflow filter syntax, e.g. ``"metrics.val_auc > 0.9 and params.C = '0.1'"``.
+    order_by
+        MLflow order clauses, e.g. ``["metrics.val_auc DESC"]``.
+
+    Examples
+    --------
+    >>> nbtrack.runs(order_by=["metrics.val_auc DESC"]).head()  # doctest: +SKIP
+    """
+    from nbtrack import query
+
+    return query.runs(experiment=experiment, filter=filter, order_by=order_by, tracker=_tracker())

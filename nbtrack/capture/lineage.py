@@ -1,0 +1,124 @@
+"""Where a run came from: the notebook, its git state, the kernel's history, package versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nbtrack.capture.secrets import Redactor
+from nbtrack.config import git_root
+
+# Distribution name -> module whose presence in sys.modules means the user's code uses it.
+KEY_PACKAGES = {
+    "mlflow": "mlflow",
+    "scikit-learn": "sklearn",
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "scipy": "scipy",
+    "matplotlib": "matplotlib",
+    "torch": "torch",
+    "tensorflow": "tensorflow",
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
+    "ipython": "IPython",
+    "nbtrack": "nbtrack",
+}
+
+
+def notebook_path(environ: Mapping[str, str], namespace: Mapping[str, Any], cwd: Path) -> Path | None:
+    """Find the notebook the kernel runs, from what frontends and runners tell the kernel.
+
+    JupyterLab and Notebook 7 set ``JPY_SESSION_NAME``, VS Code binds ``__vsc_ipynb_file__``,
+    papermill sets ``PAPERMILL_INPUT_PATH``, and ``nbtrack run`` sets ``JPY_SESSION_NAME``.
+    """
+    candidates = [
+        namespace.get("__vsc_ipynb_file__"),
+        environ.get("JPY_SESSION_NAME"),
+        environ.get("PAPERMILL_INPUT_PATH"),
+    ]
+    for candidate in candidates:
+        if not candidate or not isinstance(candidate, str):
+            continue
+        path = Path(candidate)
+        if not path.is_absolute():
+            # JupyterLab gives a path relative to the server's root; the kernel runs in the
+            # notebook's folder, so the file name is what finds it.
+            for option in (cwd / path, cwd / path.name):
+                if option.exists():
+                    return option.resolve()
+            return (cwd / path.name).resolve()
+        return path
+    return None
+
+
+def git_state(folder: Path) -> dict[str, str]:
+    """Return the commit, dirty flag and branch of the repository holding ``folder`` (empty if none)."""
+    if git_root(folder) is None:
+        return {}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=folder, capture_output=True, text=True, timeout=5
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    state = {"commit": commit}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if status is not None:
+        state["dirty"] = "true" if status else "false"
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch:
+        state["branch"] = branch
+    return state
+
+
+def package_versions(modules: Mapping[str, Any] = sys.modules) -> dict[str, str]:
+    """Versions of the key packages the kernel has imported, plus Python's."""
+    versions = {"python": platform.python_version()}
+    for distribution, module in KEY_PACKAGES.items():
+        if module in modules:
+            try:
+                versions[distribution] = importlib.metadata.version(distribution)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def history_text(entries: Iterable[tuple[int, str]], redactor: Redactor) -> str:
+    """The kernel's execution history as one Python file, each entry headed ``# In[n]:``."""
+    parts = [f"# In[{count}]:\n{source.rstrip()}\n" for count, source in entries if source.strip()]
+    return redactor.redact("\n".join(parts))
+
+
+def notebook_snapshot(path: Path, redactor: Redactor) -> bytes | None:
+    """A copy of the saved notebook with secrets redacted, or None when it cannot be read."""
+    import nbformat
+
+    try:
+        notebook = nbformat.read(os.fspath(path), as_version=nbformat.NO_CONVERT)
+    except Exception:  # unreadable, not JSON, not a notebook: lineage goes on without it
+        return None
+    for cell in notebook.get("cells", []):
+        cell["source"] = redactor.redact(cell.get("source", ""))
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                text = output["text"]
+                output["text"] = redactor.redact("".join(text) if isinstance(text, list) else text)
+            data = output.get("data", {})
+            for mime in ("text/plain", "text/html", "text/markdown"):
+                if mime in data:
+                    value = data[mime]
+                    data[mime] = redactor.redact("".join(value) if isinstance(value, list) else value)
+    return nbformat.writes(notebook).encode()

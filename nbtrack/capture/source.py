@@ -1,0 +1,221 @@
+"""What a cell's source says it does: which names it binds, to what kind of expression, which it
+reads, what it fits. Pure AST analysis; the cell is never evaluated again.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any
+
+FIT_METHODS = frozenset({"fit", "fit_transform", "fit_predict", "partial_fit"})
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class CellSyntax:
+    """The names a cell's code binds and reads, as far as its source shows."""
+
+    parsed: bool = True
+    literal_bindings: dict[str, Any] = field(default_factory=dict)
+    computed_names: tuple[str, ...] = ()
+    loop_variables: frozenset[str] = frozenset()
+    read_names: tuple[str, ...] = ()
+    # estimator name -> name of the first argument given to its fit call (None when not a plain name)
+    fitted: dict[str, str | None] = field(default_factory=dict)
+    uses_mlflow: bool = False
+    starts_own_run: bool = False
+
+    @property
+    def bound_names(self) -> tuple[str, ...]:
+        """Every name the cell binds at notebook level, literal or computed, in order."""
+        names = list(self.literal_bindings)
+        names += [n for n in self.computed_names if n not in self.literal_bindings]
+        return tuple(names)
+
+
+def analyze(source: str) -> CellSyntax:
+    """Analyze Python source (IPython syntax already transformed).
+
+    >>> analyze("C = 0.1\\nacc = model.score(X, y)").literal_bindings
+    {'C': 0.1}
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return CellSyntax(parsed=False)
+    visitor = _BindingVisitor()
+    for statement in tree.body:
+        visitor.statement(statement)
+    reads = _read_names(tree)
+    literal = {k: v for k, v in visitor.literals.items() if k not in visitor.computed}
+    computed = tuple(dict.fromkeys(n for n in visitor.computed_order if n in visitor.computed))
+    return CellSyntax(
+        literal_bindings=literal,
+        computed_names=computed,
+        loop_variables=frozenset(visitor.loop_variables),
+        read_names=reads,
+        fitted=dict(visitor.fitted),
+        uses_mlflow=_uses_mlflow(tree),
+        starts_own_run=any(
+            isinstance(node, ast.Attribute) and node.attr == "start_run" for node in ast.walk(tree)
+        ),
+    )
+
+
+class _BindingVisitor:
+    """Walk statements at notebook level (not inside functions or classes) and sort bindings."""
+
+    def __init__(self) -> None:
+        self.literals: dict[str, Any] = {}
+        self.computed: set[str] = set()
+        self.computed_order: list[str] = []
+        self.loop_variables: set[str] = set()
+        self.fitted: dict[str, str | None] = {}
+
+    def _bind(self, name: str, value: Any = _UNSET) -> None:
+        if value is _UNSET:
+            self.computed.add(name)
+            self.computed_order.append(name)
+            self.literals.pop(name, None)
+        else:
+            self.literals[name] = value
+            self.computed.discard(name)
+
+    def statement(self, node: ast.stmt) -> None:
+        self._find_fit_calls(node)
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                self._assign(target, node.value)
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            self._assign(node.target, node.value)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            self._bind(node.target.id)
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
+            self.loop_variables.update(_target_names(node.target))
+            for child in node.body + node.orelse:
+                self.statement(child)
+        elif isinstance(node, (ast.While, ast.If)):
+            for child in node.body + node.orelse:
+                self.statement(child)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    for name in _target_names(item.optional_vars):
+                        self._bind(name)
+            for child in node.body:
+                self.statement(child)
+        elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+            for child in node.body + node.orelse + node.finalbody:
+                self.statement(child)
+            for handler in node.handlers:
+                for child in handler.body:
+                    self.statement(child)
+        elif isinstance(node, ast.Match):
+            for case in node.cases:
+                for child in case.body:
+                    self.statement(child)
+        # Walrus bindings anywhere at this level are computed values.
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.NamedExpr) and isinstance(sub.target, ast.Name):
+                self._bind(sub.target.id)
+
+    def _assign(self, target: ast.expr, value: ast.expr) -> None:
+        if isinstance(target, ast.Name):
+            literal = _literal(value)
+            self._bind(target.id, literal)
+            fit_input = _chained_fit_input(value)
+            if fit_input is not _UNSET:
+                self.fitted[target.id] = fit_input
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            values = value.elts if isinstance(value, (ast.Tuple, ast.List)) else None
+            if values is not None and len(values) == len(target.elts):
+                for sub_target, sub_value in zip(target.elts, values):
+                    self._assign(sub_target, sub_value)
+            else:
+                for name in _target_names(target):
+                    self._bind(name)
+        # Attribute and subscript targets change objects, they bind no name.
+
+    def _find_fit_calls(self, node: ast.stmt) -> None:
+        for sub in _walk_skipping_scopes(node):
+            if (
+                isinstance(sub, ast.Call)
+                and isinstance(sub.func, ast.Attribute)
+                and sub.func.attr in FIT_METHODS
+                and isinstance(sub.func.value, ast.Name)
+            ):
+                receiver = sub.func.value.id
+                first = _first_arg_name(sub)
+                if receiver not in self.fitted or self.fitted[receiver] is None:
+                    self.fitted[receiver] = first
+
+
+def _literal(value: ast.expr) -> Any:
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return _UNSET
+
+
+def _first_arg_name(call: ast.Call) -> str | None:
+    if call.args and isinstance(call.args[0], ast.Name):
+        return call.args[0].id
+    for keyword in call.keywords:
+        if keyword.arg == "X" and isinstance(keyword.value, ast.Name):
+            return keyword.value.id
+    return None
+
+
+def _chained_fit_input(value: ast.expr) -> Any:
+    """For ``m = Model(...).fit(X, y)``: the name of X (None if not a name); else _UNSET."""
+    if (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in FIT_METHODS
+        and not isinstance(value.func.value, ast.Name)
+    ):
+        return _first_arg_name(value)
+    return _UNSET
+
+
+def _target_names(target: ast.expr) -> list[str]:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for elt in target.elts for name in _target_names(elt)]
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    return []
+
+
+def _walk_skipping_scopes(node: ast.AST):
+    """ast.walk, but not into function or class bodies (their names are not the notebook's)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        for child in ast.iter_child_nodes(current):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue
+            stack.append(child)
+
+
+def _read_names(tree: ast.Module) -> tuple[str, ...]:
+    names = [
+        node.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+    ]
+    return tuple(dict.fromkeys(names))
+
+
+def _uses_mlflow(tree: ast.Module) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == "mlflow":
+            return True
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "mlflow" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mlflow":
+            return True
+    return False

@@ -1,0 +1,67 @@
+"""Settings: traitlets for ``%config Nbtrack.x = ...`` and ``ipython_config.py``, plus MLflow's
+environment variables, which always keep their meaning.
+
+Example::
+
+    %config Nbtrack.figures = False       # stop capturing figures in this kernel
+    c.Nbtrack.experiment = "churn"        # in ipython_config.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets import Bool, Int, Unicode
+from traitlets.config import Configurable
+
+
+class Nbtrack(Configurable):
+    """What ``%%track`` captures by default, and where it writes."""
+
+    experiment = Unicode(
+        "",
+        help="Experiment for tracked cells; empty: MLFLOW_EXPERIMENT_NAME, else the project's name.",
+    ).tag(config=True)
+    figures = Bool(True, help="Log matplotlib figures the cell shows as PNG artifacts.").tag(
+        config=True
+    )
+    models = Bool(True, help="Log fitted scikit-learn estimators with MLflow's sklearn flavor.").tag(
+        config=True
+    )
+    datasets = Bool(True, help="Log DataFrames and arrays the cell uses as dataset inputs.").tag(
+        config=True
+    )
+    history = Bool(True, help="Log the kernel's execution history up to the tracked cell.").tag(
+        config=True
+    )
+    notebook_snapshot = Bool(True, help="Log a copy of the .ipynb when its path is known.").tag(
+        config=True
+    )
+    summary = Bool(True, help="Print one summary line after each tracked cell.").tag(config=True)
+    max_collection_items = Int(
+        20, help="Lists, tuples and dicts longer than this are not recorded as params."
+    ).tag(config=True)
+
+
+def project_name(start: Path) -> str:
+    """Name the project a notebook belongs to: its git repository's root folder, else its folder."""
+    root = git_root(start)
+    return (root or start).resolve().name or "Default"
+
+
+def git_root(start: Path) -> Path | None:
+    """Return the root of the git repository holding ``start``, or None."""
+    for folder in [start.resolve(), *start.resolve().parents]:
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def resolve_experiment(option: str | None, configured: str, notebook_dir: Path) -> str:
+    """Pick the experiment: ``-e`` first, then ``%track_config`` / traitlet, then
+    ``MLFLOW_EXPERIMENT_NAME``, then the project's name."""
+    for candidate in (option, configured, os.environ.get("MLFLOW_EXPERIMENT_NAME")):
+        if candidate:
+            return candidate
+    return project_name(notebook_dir)

@@ -1,0 +1,68 @@
+"""Every message nbtrack shows the user goes through here.
+
+A summary is one line on stdout after a tracked cell; a warning is one line on stderr. Both start
+with ``nbtrack:`` so they are told apart from the cell's own output.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from nbtrack.record import FINISHED, CellRecord, RunOutcome
+
+PREFIX = "nbtrack:"
+
+
+def warn(message: str) -> None:
+    """Show one warning line about something nbtrack could not do."""
+    line = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"{PREFIX} {line}", file=sys.stderr, flush=True)
+
+
+def info(message: str) -> None:
+    """Show one informational line."""
+    print(f"{PREFIX} {message}", flush=True)
+
+
+def short_error(error: BaseException) -> str:
+    """``TypeName: message`` on one line, cut to a readable length."""
+    text = " ".join(str(error).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def summary_line(record: CellRecord, outcome: RunOutcome) -> str:
+    """Return the line shown after a tracked cell, e.g.
+
+    ``nbtrack: run 'logreg' FINISHED · 4 params, 2 metrics, 1 figure, model clf · experiment 'demo'``.
+    """
+    counts = record.summary_counts()
+    parts = [
+        _plural(counts["params"], "param"),
+        _plural(counts["metrics"], "metric"),
+        _plural(counts["figures"], "figure"),
+    ]
+    if record.models:
+        parts.append("model " + ", ".join(m.name for m in record.models))
+    if counts["datasets"]:
+        parts.append(_plural(counts["datasets"], "dataset"))
+    status = "" if record.status == FINISHED else f" {record.status}"
+    where = f"experiment '{outcome.experiment}'"
+    if outcome.run_id is None:
+        head = f"run '{record.run_name}'{status} NOT recorded"
+    else:
+        head = f"run '{record.run_name}'{status} ({outcome.run_id[:8]})"
+    line = f"{PREFIX} {head} · {', '.join(parts)} · {where}"
+    if outcome.registered:
+        line += f" · registered {outcome.registered}"
+    return line
+
+
+def show_summary(record: CellRecord, outcome: RunOutcome) -> None:
+    """Print the summary line for a tracked cell."""
+    print(summary_line(record, outcome), flush=True)

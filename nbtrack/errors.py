@@ -1,0 +1,17 @@
+"""nbtrack's own errors. No IPython here: the magics turn these into ``UsageError``."""
+
+
+class NbtrackError(Exception):
+    """Base of every error nbtrack raises on purpose; its message is meant for the user."""
+
+
+class BadOptionError(NbtrackError):
+    """A ``%%track`` / ``%track_config`` option or a CLI argument is malformed."""
+
+
+class StoreError(NbtrackError):
+    """The MLflow store could not be read or written."""
+
+
+class NotebookError(NbtrackError):
+    """A notebook given to nbtrack is missing, unreadable or not what the command needs."""

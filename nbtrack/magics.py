@@ -1,0 +1,237 @@
+"""The IPython layer: ``%%track`` and ``%track_config``, and the shell hooks behind them.
+
+A ``%%track`` cell is run by IPython itself, exactly as if the ``%%track`` line were not there: an
+input transformer removes that line, and the ``pre_run_cell`` / ``post_run_cell`` events begin and
+end the run. So the cell's output, its ``Out[n]``, its traceback and its error status are IPython's
+own, untouched. Everything else happens in :mod:`nbtrack.session`, which knows nothing of IPython.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from IPython.core.error import UsageError
+from IPython.core.formatters import BaseFormatter
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import ObjectName, Unicode
+
+from nbtrack import display
+from nbtrack.errors import BadOptionError
+from nbtrack.session import CellContext, Tracker, TrackOptions
+
+_TRACK_LINE = re.compile(r"^%%track(?P<args>(\s.*)?)$")
+
+
+def _comma_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _tags(pairs: list[str] | None) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadOptionError(f"-t/--tag takes KEY=VALUE, got {pair!r}.")
+        tags[key.strip()] = value
+    return tags
+
+
+class _FigureTap(BaseFormatter):
+    """A display formatter that sees every matplotlib figure the shell displays and adds nothing
+    to the output (it returns None), so what the cell shows is unchanged."""
+
+    format_type = Unicode("application/vnd.nbtrack.figure-tap")
+    print_method = ObjectName("_nbtrack_figure_tap_")
+
+    def __init__(self, tracker: Tracker, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._tracker = tracker
+        self.for_type_by_name("matplotlib.figure", "Figure", self._tap)
+
+    def _tap(self, figure) -> None:
+        try:
+            self._tracker.figure_shown(figure)
+        except Exception as error:  # a figure nbtrack cannot read must not change the display
+            display.warn(f"figure not logged: {display.short_error(error)}")
+        return None
+
+
+@magics_class
+class TrackMagics(Magics):
+    """``%%track`` turns a cell's execution into an MLflow run; ``%track_config`` sets defaults."""
+
+    def __init__(self, shell, tracker: Tracker) -> None:
+        super().__init__(shell)
+        self.tracker = tracker
+        self._tracked_info = None
+        self._figure_tap = _FigureTap(tracker, parent=shell.display_formatter)
+
+    # -- magics ------------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-e", "--experiment", help="MLflow experiment (default: the project's name).")
+    @argument("-n", "--name", help="Run name (default: notebook name and execution count).")
+    @argument("-t", "--tag", action="append", metavar="KEY=VALUE", help="Run tag; repeatable.")
+    @argument("--params", metavar="NAMES", help="Comma list of names to log as params, "
+              "instead of detecting them.")
+    @argument("--metrics", metavar="NAMES", help="Comma list of names to log as metrics, "
+              "instead of detecting them.")
+    @argument("--no-figures", action="store_true", help="Do not log the cell's figures.")
+    @argument("--no-model", action="store_true", help="Do not log fitted estimators as models.")
+    @argument("--register", metavar="MODEL_NAME",
+              help="Register the logged model as a new version of MODEL_NAME.")
+    @cell_magic
+    def track(self, line: str, cell: str):
+        """Run the cell and record the execution as an MLflow run.
+
+        Captured: params (literals the cell binds, simple values it reads from earlier cells,
+        hyperparameters of estimators it fits), metrics (numbers it computes, and
+        ``nbtrack.log_metric`` series), matplotlib figures, fitted scikit-learn models, the
+        DataFrames and arrays it uses, and lineage (source, history, notebook, git, versions).
+
+        Example::
+
+            %%track -n logreg -t stage=baseline
+            C = 0.1
+            clf = LogisticRegression(C=C).fit(X_train, y_train)
+            val_acc = clf.score(X_test, y_test)
+        """
+        options = self.parse_options(line)
+        # Reached only when called directly (run_cell_magic): a typed %%track cell is run by
+        # IPython itself, see the module docstring. Run the body as a cell of its own.
+        self._begin(cell, options, cell_id=None, raw=f"%%track {line}\n{cell}")
+        info_guard, self._tracked_info = self._tracked_info, None
+        result = self.shell.run_cell(cell, store_history=False)
+        self._tracked_info = info_guard
+        self.tracker.end(self.shell.user_ns, result.error_in_exec or result.error_before_exec)
+
+    @magic_arguments()
+    @argument("-e", "--experiment", help="Experiment for the following tracked cells.")
+    @line_magic
+    def track_config(self, line: str) -> None:
+        """Set the experiment for tracked cells, or show where tracked cells go.
+
+        Example: ``%track_config -e churn-model``. Other settings: ``%config Nbtrack``.
+        """
+        args = parse_argstring(self.track_config, line)
+        if args.experiment is not None:
+            self.tracker.configured_experiment = args.experiment.strip()
+        experiment = self.tracker.experiment_for(None, Path.cwd())
+        display.info(
+            f"tracked cells go to experiment '{experiment}' in {self.tracker.recorder.tracking_uri}"
+        )
+
+    def parse_options(self, line: str) -> TrackOptions:
+        """Parse a ``%%track`` line's arguments; raise UsageError naming what is wrong."""
+        try:
+            args = parse_argstring(self.track, line)
+            return TrackOptions(
+                experiment=args.experiment,
+                name=args.name,
+                tags=_tags(args.tag),
+                params=_comma_list(args.params),
+                metrics=_comma_list(args.metrics),
+                figures=not args.no_figures,
+                model=not args.no_model,
+                register=args.register,
+            )
+        except BadOptionError as error:
+            raise UsageError(f"%%track: {error}") from None
+        except (UsageError, ValueError) as error:  # ValueError: shlex on unbalanced quotes
+            raise UsageError(f"%%track: {error} See %%track? for the options.") from None
+
+    # -- shell hooks -------------------------------------------------------------------------
+
+    def strip_track_line(self, lines: list[str]) -> list[str]:
+        """Input transformer: drop a valid ``%%track`` line so IPython runs the body itself.
+
+        An invalid line is left in place: IPython then calls the magic, whose UsageError says
+        what is wrong, and the cell does not run.
+        """
+        if not lines:
+            return lines
+        match = _TRACK_LINE.match(lines[0].rstrip("\r\n"))
+        if match is None or match.group("args").rstrip().endswith("?"):
+            return lines
+        try:
+            self.parse_options(match.group("args"))
+        except UsageError:
+            return lines
+        return lines[1:]
+
+    def pre_run_cell(self, info) -> None:
+        """Begin a run when the cell about to run starts with ``%%track``."""
+        self._tracked_info = None
+        raw = info.raw_cell.lstrip("\r\n")
+        first, _, body = raw.partition("\n")
+        match = _TRACK_LINE.match(first.rstrip("\r"))
+        if match is None or match.group("args").rstrip().endswith("?"):
+            return
+        try:
+            options = self.parse_options(match.group("args"))
+        except UsageError:
+            return  # the magic itself reports it when IPython calls it
+        try:
+            self._begin(body, options, cell_id=getattr(info, "cell_id", None), raw=info.raw_cell)
+            self._tracked_info = info
+        except Exception as error:
+            display.warn(f"this cell runs untracked: {display.short_error(error)}")
+
+    def post_run_cell(self, result) -> None:
+        """End the run of the tracked cell that just ran."""
+        if self._tracked_info is None or result.info is not self._tracked_info:
+            return
+        self._tracked_info = None
+        try:
+            self.tracker.end(self.shell.user_ns, result.error_in_exec or result.error_before_exec)
+        except Exception as error:  # Tracker.end reports its own problems; this is a last guard
+            display.warn(f"run not recorded: {display.short_error(error)}")
+
+    def _begin(self, body: str, options: TrackOptions, cell_id, raw: str | None = None) -> None:
+        shell = self.shell
+        try:
+            code = shell.transform_cell(body)
+        except Exception:  # IPython syntax it cannot transform: analyze nothing, still track
+            code = ""
+        history = tuple(
+            (count, source)
+            for count, source in enumerate(shell.history_manager.input_hist_raw)
+            if count and source and count < shell.execution_count
+        )
+        cell = CellContext(
+            raw_source=raw if raw is not None else body,
+            code=code,
+            execution_count=shell.execution_count,
+            cell_id=cell_id,
+            history=history,
+            cwd=Path.cwd(),
+        )
+        self.tracker.begin(cell, options, shell.user_ns)
+
+    # -- installing and removing -------------------------------------------------------------
+
+    def install(self) -> None:
+        """Register the hooks this class needs on its shell."""
+        shell = self.shell
+        shell.input_transformers_cleanup.append(self.strip_track_line)
+        shell.events.register("pre_run_cell", self.pre_run_cell)
+        shell.events.register("post_run_cell", self.post_run_cell)
+        shell.display_formatter.formatters[self._figure_tap.format_type] = self._figure_tap
+
+    def uninstall(self) -> None:
+        """Remove every hook :meth:`install` registered."""
+        shell = self.shell
+        if self.strip_track_line in shell.input_transformers_cleanup:
+            shell.input_transformers_cleanup.remove(self.strip_track_line)
+        for event, callback in (("pre_run_cell", self.pre_run_cell),
+                                ("post_run_cell", self.post_run_cell)):
+            try:
+                shell.events.unregister(event, callback)
+            except ValueError:
+                pass  # already gone: unregistering twice is harmless
+        shell.display_formatter.formatters.pop(self._figure_tap.format_type, None)
+

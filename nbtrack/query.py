@@ -1,0 +1,116 @@
+"""Reading runs back from MLflow, for the API, the board and the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri=None):
+    """The experiment's runs as a DataFrame, as ``mlflow.search_runs`` returns them.
+
+    ``experiment`` defaults to the one tracked cells in the current folder go to.
+    """
+    import mlflow
+
+    from nbtrack.errors import NbtrackError
+
+    if experiment is None:
+        if tracker is not None:
+            experiment = tracker.experiment_for(None, Path.cwd())
+        else:
+            from nbtrack.config import resolve_experiment
+
+            experiment = resolve_experiment(None, "", Path.cwd())
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise NbtrackError(
+            f"no experiment named {experiment!r} in {client.tracking_uri}: track a cell into it "
+            "first, or pass experiment=... (mlflow experiments search lists them)."
+        )
+    if isinstance(order_by, str):
+        order_by = [order_by]
+    with _tracking_uri(tracking_uri):
+        return mlflow.search_runs(
+            experiment_ids=[found.experiment_id], filter_string=filter or "", order_by=order_by
+        )
+
+
+class _tracking_uri:
+    """Point MLflow's fluent API at ``uri`` for a moment (no-op for None)."""
+
+    def __init__(self, uri):
+        self.uri = uri
+        self.previous = None
+
+    def __enter__(self):
+        if self.uri:
+            import mlflow
+
+            self.previous = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(self.uri)
+
+    def __exit__(self, *exc):
+        if self.uri:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.previous)
+
+
+def leaderboard(experiment=None, metric=None, ascending=False, top=50, tracker=None,
+                tracking_uri=None):
+    """Rank an experiment's runs by a metric, as the board and ``nbtrack runs`` show them.
+
+    Parameters
+    ----------
+    metric
+        The metric to rank by; default: the metric most runs have.
+    ascending
+        Rank lowest first (for losses and errors).
+    top
+        How many runs to keep.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row a run: ``rank``, ``run``, ``status``, ``start_time``, ``notebook``, the metrics,
+        the params whose values differ between the listed runs, and ``run_id``.
+    """
+    table = runs(experiment=experiment, tracker=tracker, tracking_uri=tracking_uri)
+    return rank(table, metric=metric, ascending=ascending, top=top)
+
+
+def rank(table, metric=None, ascending=False, top=50):
+    """Rank a ``search_runs`` DataFrame (see :func:`leaderboard`)."""
+    import pandas as pd
+
+    metric_columns = [c for c in table.columns if c.startswith("metrics.")]
+    if metric is None and metric_columns:
+        counts = table[metric_columns].notna().sum()
+        metric = sorted(metric_columns, key=lambda c: (-counts[c], c))[0][len("metrics."):]
+    column = f"metrics.{metric}" if metric else None
+    if column and column not in table.columns:
+        from nbtrack.errors import NbtrackError
+
+        known = ", ".join(c[len("metrics."):] for c in metric_columns) or "none yet"
+        raise NbtrackError(f"no run has a metric {metric!r}; metrics here: {known}.")
+    if column:
+        table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+    table = table.head(top).reset_index(drop=True)
+    board = pd.DataFrame({
+        "rank": range(1, len(table) + 1),
+        "run": table.get("tags.mlflow.runName"),
+        "status": table.get("status"),
+        "start_time": table.get("start_time"),
+        "notebook": table.get("tags.nbtrack.notebook"),
+    })
+    ordered = ([column] if column else []) + sorted(c for c in metric_columns if c != column)
+    for name in ordered:
+        board[name[len("metrics."):]] = table[name].values
+    for name in sorted(c for c in table.columns if c.startswith("params.")):
+        values = table[name].dropna()
+        if values.nunique() > 1 or (len(values) and values.size < len(table)):
+            board[name] = table[name].values
+    board["run_id"] = table["run_id"].values if "run_id" in table else None
+    board.attrs["metric"] = metric
+    return board

@@ -1,0 +1,97 @@
+"""The values that flow from capture to the recorder.
+
+A tracked cell produces one :class:`CellRecord`. Capture builds it from the live namespace;
+the recorder turns it into MLflow calls. Nothing here imports MLflow or IPython.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+KILLED = "KILLED"
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One point of a metric series logged with ``nbtrack.log_metric``."""
+
+    key: str
+    value: float
+    step: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file to store under the run's artifacts, at ``path`` (relative, '/'-separated)."""
+
+    path: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class ModelCapture:
+    """A fitted estimator the cell bound, with a small sample of what it was fitted on.
+
+    ``estimator`` is the live object: the recorder serializes it with MLflow's sklearn flavor.
+    """
+
+    name: str
+    estimator: Any
+    input_example: Any = None
+
+
+@dataclass(frozen=True)
+class DataCapture:
+    """A DataFrame or array the cell read or bound; the recorder logs it as a dataset input."""
+
+    name: str
+    data: Any
+    context: str  # "read" or "bound"
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """Everything one execution of a tracked cell yields, ready to be written as one MLflow run."""
+
+    experiment: str
+    run_name: str
+    start_time_ms: int
+    end_time_ms: int
+    status: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    series: tuple[MetricPoint, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: tuple[Artifact, ...] = ()
+    models: tuple[ModelCapture, ...] = ()
+    datasets: tuple[DataCapture, ...] = ()
+    register_as: str | None = None
+    # Set when the run was opened before the cell ran, so the cell's own mlflow.log_* calls land in it.
+    run_id: str | None = None
+
+    def summary_counts(self) -> dict[str, int]:
+        """Count what the run holds, for the one-line summary after the cell."""
+        figures = sum(1 for a in self.artifacts if a.path.startswith("figures/"))
+        return {
+            "params": len(self.params),
+            "metrics": len(self.metrics) + len({p.key for p in self.series} - set(self.metrics)),
+            "figures": figures,
+            "models": len(self.models),
+            "datasets": len(self.datasets),
+        }
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the recorder did with a record: the run it wrote and what it could not write."""
+
+    run_id: str | None
+    experiment: str
+    tracking_uri: str
+    model_uris: dict[str, str] = field(default_factory=dict)
+    registered: str | None = None  # "name vN"
+    problems: tuple[str, ...] = ()

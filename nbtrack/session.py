@@ -1,0 +1,520 @@
+"""One kernel's tracking: begin a tracked cell, collect what it logs, end it as a record.
+
+Plain Python, no IPython: the magics module calls :meth:`Tracker.begin` before a tracked cell runs
+and :meth:`Tracker.end` after, handing over the namespace and the cell's exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbtrack import display, sanitize
+from nbtrack.display import short_error as _short
+from nbtrack.capture import datasets, estimators, lineage
+from nbtrack.capture.figures import FigureCollector
+from nbtrack.capture.secrets import Redactor, is_secret_name
+from nbtrack.capture.source import CellSyntax, analyze
+from nbtrack.capture.values import flatten_param, metric_number, param_text
+from nbtrack.config import Nbtrack, resolve_experiment
+from nbtrack.record import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    Artifact,
+    CellRecord,
+    MetricPoint,
+    ModelCapture,
+    RunOutcome,
+)
+
+# Names IPython itself binds in the user namespace: never params, metrics or data.
+_SHELL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+
+
+def _is_shell_name(name: str) -> bool:
+    return name in _SHELL_NAMES or name.startswith("_")
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, as MLflow stores times."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """What ``%%track`` was asked to do (see ``%%track?``)."""
+
+    experiment: str | None = None
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] | None = None
+    figures: bool = True
+    model: bool = True
+    register: str | None = None
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """What the shell knows about the cell about to run."""
+
+    raw_source: str
+    code: str  # the cell body as Python (IPython syntax already transformed)
+    execution_count: int | None = None
+    cell_id: str | None = None
+    history: tuple[tuple[int, str], ...] = ()  # earlier inputs of this kernel, in order
+    cwd: Path = field(default_factory=Path.cwd)
+
+
+@dataclass
+class _ActiveCell:
+    """The tracked cell that is running now, and what it has logged so far."""
+
+    cell: CellContext
+    options: TrackOptions
+    syntax: CellSyntax
+    experiment: str
+    run_name: str
+    notebook: Path | None
+    started_ms: int
+    read_params: dict[str, Any]
+    names_before: frozenset[str]
+    figures: FigureCollector
+    run_id: str | None = None
+    explicit_params: dict[str, Any] = field(default_factory=dict)
+    series: list[MetricPoint] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+class Tracker:
+    """Tracks the cells of one kernel.
+
+    Parameters
+    ----------
+    settings
+        The :class:`~nbtrack.config.Nbtrack` configurable holding defaults.
+    recorder
+        Writes records to MLflow; created on first use when not given.
+    environ
+        The environment (``os.environ``): notebook path and secrets are read from it.
+    """
+
+    def __init__(self, settings: Nbtrack | None = None, recorder: Any = None, environ=None):
+        self.settings = settings or Nbtrack()
+        self._recorder = recorder
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.active: _ActiveCell | None = None
+        self.last_run_id: str | None = None
+        self.configured_experiment: str = ""
+        self.unrecorded: list[CellRecord] = []
+        self._previous_runs: dict[str, str] = {}
+
+    @property
+    def recorder(self):
+        """The recorder, imported on first use so that loading nbtrack stays fast."""
+        if self._recorder is None:
+            from nbtrack.recorder import Recorder
+
+            self._recorder = Recorder()
+        return self._recorder
+
+    def experiment_for(self, option: str | None, cwd: Path, notebook: Path | None = None) -> str:
+        """The experiment a cell with ``-e option`` in ``cwd`` would write to."""
+        configured = self.configured_experiment or self.settings.experiment
+        folder = notebook.parent if notebook is not None else cwd
+        return resolve_experiment(option, configured, folder)
+
+    # -- the cell's life ---------------------------------------------------------------------
+
+    def begin(self, cell: CellContext, options: TrackOptions, namespace: Mapping[str, Any]) -> None:
+        """Start tracking a cell that is about to run in ``namespace``."""
+        if self.active is not None:  # a cell that never ended (its post hook did not run)
+            self.end(namespace, None)
+        syntax = analyze(cell.code)
+        notebook = lineage.notebook_path(self.environ, namespace, cell.cwd)
+        collector = FigureCollector()
+        collector.start()
+        active = _ActiveCell(
+            cell=cell,
+            options=options,
+            syntax=syntax,
+            experiment=self.experiment_for(options.experiment, cell.cwd, notebook),
+            run_name=options.name or _default_run_name(notebook, cell.execution_count),
+            notebook=notebook,
+            started_ms=now_ms(),
+            read_params=_read_params(syntax, namespace, self.settings.max_collection_items),
+            names_before=frozenset(namespace),
+            figures=collector,
+        )
+        self.active = active
+        if syntax.uses_mlflow and not syntax.starts_own_run:
+            # The cell calls mlflow.log_* itself: open the run now so those calls land in it.
+            try:
+                active.run_id = self.recorder.open_run(
+                    active.experiment, active.run_name, active.started_ms
+                )
+            except Exception as error:
+                display.warn(
+                    f"could not open run '{active.run_name}' before the cell "
+                    f"({_short(error)}); the cell's own mlflow calls go to MLflow's default run."
+                )
+
+    def end(self, namespace: Mapping[str, Any], error: BaseException | None) -> RunOutcome | None:
+        """Finish the running tracked cell: capture, record, summarize. Never raises."""
+        active, self.active = self.active, None
+        if active is None:
+            return None
+        ended_ms = now_ms()
+        try:
+            record = self._build_record(active, namespace, error, ended_ms)
+        except Exception as capture_error:
+            active.problems.append(
+                f"could not capture the cell's values ({_short(capture_error)}); "
+                "recording its source and status only."
+            )
+            record = self._minimal_record(active, error, ended_ms)
+        for problem in active.problems:
+            display.warn(problem)
+        outcome = self.recorder.write(record)
+        for problem in outcome.problems:
+            display.warn(problem)
+        if outcome.run_id is None:
+            self.unrecorded.append(record)
+        else:
+            self.last_run_id = outcome.run_id
+            self._previous_runs[record.tags.get("nbtrack.cell", "")] = outcome.run_id
+        if self.settings.summary:
+            display.show_summary(record, outcome)
+        return outcome
+
+    # -- what the cell's code logs explicitly ------------------------------------------------
+
+    def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
+        """Add one point to a metric series of the running tracked cell."""
+        active = self._require_active(f"log_metric({key!r})")
+        if active is None:
+            return
+        number = metric_number(value)
+        if number is None:
+            display.warn(f"metric {key!r} not logged: {type(value).__name__} is not a number.")
+            return
+        if step is None:
+            step = sum(1 for p in active.series if p.key == key)
+        active.series.append(MetricPoint(str(key), number, int(step), now_ms()))
+
+    def log_param(self, key: str, value: Any) -> None:
+        """Record a param for the running tracked cell; it wins over a detected one."""
+        active = self._require_active(f"log_param({key!r})")
+        if active is None:
+            return
+        key = str(key)
+        if key in active.explicit_params and param_text(active.explicit_params[key]) != param_text(
+            value
+        ):
+            display.warn(
+                f"param {key!r} was already logged as {param_text(active.explicit_params[key])!r} "
+                f"in this run; keeping that, not {param_text(value)!r}."
+            )
+            return
+        active.explicit_params[key] = value
+
+    def log_figure(self, figure: Any, name: str | None = None) -> None:
+        """Log a matplotlib figure with the running tracked cell (as it looks now)."""
+        active = self._require_active("log_figure")
+        if active is not None:
+            active.figures.add(figure, label=name)
+
+    def figure_shown(self, figure: Any) -> None:
+        """Called when the shell displays a matplotlib figure."""
+        active = self.active
+        if active is not None and active.options.figures and self.settings.figures:
+            active.figures.add(figure)
+
+    def _require_active(self, call: str) -> _ActiveCell | None:
+        if self.active is None:
+            display.warn(f"nbtrack.{call} outside a %%track cell: not recorded.")
+        return self.active
+
+    # -- building the record -----------------------------------------------------------------
+
+    def _build_record(
+        self,
+        active: _ActiveCell,
+        namespace: Mapping[str, Any],
+        error: BaseException | None,
+        ended_ms: int,
+    ) -> CellRecord:
+        warn = active.problems.append
+        options, syntax, settings = active.options, active.syntax, self.settings
+        redactor = self._redactor(active, namespace)
+
+        params = self._params(active, namespace, warn)
+        params_text = {k: redactor.redact(param_text(v)) for k, v in params.items()}
+        metrics = self._metrics(active, namespace, warn)
+
+        models: list[ModelCapture] = []
+        if options.model and settings.models:
+            models = self._models(active, namespace, warn)
+
+        data: list = []
+        if settings.datasets:
+            pairs = [(n, "read") for n in syntax.read_names if n in active.names_before]
+            pairs += [(n, "bound") for n in syntax.bound_names]
+            data, skipped = datasets.collect(pairs, namespace)
+            if skipped:
+                warn(f"{skipped} more DataFrames/arrays not logged as datasets "
+                     f"(at most {datasets.MAX_DATASETS} a run).")
+
+        if options.figures and settings.figures:
+            active.figures.finish()
+        problems = active.figures.problems
+        active.problems.extend(problems)
+
+        artifacts = [
+            Artifact("cell/source.py", redactor.redact(active.cell.raw_source).encode()),
+            *active.figures.artifacts(),
+        ]
+        if settings.history:
+            entries = [*active.cell.history, (active.cell.execution_count or 0, active.cell.raw_source)]
+            artifacts.append(
+                Artifact("lineage/history.py", lineage.history_text(entries, redactor).encode())
+            )
+        if settings.notebook_snapshot and active.notebook is not None and active.notebook.exists():
+            snapshot = lineage.notebook_snapshot(active.notebook, redactor)
+            if snapshot is not None:
+                artifacts.append(Artifact(f"lineage/{active.notebook.name}", snapshot))
+
+        status = _status(error)
+        tags = self._tags(active, error, redactor)
+        if error is not None and status == FAILED:
+            trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            artifacts.append(Artifact("error/traceback.txt", redactor.redact(trace).encode()))
+
+        series = tuple(
+            p for p in active.series if sanitize.metrics({p.key: p.value}, warn) == {p.key: p.value}
+        )
+        return CellRecord(
+            experiment=active.experiment,
+            run_name=active.run_name,
+            start_time_ms=active.started_ms,
+            end_time_ms=ended_ms,
+            status=status,
+            params=sanitize.params(params_text, warn),
+            metrics=sanitize.metrics(metrics, warn),
+            series=series,
+            tags=sanitize.tags(tags, warn),
+            artifacts=tuple(artifacts),
+            models=tuple(models),
+            datasets=tuple(data),
+            register_as=options.register,
+            run_id=active.run_id,
+        )
+
+    def _minimal_record(
+        self, active: _ActiveCell, error: BaseException | None, ended_ms: int
+    ) -> CellRecord:
+        redactor = Redactor()
+        redactor.add_from_environment(self.environ)
+        redactor.add_from_source(active.cell.raw_source)
+        return CellRecord(
+            experiment=active.experiment,
+            run_name=active.run_name,
+            start_time_ms=active.started_ms,
+            end_time_ms=ended_ms,
+            status=_status(error),
+            tags={"mlflow.source.type": "NOTEBOOK", "nbtrack.capture": "partial"},
+            artifacts=(Artifact("cell/source.py", redactor.redact(active.cell.raw_source).encode()),),
+            run_id=active.run_id,
+        )
+
+    def _redactor(self, active: _ActiveCell, namespace: Mapping[str, Any]) -> Redactor:
+        redactor = Redactor()
+        redactor.add_from_environment(self.environ)
+        redactor.add_from_namespace(namespace)
+        redactor.add_from_source(active.cell.code)
+        for _, source in active.cell.history:
+            redactor.add_from_source(source)
+        return redactor
+
+    def _params(self, active: _ActiveCell, namespace: Mapping[str, Any], warn) -> dict[str, Any]:
+        limit = self.settings.max_collection_items
+        params: dict[str, Any] = {}
+        if active.options.params is not None:
+            for name in active.options.params:
+                if name not in namespace:
+                    warn(f"param {name!r} named in --params is not defined: not logged.")
+                    continue
+                flat = flatten_param(name, namespace[name], limit)
+                if flat is None:
+                    warn(f"param {name!r} not logged: a {type(namespace[name]).__name__} "
+                         "is not a number, string, bool or small list/dict.")
+                    continue
+                params.update(flat)
+        else:
+            params.update(active.read_params)
+            for name, literal in active.syntax.literal_bindings.items():
+                if _is_shell_name(name):
+                    continue
+                flat = flatten_param(name, namespace.get(name, literal), limit)
+                if flat is not None:
+                    params.update(flat)
+            for name in self._estimator_names(active):
+                value = namespace.get(name)
+                if estimators.is_estimator(value) and estimators.is_fitted(value):
+                    params.update(estimators.hyperparameters(name, value))
+        params = {k: v for k, v in params.items() if not is_secret_name(k)}
+        for key, value in active.explicit_params.items():
+            if key in params and param_text(params[key]) != param_text(value):
+                warn(f"param {key!r} logged as {param_text(value)!r} by log_param; "
+                     f"the cell's value {param_text(params[key])!r} is not logged.")
+            params[key] = value
+        return params
+
+    def _metrics(self, active: _ActiveCell, namespace: Mapping[str, Any], warn) -> dict[str, float]:
+        syntax = active.syntax
+        if active.options.metrics is not None:
+            names = list(active.options.metrics)
+        else:
+            names = [
+                n for n in syntax.computed_names
+                if n not in syntax.loop_variables and not _is_shell_name(n)
+            ]
+        metrics: dict[str, float] = {}
+        for name in names:
+            if is_secret_name(name):
+                continue
+            if name not in namespace:
+                if active.options.metrics is not None:
+                    warn(f"metric {name!r} named in --metrics is not defined: not logged.")
+                continue
+            number = metric_number(namespace[name])
+            if number is None:
+                if active.options.metrics is not None:
+                    warn(f"metric {name!r} not logged: a {type(namespace[name]).__name__} "
+                         "is not a number.")
+                continue
+            metrics[name] = number
+        return metrics
+
+    def _estimator_names(self, active: _ActiveCell) -> list[str]:
+        names = [*active.syntax.bound_names, *active.syntax.fitted]
+        return [n for n in dict.fromkeys(names) if not _is_shell_name(n)]
+
+    def _models(self, active: _ActiveCell, namespace: Mapping[str, Any], warn) -> list[ModelCapture]:
+        models = []
+        for name in self._estimator_names(active):
+            value = namespace.get(name)
+            if estimators.is_estimator(value):
+                if estimators.is_fitted(value):
+                    data = namespace.get(active.syntax.fitted.get(name) or "")
+                    models.append(ModelCapture(name, value, estimators.input_example(data)))
+                continue
+            kind = estimators.looks_like_model(value)
+            if kind is not None:
+                warn(f"model {name!r} ({kind}) not logged: nbtrack logs scikit-learn estimators; "
+                     "log this one with the matching mlflow.<flavor>.log_model in the cell.")
+        return models
+
+    def _tags(self, active: _ActiveCell, error: BaseException | None, redactor: Redactor):
+        cell = active.cell
+        notebook = str(active.notebook) if active.notebook else "<ipython>"
+        identity = cell.cell_id or "src-" + hashlib.sha1(
+            f"{notebook}\n{cell.code.strip()}".encode()
+        ).hexdigest()[:12]
+        tags = {
+            "mlflow.runName": active.run_name,
+            "mlflow.source.type": "NOTEBOOK",
+            "mlflow.source.name": notebook,
+            "mlflow.user": _user(self.environ),
+            "mlflow.note.content": "```python\n" + redactor.redact(cell.raw_source) + "\n```",
+            "nbtrack.notebook": notebook,
+            "nbtrack.cell": identity,
+        }
+        if cell.cell_id:
+            tags["nbtrack.cell_id"] = cell.cell_id
+        if cell.execution_count is not None:
+            tags["nbtrack.execution_count"] = str(cell.execution_count)
+        previous = self._previous_runs.get(identity)
+        if previous:
+            tags["nbtrack.supersedes"] = previous
+        folder = active.notebook.parent if active.notebook else cell.cwd
+        git = lineage.git_state(folder)
+        if "commit" in git:
+            tags["mlflow.source.git.commit"] = git["commit"]
+        for key in ("dirty", "branch"):
+            if key in git:
+                tags[f"nbtrack.git.{key}"] = git[key]
+        for package, version in lineage.package_versions().items():
+            tags[f"nbtrack.version.{package}"] = version
+        if self.environ.get("NBTRACK_BATCH"):
+            tags["nbtrack.batch"] = self.environ["NBTRACK_BATCH"]
+        if error is not None:
+            tags["nbtrack.error"] = redactor.redact(
+                f"{type(error).__name__}: {error}".strip().rstrip(":")
+            )[:500]
+        for key, value in active.options.tags.items():
+            tags[key] = redactor.redact(value)
+        return tags
+
+
+def _status(error: BaseException | None) -> str:
+    if error is None:
+        return FINISHED
+    if isinstance(error, KeyboardInterrupt):
+        return KILLED
+    return FAILED
+
+
+def _default_run_name(notebook: Path | None, execution_count: int | None) -> str:
+    stem = notebook.stem if notebook is not None else "ipython"
+    return f"{stem} #{execution_count}" if execution_count is not None else stem
+
+
+def _read_params(syntax: CellSyntax, namespace: Mapping[str, Any], limit: int) -> dict[str, Any]:
+    """Simple values of names the cell reads that earlier cells defined (e.g. a ``seed``)."""
+    bound = set(syntax.bound_names) | syntax.loop_variables
+    params: dict[str, Any] = {}
+    for name in syntax.read_names:
+        if name in bound or _is_shell_name(name) or name not in namespace:
+            continue
+        flat = flatten_param(name, namespace[name], limit)
+        if flat is not None:
+            params.update(flat)
+    return params
+
+
+def _user(environ: Mapping[str, str]) -> str:
+    for variable in ("MLFLOW_TRACKING_USERNAME", "USER", "LOGNAME", "USERNAME"):
+        if environ.get(variable):
+            return environ[variable]
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # no user name in this environment: MLflow's own default
+        return "unknown"
+
+
+# The tracker of the kernel nbtrack is loaded into; nbtrack.log_metric & co. log through it.
+ACTIVE: dict[str, Tracker] = {}
+
+
+def current() -> Tracker | None:
+    """The tracker of the running kernel, or None when the extension is not loaded."""
+    return ACTIVE.get("tracker")
+
+
+def set_current(tracker: Tracker | None) -> None:
+    """Install (or, with None, remove) the kernel's tracker."""
+    if tracker is None:
+        ACTIVE.pop("tracker", None)
+    else:
+        ACTIVE["tracker"] = tracker
+

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install nbtrack with everything its tests need, then run the whole test suite.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k capture -x
+source "$(dirname "$0")/_venv.sh"
+python -m pip install -q -e ".[test]"
+python -m pytest "$@"
