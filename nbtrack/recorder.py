@@ -8,7 +8,10 @@ comes back with ``run_id=None`` so the caller can keep the record.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from nbtrack import registry
@@ -81,9 +84,10 @@ class Recorder:
         land in it. :meth:`write` finishes it."""
         import mlflow
 
-        run = self.client.create_run(
-            self.experiment_id(experiment), start_time=start_time_ms, run_name=run_name
-        )
+        with quiet_mlflow():
+            run = self.client.create_run(
+                self.experiment_id(experiment), start_time=start_time_ms, run_name=run_name
+            )
         run_id = run.info.run_id
         # A run left active by an earlier cell's own mlflow.start_run() stays as it was: ours goes
         # on top of it instead of raising MLflow's "run already active" error.
@@ -92,6 +96,10 @@ class Recorder:
 
     def write(self, record: CellRecord) -> RunOutcome:
         """Write one record as one run. Never raises: what fails is listed in ``problems``."""
+        with quiet_mlflow():
+            return self._write(record)
+
+    def _write(self, record: CellRecord) -> RunOutcome:
         problems: list[str] = []
         uri = "<unknown store>"
         try:
@@ -244,6 +252,21 @@ class Recorder:
         if active is not None and active.info.run_id == run_id:
             mlflow.end_run(status=record.status)
         client.set_terminated(run_id, status=record.status, end_time=record.end_time_ms)
+
+
+@contextmanager
+def quiet_mlflow():
+    """Keep MLflow's own info logs and warnings out of the user's cell output while nbtrack
+    writes (what goes wrong is reported by nbtrack, in one line)."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 class _active_run:

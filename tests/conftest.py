@@ -1,0 +1,121 @@
+"""Shared fixtures: a temporary MLflow store per test, an in-process IPython shell with nbtrack
+loaded, and a real kernel through nbclient."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+REPO = Path(__file__).resolve().parents[1]
+SHOWCASE = REPO / "notebooks" / "train_v2_final.ipynb"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store in a temporary folder that is also the working directory."""
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    for variable in ("JPY_SESSION_NAME", "PAPERMILL_INPUT_PATH", "NBTRACK_BATCH"):
+        monkeypatch.delenv(variable, raising=False)
+    return uri
+
+
+@pytest.fixture
+def client(store):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store)
+
+
+class Shell:
+    """A real InteractiveShell with nbtrack loaded, and helpers to run cells and read runs."""
+
+    def __init__(self, ip, client):
+        self.ip = ip
+        self.client = client
+
+    def run(self, source: str, **kwargs):
+        kwargs.setdefault("store_history", True)
+        return self.ip.run_cell(source, **kwargs)
+
+    def ok(self, source: str, **kwargs):
+        result = self.run(source, **kwargs)
+        assert result.success, result.error_in_exec or result.error_before_exec
+        return result
+
+    def runs(self, experiment: str | None = None):
+        """All runs of the experiment (default: the only one), oldest first."""
+        if experiment is None:
+            experiments = [e for e in self.client.search_experiments() if e.name != "Default"]
+            assert len(experiments) == 1, [e.name for e in experiments]
+            experiment_id = experiments[0].experiment_id
+        else:
+            experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        return self.client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+
+    def last(self):
+        import nbtrack
+
+        return self.client.get_run(nbtrack.last_run())
+
+    def artifact_paths(self, run_id: str, path: str | None = None) -> list[str]:
+        found = []
+        for item in self.client.list_artifacts(run_id, path):
+            if item.is_dir:
+                found += self.artifact_paths(run_id, item.path)
+            else:
+                found.append(item.path)
+        return found
+
+    def artifact_text(self, run_id: str, path: str) -> str:
+        local = self.client.download_artifacts(run_id, path)
+        return Path(local).read_text()
+
+
+@pytest.fixture
+def shell(store, client):
+    """An in-process IPython shell with ``%load_ext nbtrack`` done, on the test's store."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    InteractiveShell.clear_instance()
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    ip = InteractiveShell.instance(config=config)
+    ip.run_cell("%load_ext nbtrack")
+    yield Shell(ip, client)
+    ip.run_cell("%unload_ext nbtrack")
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    InteractiveShell.clear_instance()
+    sys.modules.get("matplotlib.pyplot") and sys.modules["matplotlib.pyplot"].close("all")
+
+
+def run_notebook(path: Path, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300,
+                 allow_errors: bool = False):
+    """Execute a notebook in a real kernel (nbclient); return the executed notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        NotebookClient(
+            notebook, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+            resources={"metadata": {"path": str(cwd)}},
+        ).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return notebook

@@ -1,0 +1,454 @@
+"""%%track on a real in-process IPython shell, recording into a real temporary SQLite store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SETUP = """
+import numpy as np
+import pandas as pd
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+X, y = load_iris(return_X_y=True, as_frame=True)
+"""
+
+
+def test_load_ext_is_fast_and_does_not_import_mlflow():
+    code = (
+        "import sys, time\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "ip.run_line_magic('load_ext', 'nbtrack')\n"
+        "print(sorted(ip.magics_manager.magics['cell']).count('track'),"
+        " 'track_config' in ip.magics_manager.magics['line'],"
+        " 'mlflow' in sys.modules, 'pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "True", "False", "False"]
+
+
+def test_extension_loads_from_ipython_config(tmp_path):
+    profile = tmp_path / "profile_default"
+    profile.mkdir()
+    (profile / "ipython_config.py").write_text('c.InteractiveShellApp.extensions = ["nbtrack"]\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "IPython", "--no-banner", f"--ipython-dir={tmp_path}", "-c",
+         "print('track' in get_ipython().magics_manager.magics['cell'])"],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip().endswith("True")
+
+
+def test_help_lists_every_option(shell, capsys):
+    shell.ok("%%track?")
+    shell.ip.run_line_magic("pinfo", "%%track")
+    text = capsys.readouterr().out
+    for option in ("--experiment", "--name", "--tag", "--params", "--metrics", "--no-figures",
+                   "--no-model", "--register"):
+        assert option in text
+
+
+def test_literal_bindings_become_params_flattened(shell):
+    shell.ok('%%track -e exp\nC = 0.5\nname = "lbfgs"\nuse_bias = True\nnothing = None\n'
+             'layers = [64, 32]\ncfg = {"lr": 0.1, "opt": {"beta": 0.9}}\n')
+    params = shell.last().data.params
+    assert params["C"] == "0.5"
+    assert params["name"] == "lbfgs"
+    assert params["use_bias"] == "True"
+    assert params["nothing"] == "None"
+    assert params["layers"] == "[64, 32]"
+    assert params["cfg.lr"] == "0.1"
+    assert params["cfg.opt.beta"] == "0.9"
+
+
+def test_names_read_from_earlier_cells_become_params(shell):
+    shell.ok("seed = 7\nunused = 3\nlabel = 'x'")
+    shell.ok("import random")
+    shell.ok("%%track -e exp\nrandom.seed(seed)\nvalue = random.random()")
+    params = shell.last().data.params
+    assert params["seed"] == "7"
+    assert "unused" not in params and "random" not in params
+
+
+def test_fitted_estimator_hyperparameters_prefixed_with_variable_name(shell):
+    shell.ok(SETUP)
+    shell.ok("%%track -e exp\nclf = make_pipeline(StandardScaler(), LogisticRegression(C=0.3))\n"
+             "clf.fit(X, y)")
+    params = shell.last().data.params
+    assert params["clf.logisticregression__C"] == "0.3"
+    assert params["clf.standardscaler__with_mean"] == "True"
+
+
+def test_metrics_are_computed_numbers_not_literals_loops_private_or_bools(shell):
+    shell.ok(SETUP)
+    shell.ok(
+        "%%track -e exp\n"
+        "clf = LogisticRegression(max_iter=500).fit(X, y)\n"
+        "acc = clf.score(X, y)\n"
+        "n_rows = np.int64(len(X))\n"
+        "f32 = np.float32(0.25) * 2\n"
+        "threshold = 0.5\n"
+        "_hidden = acc * 2\n"
+        "is_good = acc > 0.5\n"
+        "total = 0\n"
+        "for i in range(3):\n"
+        "    total += i\n"
+    )
+    metrics = shell.last().data.metrics
+    assert metrics["acc"] > 0.9
+    assert metrics["n_rows"] == 150
+    assert metrics["f32"] == 0.5
+    assert metrics["total"] == 3
+    for name in ("threshold", "_hidden", "is_good", "i"):
+        assert name not in metrics
+    assert shell.last().data.params["threshold"] == "0.5"
+
+
+def test_log_metric_series_with_steps(shell):
+    shell.ok("import nbtrack")
+    shell.ok("%%track -e exp\nfor epoch in range(4):\n"
+             "    nbtrack.log_metric('loss', 1 / (epoch + 1), step=epoch)\n"
+             "nbtrack.log_metric('lr', 0.1)\nnbtrack.log_metric('lr', 0.05)\n")
+    run_id = shell.last().info.run_id
+    loss = shell.client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(loss, key=lambda m: m.step)] == [
+        (0, 1.0), (1, 0.5), (2, 1 / 3), (3, 0.25)]
+    lr = shell.client.get_metric_history(run_id, "lr")
+    assert sorted((m.step, m.value) for m in lr) == [(0, 0.1), (1, 0.05)]
+
+
+def test_figures_shown_in_a_loop_and_left_open_are_logged(shell):
+    shell.ok("import matplotlib.pyplot as plt\nfrom IPython.display import display")
+    shell.ok(
+        "%%track -e exp\n"
+        "for k in range(3):\n"
+        "    fig, ax = plt.subplots()\n"
+        "    ax.plot([0, k])\n"
+        "    ax.set_title(f'curve {k}')\n"
+        "    display(fig)\n"
+        "    plt.close(fig)\n"
+        "other, ax2 = plt.subplots()\n"
+        "ax2.bar([1, 2], [3, 4])\n"
+    )
+    run_id = shell.last().info.run_id
+    paths = shell.artifact_paths(run_id, "figures")
+    assert paths == ["figures/01-curve-0.png", "figures/02-curve-1.png",
+                     "figures/03-curve-2.png", "figures/04-figure.png"]
+    local = shell.client.download_artifacts(run_id, "figures/01-curve-0.png")
+    with open(local, "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_open_before_the_cell_are_not_logged_and_no_figures_option(shell):
+    shell.ok("import matplotlib.pyplot as plt\nold = plt.figure()")
+    shell.ok("%%track -e exp\nx = 1")
+    assert shell.artifact_paths(shell.last().info.run_id, "figures") == []
+    shell.ok("%%track -e exp --no-figures\nfig = plt.figure()\nfig.gca().plot([1, 2])")
+    assert shell.artifact_paths(shell.last().info.run_id, "figures") == []
+
+
+def test_display_output_is_unchanged_by_tracking(shell):
+    from IPython.core.formatters import DisplayFormatter
+
+    shell.ok("import matplotlib.pyplot as plt\nfig = plt.figure()")
+    bundle, _ = shell.ip.display_formatter.format(shell.ip.user_ns["fig"])
+    plain = DisplayFormatter(parent=None)
+    expected, _ = plain.format(shell.ip.user_ns["fig"])
+    assert set(bundle) == set(expected)
+
+
+def test_fitted_model_logged_with_signature_and_example_loadable_by_pyfunc(shell):
+    import mlflow
+
+    shell.ok(SETUP)
+    shell.ok("%%track -e exp\nclf = LogisticRegression(max_iter=500)\nclf.fit(X, y)\n"
+             "unfitted = LogisticRegression()")
+    run = shell.last()
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         output_format="list")
+    assert [m.name for m in models] == ["clf"]
+    assert models[0].source_run_id == run.info.run_id
+    model = mlflow.pyfunc.load_model(f"models:/{models[0].model_id}")
+    inputs = model.metadata.get_input_schema().input_names()
+    assert inputs == ["sepal length (cm)", "sepal width (cm)", "petal length (cm)",
+                      "petal width (cm)"]
+    assert list(model.predict(shell.ip.user_ns["X"].head(3))) == [0, 0, 0]
+    assert model.metadata.saved_input_example_info is not None
+
+
+def test_no_model_option_and_non_sklearn_models_are_skipped_with_a_note(shell, capsys):
+    import mlflow
+
+    shell.ok(SETUP)
+    shell.ok("%%track -e exp --no-model\nclf = LogisticRegression(max_iter=500).fit(X, y)")
+    run = shell.last()
+    assert mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                       output_format="list") == []
+    assert run.data.params["clf.max_iter"] == "500"
+
+
+def test_datasets_read_and_bound_logged_with_digest_and_shape(shell):
+    shell.ok(SETUP)
+    shell.ok("%%track -e exp\nsmall = X.head(10)\narr = np.arange(12).reshape(3, 4)\n"
+             "total = float(small.sum().sum())")
+    inputs = shell.last().inputs.dataset_inputs
+    by_name = {d.dataset.name: d for d in inputs}
+    assert set(by_name) == {"X", "small", "arr"}
+    assert json.loads(by_name["small"].dataset.profile)["num_rows"] == 10
+    assert json.loads(by_name["arr"].dataset.profile)["features_shape"] == [3, 4]
+    assert by_name["X"].dataset.digest != by_name["small"].dataset.digest
+    contexts = {d.dataset.name: d.tags[0].value for d in inputs}
+    assert contexts == {"X": "read", "small": "bound", "arr": "bound"}
+
+
+def test_lineage_source_history_tags_and_versions(shell):
+    shell.ok("seed = 1")
+    shell.ok("%%track -e exp -n lineage -t team=ml -t stage=dev\nx = seed + 1",
+             cell_id="cell-abc")
+    run = shell.last()
+    tags = run.data.tags
+    assert tags["mlflow.runName"] == "lineage"
+    assert tags["team"] == "ml" and tags["stage"] == "dev"
+    assert tags["nbtrack.cell"] == "cell-abc" == tags["nbtrack.cell_id"]
+    assert tags["mlflow.source.type"] == "NOTEBOOK"
+    assert tags["nbtrack.version.python"].startswith("3.")
+    assert "nbtrack.version.nbtrack" in tags
+    source = shell.artifact_text(run.info.run_id, "cell/source.py")
+    assert source.startswith("%%track -e exp -n lineage") and "x = seed + 1" in source
+    history = shell.artifact_text(run.info.run_id, "lineage/history.py")
+    assert history.index("seed = 1") < history.index("x = seed + 1")
+
+
+def test_notebook_path_git_state_and_snapshot(shell, store, tmp_path, monkeypatch):
+    import nbformat
+
+    repo = tmp_path / "project"
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell('token = "s3cr3t-value"\nx = 1')]
+    nbformat.write(notebook, repo / "analysis.ipynb")
+    subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "add", "."], cwd=repo,
+                   check=True)
+    subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x"],
+                   cwd=repo, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                            text=True).stdout.strip()
+    monkeypatch.setenv("JPY_SESSION_NAME", "analysis.ipynb")
+    shell.ok('token = "s3cr3t-value"')
+    shell.ok("%%track\nx = 1")
+    run = shell.runs("project")[-1]
+    tags = run.data.tags
+    assert tags["nbtrack.notebook"] == str(repo / "analysis.ipynb")
+    assert tags["mlflow.source.git.commit"] == commit
+    assert tags["nbtrack.git.dirty"] == "false"
+    snapshot = shell.artifact_text(run.info.run_id, "lineage/analysis.ipynb")
+    assert "s3cr3t-value" not in snapshot and "REDACTED" in snapshot
+    assert run.data.tags["mlflow.runName"].startswith("analysis #")
+
+
+def test_rerun_of_the_same_cell_supersedes_the_previous_run(shell):
+    first = shell.ok("%%track -e exp\nx = 1", cell_id="c1")
+    first_id = shell.last().info.run_id
+    shell.ok("%%track -e exp\nx = 2", cell_id="c1")
+    second = shell.last()
+    assert second.info.run_id != first_id
+    assert second.data.tags["nbtrack.supersedes"] == first_id
+    assert first.success
+
+
+def test_cell_output_result_and_exception_unchanged(shell, capsys):
+    shell.ok("def work():\n    print('hello')\n    return 42")
+    plain = shell.run("work()")
+    plain_out = capsys.readouterr().out
+    tracked = shell.run("%%track -e exp\nwork()")
+    tracked_out = capsys.readouterr().out
+    assert tracked.result == plain.result == 42
+    assert tracked_out.startswith(plain_out.replace("Out[2]", "Out[3]"))
+    assert tracked_out.count("nbtrack:") == 1
+
+    error = shell.run("%%track -e exp\nraise ValueError('bad value 7')")
+    assert type(error.error_in_exec) is ValueError
+    assert str(error.error_in_exec) == "bad value 7"
+
+
+def test_failed_cell_marks_run_failed_with_traceback(shell):
+    shell.run("%%track -e exp\nx = 1\n1 / 0")
+    run = shell.last()
+    assert run.info.status == "FAILED"
+    assert run.data.tags["nbtrack.error"] == "ZeroDivisionError: division by zero"
+    trace = shell.artifact_text(run.info.run_id, "error/traceback.txt")
+    assert "ZeroDivisionError" in trace
+    assert run.data.params["x"] == "1"
+
+
+def test_keyboard_interrupt_marks_run_killed(shell):
+    result = shell.run("%%track -e exp\nraise KeyboardInterrupt")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert shell.last().info.status == "KILLED"
+
+
+def test_users_own_mlflow_calls_land_in_the_tracked_run(shell):
+    shell.ok("import mlflow")
+    shell.ok("%%track -e exp\nmlflow.log_param('manual', 'yes')\nmlflow.set_tag('who', 'me')\n"
+             "mlflow.log_metric('m', 3.0)\nx = 5")
+    runs = shell.runs("exp")
+    assert len(runs) == 1
+    data = runs[0].data
+    assert data.params["manual"] == "yes" and data.params["x"] == "5"
+    assert data.tags["who"] == "me" and data.metrics["m"] == 3.0
+    assert runs[0].info.status == "FINISHED"
+    assert mlflow_active_run() is None
+
+
+def mlflow_active_run():
+    import mlflow
+
+    return mlflow.active_run()
+
+
+def test_run_left_open_by_earlier_cell_never_gives_run_already_active(shell):
+    shell.ok("import mlflow\nmlflow.set_experiment('exp')")
+    shell.run("mlflow.start_run()\n1 / 0")  # the user's own run, left open by the failure
+    for _ in range(2):
+        shell.ok("%%track -e exp\nmlflow.log_param('p', 1)\nv = 2")
+    tracked = [r for r in shell.runs("exp") if "nbtrack.cell" in r.data.tags]
+    assert len(tracked) == 2
+    assert all(r.info.status == "FINISHED" for r in tracked)
+
+
+def test_experiment_resolution_order(shell, monkeypatch):
+    shell.ok("%%track\nx = 1")
+    assert shell.client.get_run(shell.last().info.run_id).info.experiment_id == \
+        shell.client.get_experiment_by_name("project").experiment_id
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
+    shell.ok("%%track\nx = 2")
+    assert shell.runs("from-env")
+    shell.ok("%track_config -e configured")
+    shell.ok("%%track\nx = 3")
+    assert shell.runs("configured")
+    shell.ok("%%track -e explicit\nx = 4")
+    assert shell.runs("explicit")
+
+
+def test_params_and_metrics_options_replace_detection(shell):
+    shell.ok("a = 1\nb = 'two'\nc = 3.5")
+    shell.ok("%%track -e exp --params a,b --metrics score\nscore = a * 10\nother = c * 2\n"
+             "lit = 9")
+    data = shell.last().data
+    assert data.params == {"a": "1", "b": "two"}
+    assert data.metrics == {"score": 10.0}
+
+
+def test_bad_option_is_a_usage_error_and_the_cell_does_not_run(shell, capsys):
+    result = shell.run("%%track --bogus\nran = True")
+    assert result.error_in_exec is not None or result.error_before_exec is not None
+    assert "ran" not in shell.ip.user_ns
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    result = shell.run("%%track -t novalue\nran = True")
+    assert "ran" not in shell.ip.user_ns
+
+
+def test_register_option_creates_a_version_loadable_by_name(shell):
+    import mlflow
+
+    shell.ok(SETUP)
+    shell.ok("%%track -e exp --register iris-clf\nclf = LogisticRegression(max_iter=500)"
+             ".fit(X, y)")
+    versions = shell.client.search_model_versions("name = 'iris-clf'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert versions[0].run_id == shell.last().info.run_id
+    model = mlflow.pyfunc.load_model("models:/iris-clf/1")
+    assert len(model.predict(shell.ip.user_ns["X"].head(2))) == 2
+
+
+def test_register_without_a_model_warns_and_keeps_the_run(shell, capsys):
+    shell.ok("%%track -e exp --register nothing\nx = 1")
+    err = capsys.readouterr().err
+    assert "nothing was registered" in err
+    assert shell.last().info.status == "FINISHED"
+
+
+def test_unreachable_store_keeps_the_cell_and_the_record(shell, monkeypatch, capsys):
+    import nbtrack
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    result = shell.run("%%track -e exp\nvalue = 41 + 1\nvalue")
+    assert result.success and result.result == 42
+    err = capsys.readouterr().err
+    assert "not recorded" in err
+    kept = nbtrack.unrecorded()
+    assert len(kept) == 1 and kept[0].metrics == {"value": 42.0}
+
+
+def test_values_mlflow_would_reject_are_sanitized_with_a_warning(shell, capsys):
+    shell.ok("import nbtrack\nimport math")
+    shell.ok("%%track -e exp\nlong_text = '" + "x" * 7000 + "'\n"
+             "ratio = math.nan\nbig = math.inf\n"
+             "nbtrack.log_param('weird key!', 1)\n"
+             "nbtrack.log_param('p', 1)\nnbtrack.log_param('p', 2)\n")
+    err = capsys.readouterr().err
+    data = shell.last().data
+    assert len(data.params["long_text"]) == 6000 and "truncated" in err
+    assert "ratio" not in data.metrics and "'ratio' not logged" in err
+    assert "big" not in data.metrics
+    assert data.params["weird key_"] == "1"
+    assert data.params["p"] == "1" and "already logged" in err
+
+
+def test_secrets_are_never_logged(shell, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "env-pass-9876")
+    shell.ok('db_password = "hunter2-pw"\nconfig = {"api_key": "key-abc-123", "lr": 0.1}')
+    shell.ok('%%track -e exp\napiKey = "key-zzz-999"\n'
+             'dsn = "postgresql://bob:pgpass-555@db/x"\n'
+             'login = db_password\n'
+             'rate = config["lr"]\n'
+             'print("env-pass-9876" * 0)')
+    run = shell.last()
+    blob = json.dumps([run.data.params, run.data.tags, run.data.metrics])
+    for path in shell.artifact_paths(run.info.run_id):
+        blob += shell.artifact_text(run.info.run_id, path)
+    for secret in ("hunter2-pw", "key-abc-123", "key-zzz-999", "pgpass-555", "env-pass-9876"):
+        assert secret not in blob
+    assert "apiKey" not in run.data.params and "config.api_key" not in run.data.params
+    assert run.data.params["config.lr"] == "0.1"
+
+
+def test_reload_ext_leaves_one_set_of_hooks(shell):
+    shell.ok("%reload_ext nbtrack")
+    shell.ok("%reload_ext nbtrack")
+    before = len(shell.runs("exp")) if shell.client.get_experiment_by_name("exp") else 0
+    shell.ok("%%track -e exp\nx = 1")
+    assert len(shell.runs("exp")) == before + 1
+
+
+def test_runs_api_returns_dataframe_and_last_run(shell):
+    import nbtrack
+
+    shell.ok("%%track -e exp -n a\nscore = float(1)")
+    shell.ok("%%track -e exp -n b\nscore = float(2)")
+    frame = nbtrack.runs("exp", order_by=["metrics.score DESC"])
+    assert list(frame["tags.mlflow.runName"]) == ["b", "a"]
+    assert nbtrack.last_run() == frame["run_id"][0]
+    filtered = nbtrack.runs("exp", filter="metrics.score < 1.5")
+    assert list(filtered["tags.mlflow.runName"]) == ["a"]
+
+
+def test_log_figure_api(shell):
+    shell.ok("import nbtrack\nimport matplotlib.pyplot as plt")
+    shell.ok("%%track -e exp\nfig = plt.figure()\nfig.gca().plot([1, 3])\n"
+             "nbtrack.log_figure(fig, 'My Plot')\nplt.close(fig)")
+    assert shell.artifact_paths(shell.last().info.run_id, "figures") == ["figures/01-my-plot.png"]
+
+
+@pytest.mark.parametrize("source", ["x = (", "%%track -e exp\nx = (\n"])
+def test_syntax_errors_are_the_users_own(shell, source):
+    result = shell.run(source)
+    assert isinstance(result.error_in_exec or result.error_before_exec, SyntaxError)
