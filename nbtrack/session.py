@@ -215,6 +215,12 @@ class Tracker:
         if active is None:
             return
         key = str(key)
+        try:
+            param_text(value)
+        except Exception as error:  # e.g. a __str__ that raises
+            display.warn(f"param {key!r} not logged: its value cannot be written as text "
+                         f"({_short(error)}).")
+            return
         if key in active.explicit_params and param_text(active.explicit_params[key]) != param_text(
             value
         ):
@@ -256,7 +262,13 @@ class Tracker:
         redactor = self._redactor(active, namespace)
 
         params = self._params(active, namespace, warn)
-        params_text = {k: redactor.redact(param_text(v)) for k, v in params.items()}
+        params_text = {}
+        for key, value in params.items():
+            try:
+                params_text[key] = redactor.redact(param_text(value))
+            except Exception as error:  # e.g. a __str__ that raises
+                warn(f"param {key!r} not logged: its value cannot be written as text "
+                     f"({_short(error)}).")
         metrics = self._metrics(active, namespace, warn)
 
         models: list[ModelCapture] = []

@@ -1,0 +1,50 @@
+"""The AST rules behind params and metrics (nbtrack/capture/source.py)."""
+
+from nbtrack.capture.source import analyze
+
+
+def test_literals_and_computed_bindings_are_told_apart():
+    syntax = analyze("C = 0.1\nlayers = [1, 2]\nneg = -3\nacc = model.score(X, y)\n"
+                     "a, b = 1, 'x'\nc, d = f()\nn: int = 5\ntotal += 1\n")
+    assert syntax.literal_bindings == {"C": 0.1, "layers": [1, 2], "neg": -3, "a": 1, "b": "x",
+                                       "n": 5}
+    assert syntax.computed_names == ("acc", "c", "d", "total")
+
+
+def test_rebinding_to_a_computed_value_makes_a_name_computed():
+    syntax = analyze("lr = 0.1\nlr = lr * 2\n")
+    assert "lr" not in syntax.literal_bindings
+    assert syntax.computed_names == ("lr",)
+
+
+def test_loop_variables_and_bindings_inside_blocks():
+    syntax = analyze("for epoch, batch in enumerate(data):\n    loss = step(batch)\n"
+                     "if flag:\n    best = 0.9\nwith open(p) as fh:\n    text = fh.read()\n"
+                     "try:\n    r = g()\nexcept Exception:\n    r2 = 0\n")
+    assert syntax.loop_variables == {"epoch", "batch"}
+    assert set(syntax.computed_names) == {"loss", "fh", "text", "r"}
+    assert syntax.literal_bindings == {"best": 0.9, "r2": 0}
+
+
+def test_function_and_class_bodies_bind_nothing_at_notebook_level():
+    syntax = analyze("def f():\n    inner = 1\n    return inner\nclass K:\n    attr = 2\n")
+    assert syntax.literal_bindings == {}
+    assert "inner" not in syntax.computed_names
+
+
+def test_fit_calls_name_their_receiver_and_data():
+    syntax = analyze("clf.fit(X_train, y_train)\nm = Model(a=1).fit(X2, y)\n"
+                     "pipe.partial_fit(X=Xs)\nsearch.fit(X[:10], y)\n")
+    assert syntax.fitted == {"clf": "X_train", "m": "X2", "pipe": "Xs", "search": None}
+
+
+def test_reads_and_mlflow_use():
+    syntax = analyze("import mlflow\nmlflow.log_param('a', seed)\n")
+    assert "seed" in syntax.read_names
+    assert syntax.uses_mlflow and not syntax.starts_own_run
+    assert analyze("with mlflow.start_run():\n    pass").starts_own_run
+    assert not analyze("x = 1").uses_mlflow
+
+
+def test_unparsable_source_is_reported_not_raised():
+    assert analyze("x = (").parsed is False
