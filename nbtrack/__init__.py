@@ -26,6 +26,7 @@ __all__ = [
     "log_figure",
     "last_run",
     "runs",
+    "leaderboard",
     "unrecorded",
     "__version__",
 ]
@@ -145,3 +146,18 @@ def runs(experiment: str | None = None, filter: str | None = None, order_by=None
     from nbtrack import query
 
     return query.runs(experiment=experiment, filter=filter, order_by=order_by, tracker=_tracker())
+
+
+def leaderboard(experiment: str | None = None, metric: str | None = None, ascending: bool = False,
+                top: int = 50):
+    """The leaderboard widget: runs ranked by ``metric``, with Register and Set champion.
+
+    Examples
+    --------
+    >>> board = nbtrack.leaderboard(metric="val_auc")  # doctest: +SKIP
+    >>> board  # shows it  # doctest: +SKIP
+    """
+    from nbtrack.board.widget import Leaderboard
+
+    return Leaderboard(experiment=experiment, metric=metric, ascending=ascending, top=top,
+                       tracker=_tracker())

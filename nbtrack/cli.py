@@ -46,6 +46,8 @@ def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table") 
         print(board.to_json(orient="records", date_format="iso"))
     else:
         shown = board.drop(columns=["run_id", "notebook"]).copy()
+        if "models" in shown:
+            shown["models"] = shown["models"].map(", ".join)
         shown["start_time"] = shown["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
         ranked_by = board.attrs.get("metric")
         print(f"experiment '{experiment}'" + (f", ranked by {ranked_by}" if ranked_by else ""))

@@ -125,6 +125,27 @@ class TrackMagics(Magics):
             f"tracked cells go to experiment '{experiment}' in {self.tracker.recorder.tracking_uri}"
         )
 
+    @magic_arguments()
+    @argument("-e", "--experiment", help="Experiment (default: where tracked cells here go).")
+    @argument("-m", "--metric", help="Metric to rank by (default: the one most runs have).")
+    @argument("--asc", action="store_true", help="Rank lowest first (losses, errors).")
+    @argument("--top", type=int, default=50, help="How many runs to show (default 50).")
+    @line_magic
+    def track_board(self, line: str):
+        """Show the leaderboard: runs ranked by a metric, with Register and Set champion.
+
+        Example: ``%track_board -m val_auc --top 20``. ``board = %track_board`` keeps the
+        object, whose methods (``select``, ``register``, ``set_alias``, ``refresh``) do what
+        its buttons do.
+        """
+        args = parse_argstring(self.track_board, line)
+        if args.top < 1:
+            raise UsageError("%track_board: --top takes a positive number of runs.")
+        from nbtrack.board.widget import Leaderboard
+
+        return Leaderboard(experiment=args.experiment, metric=args.metric, ascending=args.asc,
+                           top=args.top, tracker=self.tracker)
+
     def parse_options(self, line: str) -> TrackOptions:
         """Parse a ``%%track`` line's arguments; raise UsageError naming what is wrong."""
         try:

@@ -5,10 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri=None):
+def default_experiment() -> str:
+    """The experiment tracked cells in the current folder go to when nothing else says."""
+    from nbtrack.config import resolve_experiment
+
+    return resolve_experiment(None, "", Path.cwd())
+
+
+def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri=None,
+         missing_ok=False):
     """The experiment's runs as a DataFrame, as ``mlflow.search_runs`` returns them.
 
-    ``experiment`` defaults to the one tracked cells in the current folder go to.
+    ``experiment`` defaults to the one tracked cells in the current folder go to. With
+    ``missing_ok``, an experiment that does not exist yet has no runs instead of being an error.
     """
     import mlflow
 
@@ -18,11 +27,13 @@ def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri
         if tracker is not None:
             experiment = tracker.experiment_for(None, Path.cwd())
         else:
-            from nbtrack.config import resolve_experiment
-
-            experiment = resolve_experiment(None, "", Path.cwd())
+            experiment = default_experiment()
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
+    if found is None and missing_ok:
+        import pandas as pd
+
+        return pd.DataFrame()
     if found is None:
         raise NbtrackError(
             f"no experiment named {experiment!r} in {client.tracking_uri}: track a cell into it "
@@ -58,7 +69,7 @@ class _tracking_uri:
 
 
 def leaderboard(experiment=None, metric=None, ascending=False, top=50, tracker=None,
-                tracking_uri=None):
+                tracking_uri=None, filter=None, models=True):
     """Rank an experiment's runs by a metric, as the board and ``nbtrack runs`` show them.
 
     Parameters
@@ -74,16 +85,42 @@ def leaderboard(experiment=None, metric=None, ascending=False, top=50, tracker=N
     -------
     pandas.DataFrame
         One row a run: ``rank``, ``run``, ``status``, ``start_time``, ``notebook``, the metrics,
-        the params whose values differ between the listed runs, and ``run_id``.
+        the params whose values differ between the listed runs, ``models`` (registered versions
+        made from the run's models, with their aliases: ``["iris v2 @champion"]``) and ``run_id``.
     """
-    table = runs(experiment=experiment, tracker=tracker, tracking_uri=tracking_uri)
-    return rank(table, metric=metric, ascending=ascending, top=top)
+    table = runs(experiment=experiment, tracker=tracker, tracking_uri=tracking_uri, filter=filter)
+    board = rank(table, metric=metric, ascending=ascending, top=top)
+    if models:
+        add_model_versions(board, tracking_uri)
+    return board
+
+
+def add_model_versions(board, tracking_uri=None) -> dict:
+    """Add the ``models`` column: each run's registered versions and their aliases.
+
+    Returns the versions found, ``{run_id: [ModelVersion, ...]}``.
+    """
+    from nbtrack import registry
+
+    versions = registry.versions_of_runs(list(board["run_id"]), tracking_uri) if len(board) else {}
+    board["models"] = [
+        [
+            f"{v.name} v{v.version}" + "".join(f" @{a}" for a in sorted(v.aliases or []))
+            for v in sorted(versions.get(run_id, []), key=lambda v: (v.name, int(v.version)))
+        ]
+        for run_id in board["run_id"]
+    ]
+    return versions
 
 
 def rank(table, metric=None, ascending=False, top=50):
     """Rank a ``search_runs`` DataFrame (see :func:`leaderboard`)."""
     import pandas as pd
 
+    if table.empty:
+        empty = pd.DataFrame(columns=["rank", "run", "status", "start_time", "notebook", "run_id"])
+        empty.attrs["metric"] = metric
+        return empty
     metric_columns = [c for c in table.columns if c.startswith("metrics.")]
     if metric is None and metric_columns:
         counts = table[metric_columns].notna().sum()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def register(model_uri: str, name: str, run_id: str | None = None, tracking_uri: str | None = None):
     """Create a new version of registered model ``name`` from a logged model.
@@ -36,3 +38,90 @@ def register(model_uri: str, name: str, run_id: str | None = None, tracking_uri:
             raise
     model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
     return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+
+
+def logged_models(run_id: str, experiment_id: str, tracking_uri: str | None = None) -> list:
+    """The models a run logged (``LoggedModel`` entities), oldest first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    return sorted(found, key=lambda model: model.creation_timestamp)
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A registered model version made from a run's model, with the aliases it holds."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...] = ()
+
+
+def versions_of_runs(run_ids, tracking_uri: str | None = None) -> dict[str, list[VersionRef]]:
+    """Registered model versions made from each run's models: ``{run_id: [VersionRef, ...]}``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run_ids = list(run_ids)
+    versions = []
+    for start in range(0, len(run_ids), 100):
+        quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + 100])
+        versions += client.search_model_versions(f"run_id IN ({quoted})")
+    # search_model_versions leaves aliases empty; the registered model knows them.
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for name in {v.name for v in versions}:
+        for alias, number in client.get_registered_model(name).aliases.items():
+            aliases.setdefault((name, str(number)), []).append(alias)
+    found: dict[str, list[VersionRef]] = {run_id: [] for run_id in run_ids}
+    for v in versions:
+        ref = VersionRef(v.name, str(v.version), v.run_id,
+                         tuple(sorted(aliases.get((v.name, str(v.version)), []))))
+        found.setdefault(v.run_id, []).append(ref)
+    return found
+
+
+def alias_holder(name: str, alias: str, tracking_uri: str | None = None):
+    """The version of ``name`` that holds ``alias``, or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str | int, moved_by: str, notebook: str | None,
+              tracking_uri: str | None = None):
+    """Move ``alias`` of registered model ``name`` to ``version``; return the previous holder.
+
+    The move is recorded on the version as tags ``nbtrack.alias.<alias>.moved_by``,
+    ``.moved_at`` (ISO time, UTC), ``.notebook`` and ``.previous`` (the version that held it).
+
+    Examples
+    --------
+    >>> set_alias("invoice-classifier", "champion", 3, "ana", "train.ipynb")  # doctest: +SKIP
+    <ModelVersion: ... version='2' ...>
+    """
+    import datetime
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    previous = alias_holder(name, alias, tracking_uri)
+    client.set_registered_model_alias(name, alias, str(version))
+    moved_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    prefix = f"nbtrack.alias.{alias}"
+    for key, value in {
+        "moved_by": moved_by,
+        "moved_at": moved_at,
+        "notebook": notebook or "",
+        "previous": previous.version if previous is not None else "",
+    }.items():
+        client.set_model_version_tag(name, str(version), f"{prefix}.{key}", str(value))
+    return previous

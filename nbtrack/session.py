@@ -115,6 +115,9 @@ class Tracker:
         self.configured_experiment: str = ""
         self.unrecorded: list[CellRecord] = []
         self._previous_runs: dict[str, str] = {}
+        # Called after each tracked cell (boards refresh themselves); weak, so a board that is
+        # gone from the notebook does not keep being refreshed.
+        self._after_run: list = []
 
     @property
     def recorder(self):
@@ -192,7 +195,27 @@ class Tracker:
             self._previous_runs[record.tags.get("nbtrack.cell", "")] = outcome.run_id
         if self.settings.summary:
             display.show_summary(record, outcome)
+        self._notify_after_run()
         return outcome
+
+    def on_run_recorded(self, method) -> None:
+        """Call the bound ``method`` after each tracked cell, while its object lives."""
+        import weakref
+
+        self._after_run.append(weakref.WeakMethod(method))
+
+    def _notify_after_run(self) -> None:
+        alive = []
+        for reference in self._after_run:
+            method = reference()
+            if method is None:
+                continue
+            alive.append(reference)
+            try:
+                method()
+            except Exception as error:  # a board that cannot refresh must not fail the cell
+                display.warn(f"leaderboard not refreshed: {_short(error)}")
+        self._after_run = alive
 
     # -- what the cell's code logs explicitly ------------------------------------------------
 
@@ -444,7 +467,7 @@ class Tracker:
             "mlflow.runName": active.run_name,
             "mlflow.source.type": "NOTEBOOK",
             "mlflow.source.name": notebook,
-            "mlflow.user": _user(self.environ),
+            "mlflow.user": lineage.current_user(self.environ),
             "mlflow.note.content": "```python\n" + redactor.redact(cell.raw_source) + "\n```",
             "nbtrack.notebook": notebook,
             "nbtrack.cell": identity,
@@ -500,18 +523,6 @@ def _read_params(syntax: CellSyntax, namespace: Mapping[str, Any], limit: int) -
         if flat is not None:
             params.update(flat)
     return params
-
-
-def _user(environ: Mapping[str, str]) -> str:
-    for variable in ("MLFLOW_TRACKING_USERNAME", "USER", "LOGNAME", "USERNAME"):
-        if environ.get(variable):
-            return environ[variable]
-    try:
-        import getpass
-
-        return getpass.getuser()
-    except Exception:  # no user name in this environment: MLflow's own default
-        return "unknown"
 
 
 # The tracker of the kernel nbtrack is loaded into; nbtrack.log_metric & co. log through it.

@@ -122,3 +122,16 @@ def notebook_snapshot(path: Path, redactor: Redactor) -> bytes | None:
                     value = data[mime]
                     data[mime] = redactor.redact("".join(value) if isinstance(value, list) else value)
     return nbformat.writes(notebook).encode()
+
+
+def current_user(environ: Mapping[str, str] = os.environ) -> str:
+    """Who is working: the MLflow tracking user when set, else the system user."""
+    for variable in ("MLFLOW_TRACKING_USERNAME", "USER", "LOGNAME", "USERNAME"):
+        if environ.get(variable):
+            return environ[variable]
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (a container without passwd entry)
+        return "unknown"

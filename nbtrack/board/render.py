@@ -1,0 +1,116 @@
+"""Static renderings of a leaderboard: HTML (every value escaped) and plain text.
+
+The live widget and the static views share :func:`html_table`, so what nbconvert saves and what the
+panel shows rank the same runs the same way.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+FIXED_COLUMNS = ("rank", "run", "notebook", "start_time", "status")
+STYLE = """<style>
+.nbtrack-t{border-collapse:collapse;font:12px/1.4 system-ui,sans-serif}
+.nbtrack-t th,.nbtrack-t td{border-bottom:1px solid #ddd;padding:2px 8px;text-align:left}
+.nbtrack-t th{background:#f4f4f4}
+.nbtrack-t tr.nbtrack-champion td{background:#fff6d5;font-weight:600}
+.nbtrack-t td.nbtrack-diff{background:#ffe3e3}
+.nbtrack-t tr.nbtrack-selected td{outline:1px solid #2b7bb9}
+</style>"""
+
+
+def format_value(value: Any) -> str:
+    """A cell's text: floats to 4 significant places, missing values empty, lists joined."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value)
+    if hasattr(value, "strftime"):
+        try:
+            return value.strftime("%Y-%m-%d %H:%M")
+        except ValueError:  # NaT
+            return ""
+    return str(value)
+
+
+def _columns(board) -> list[str]:
+    hidden = {"run_id"}
+    return [c for c in board.columns if c not in hidden]
+
+
+def _notebook_name(path: Any) -> str:
+    text = format_value(path)
+    return text.rsplit("/", 1)[-1]
+
+
+def is_champion(models: Any, alias: str = "champion") -> bool:
+    """True when one of a run's model versions holds ``alias``."""
+    return any(f"@{alias}" in str(m).split() for m in (models or []))
+
+
+def html_table(board, selected=(), alias: str = "champion", caption: str = "") -> str:
+    """Render a ranked board as an HTML table; champion rows and selected rows are marked."""
+    columns = _columns(board)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    rows = []
+    selected = set(selected)
+    for _, row in board.iterrows():
+        classes = []
+        if "models" in board.columns and is_champion(row.get("models"), alias):
+            classes.append("nbtrack-champion")
+        if row.get("run_id") in selected:
+            classes.append("nbtrack-selected")
+        cells = []
+        for column in columns:
+            value = row[column]
+            text = _notebook_name(value) if column == "notebook" else format_value(value)
+            if column == "run" and "nbtrack-champion" in classes:
+                text = f"\u2605 {text}"
+            cells.append(f"<td>{html.escape(text)}</td>")
+        class_attr = f' class="{" ".join(classes)}"' if classes else ""
+        rows.append(f"<tr{class_attr}>{''.join(cells)}</tr>")
+    caption_html = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    if not rows:
+        rows.append(f'<tr><td colspan="{len(columns)}">no runs yet</td></tr>')
+    return (f'{STYLE}<table class="nbtrack-t">{caption_html}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def text_table(board, caption: str = "") -> str:
+    """Render a ranked board as aligned plain text (terminals, text/plain)."""
+    columns = _columns(board)
+    rows = [[str(c) for c in columns]]
+    for _, row in board.iterrows():
+        rows.append([
+            _notebook_name(row[c]) if c == "notebook" else format_value(row[c]) for c in columns
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    if len(rows) == 1:
+        lines.append("(no runs yet)")
+    return "\n".join(([caption] if caption else []) + lines)
+
+
+def compare_table(runs: list[dict], alias: str = "champion") -> str:
+    """Params and metrics of several runs side by side; rows whose values differ are marked.
+
+    ``runs`` holds dicts with ``name``, ``params`` and ``metrics``.
+    """
+    names = [run["name"] for run in runs]
+    head = "<th>key</th>" + "".join(f"<th>{html.escape(str(n))}</th>" for n in names)
+    body = []
+    for section in ("metrics", "params"):
+        keys = sorted({k for run in runs for k in run[section]})
+        for key in keys:
+            values = [run[section].get(key) for run in runs]
+            texts = [format_value(v) for v in values]
+            differ = len(set(texts)) > 1
+            cls = ' class="nbtrack-diff"' if differ else ""
+            cells = "".join(f"<td{cls}>{html.escape(t)}</td>" for t in texts)
+            body.append(f"<tr><td>{html.escape(section[:-1])} {html.escape(key)}</td>{cells}</tr>")
+    return (f'{STYLE}<table class="nbtrack-t nbtrack-compare"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")

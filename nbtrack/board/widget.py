@@ -1,0 +1,500 @@
+"""The in-notebook leaderboard: rank runs, compare them, register a model, move its champion alias.
+
+Every button calls a method of :class:`Leaderboard` (``register``, ``set_alias``, ``refresh``,
+``select``), and those methods are what notebooks and tests call too. Without a live widget frontend
+(nbconvert, a notebook rendered on a code host, terminal IPython) the board shows as the static HTML
+and text tables that travel in the same display bundle as the widget view.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+
+import ipywidgets as widgets
+
+from nbtrack import display, query, registry
+from nbtrack.board import render
+from nbtrack.capture import lineage
+
+
+def _with_class(widget, name: str):
+    widget.add_class(name)
+    return widget
+
+
+class Leaderboard(widgets.VBox):
+    """An experiment's runs ranked by a metric, with Register and Set champion.
+
+    Parameters
+    ----------
+    experiment
+        Experiment name; default: the one tracked cells here go to.
+    metric
+        Metric to rank by; default: the metric most runs have.
+    ascending
+        Rank lowest first (losses, errors).
+    top
+        How many runs to show.
+
+    Examples
+    --------
+    >>> board = nbtrack.leaderboard(metric="val_auc")  # doctest: +SKIP
+    >>> board.select(board.runs.run_id[0]); board.register("invoice-classifier")  # doctest: +SKIP
+    >>> board.set_alias("champion")  # doctest: +SKIP
+    """
+
+    def __init__(self, experiment=None, metric=None, ascending=False, top=50, tracker=None,
+                 tracking_uri=None, filter=None):
+        from nbtrack.session import current
+
+        self._tracker = tracker if tracker is not None else current()
+        if experiment is None:
+            experiment = (
+                self._tracker.experiment_for(None, Path.cwd())
+                if self._tracker is not None
+                else query.default_experiment()
+            )
+        self.experiment = experiment
+        self.top = top
+        self.tracking_uri = tracking_uri
+        self.runs = None  # the ranked DataFrame shown
+        self._table = None  # every run's params and metrics (search_runs), for comparisons
+        self._versions: dict[str, list] = {}
+        self._metric = metric
+        self._refreshing = False
+
+        self.metric_choice = _with_class(widgets.Dropdown(description="rank by"), "nbtrack-metric")
+        self.ascending_toggle = _with_class(
+            widgets.ToggleButton(value=ascending, description="lowest first",
+                                 tooltip="Rank the lowest values first (losses, errors)"),
+            "nbtrack-sort")
+        self.filter_box = _with_class(
+            widgets.Text(value=filter or "", continuous_update=False,
+                         placeholder="params.C = '0.1' and metrics.val_auc > 0.9",
+                         description="filter", layout=widgets.Layout(width="420px")),
+            "nbtrack-filter")
+        self.refresh_button = _with_class(widgets.Button(description="Refresh", icon="refresh"),
+                                          "nbtrack-refresh")
+        self.table = _with_class(widgets.HTML(), "nbtrack-table")
+        self.selector = _with_class(
+            widgets.SelectMultiple(options=[], rows=6, description="runs",
+                                   layout=widgets.Layout(width="640px")),
+            "nbtrack-select")
+        self.model_name = _with_class(widgets.Text(value=experiment, description="model"),
+                                      "nbtrack-model-name")
+        self.register_button = _with_class(
+            widgets.Button(description="Register", button_style="primary",
+                           tooltip="Register the selected run's model as a new version"),
+            "nbtrack-register")
+        self.version_choice = _with_class(widgets.Dropdown(options=[], description="version"),
+                                          "nbtrack-version")
+        self.alias = _with_class(widgets.Text(value="champion", description="alias"),
+                                 "nbtrack-alias")
+        self.set_alias_button = _with_class(
+            widgets.Button(description="Set champion", button_style="warning",
+                           tooltip="Move the alias to the chosen version"),
+            "nbtrack-set-alias")
+        self.confirm_button = _with_class(
+            widgets.Button(description="Confirm move", button_style="danger",
+                           layout=widgets.Layout(display="none")),
+            "nbtrack-confirm")
+        self.candidate = _with_class(widgets.HTML(), "nbtrack-candidate")
+        self.message = _with_class(widgets.HTML(), "nbtrack-message")
+        self.comparison = _with_class(widgets.HTML(), "nbtrack-compare")
+
+        self.metric_choice.observe(lambda change: self._on_metric(change["new"]), names="value")
+        self.ascending_toggle.observe(lambda _: self.refresh(), names="value")
+        self.filter_box.observe(lambda _: self.refresh(), names="value")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.selector.observe(lambda change: self._on_selection(change["new"]), names="value")
+        self.version_choice.observe(lambda _: self.show_candidate(), names="value")
+        self.alias.observe(lambda _: self.show_candidate(), names="value")
+        self.register_button.on_click(lambda _: self.register())
+        self.set_alias_button.on_click(lambda _: self.request_alias_move())
+        self.confirm_button.on_click(lambda _: self.set_alias(self.alias.value))
+
+        super().__init__(children=[
+            widgets.HBox([self.metric_choice, self.ascending_toggle, self.filter_box,
+                          self.refresh_button]),
+            self.table,
+            self.selector,
+            widgets.HBox([self.model_name, self.register_button]),
+            widgets.HBox([self.version_choice, self.alias, self.set_alias_button,
+                          self.confirm_button]),
+            self.candidate,
+            self.message,
+            self.comparison,
+        ])
+        self.add_class("nbtrack-board")
+        self.refresh()
+        if self._tracker is not None:
+            self._tracker.on_run_recorded(self.refresh)
+
+    # -- what the controls do ----------------------------------------------------------------
+
+    @property
+    def metric(self) -> str | None:
+        """The metric the board ranks by."""
+        return self._metric
+
+    @property
+    def ascending(self) -> bool:
+        """True when the lowest values rank first."""
+        return bool(self.ascending_toggle.value)
+
+    def refresh(self) -> None:
+        """Read the runs again and redraw; a bad filter leaves the last table and says why."""
+        if self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            table = query.runs(self.experiment, filter=self.filter_box.value.strip() or None,
+                               tracker=self._tracker, tracking_uri=self.tracking_uri,
+                               missing_ok=True)
+            board = query.rank(table, metric=self._metric, ascending=self.ascending, top=self.top)
+        except Exception as error:
+            self._say(f"Could not read the runs: {display.short_error(error)}", error=True)
+            return
+        finally:
+            self._refreshing = False
+        self._versions = query.add_model_versions(board, self.tracking_uri) if len(board) else {}
+        self._table = table
+        self.runs = board
+        self._metric = board.attrs.get("metric")
+        self._refreshing = True
+        try:
+            metrics = sorted(c[len("metrics."):] for c in table.columns
+                             if c.startswith("metrics."))
+            self.metric_choice.options = metrics
+            self.metric_choice.value = self._metric if self._metric in metrics else None
+            selected = [r for r in self.selector.value if r in set(board["run_id"])]
+            self.selector.options = [(self._label(row), row["run_id"])
+                                     for _, row in board.iterrows()]
+            self.selector.value = tuple(selected)
+        finally:
+            self._refreshing = False
+        self._draw()
+        self._update_versions()
+
+    def select(self, *run_ids: str) -> None:
+        """Select runs by id, as clicking them in the list does."""
+        known = {value for _, value in self.selector.options}
+        unknown = [r for r in run_ids if r not in known]
+        if unknown:
+            self._say(f"Not on the board: {', '.join(unknown)} (refresh, or widen top/filter).",
+                      error=True)
+            return
+        self.selector.value = tuple(run_ids)
+
+    @property
+    def selected(self) -> tuple[str, ...]:
+        """Ids of the selected runs."""
+        return tuple(self.selector.value)
+
+    def register(self, model_name: str | None = None):
+        """Register the selected run's logged model as a new version of ``model_name``.
+
+        Returns the new ``ModelVersion``, or None (with a message) when no single run with a
+        logged model is selected.
+        """
+        if len(self.selected) != 1:
+            self._say("Select exactly one run to register its model.", error=True)
+            return None
+        run_id = self.selected[0]
+        name = (model_name or self.model_name.value or self.experiment).strip()
+        run_name = self._run_name(run_id)
+        try:
+            experiment_id = self._experiment_id(run_id)
+            models = registry.logged_models(run_id, experiment_id, self.tracking_uri)
+            if not models:
+                self._say(f"Run '{run_name}' has no logged model: nothing was registered.",
+                          error=True)
+                return None
+            version = registry.register(models[-1].model_uri, name, run_id=run_id,
+                                        tracking_uri=self.tracking_uri)
+        except Exception as error:
+            self._say(f"Could not register run '{run_name}': {display.short_error(error)}",
+                      error=True)
+            return None
+        self.model_name.value = name
+        self._say(f"Registered {name} v{version.version} from run '{run_name}'.")
+        self.refresh()
+        self.version_choice.value = (name, str(version.version))
+        return version
+
+    def request_alias_move(self) -> None:
+        """What Set champion does: move at once, or ask first when another version holds it."""
+        chosen = self.version_choice.value
+        if chosen is None:
+            self._say("Choose a registered version first (register a run's model).", error=True)
+            return
+        alias = self.alias.value.strip() or "champion"
+        holder = registry.alias_holder(chosen[0], alias, self.tracking_uri)
+        if holder is not None and str(holder.version) != chosen[1]:
+            self.show_candidate()
+            self.confirm_button.layout.display = None
+            self._say(f"@{alias} is held by {chosen[0]} v{holder.version}. "
+                      f"Confirm to move it to v{chosen[1]}.")
+            return
+        self.set_alias(alias)
+
+    def set_alias(self, alias: str = "champion", version=None):
+        """Move ``alias`` to ``version`` (default: the version chosen on the board).
+
+        ``version`` is a version number of the board's model, or ``(model name, number)``.
+        Calling this method is itself the confirmation: it moves the alias at once. Returns the
+        ``ModelVersion`` now holding the alias, or None with a message.
+        """
+        self.confirm_button.layout.display = "none"
+        if version is None:
+            chosen = self.version_choice.value
+        elif isinstance(version, tuple):
+            chosen = (version[0], str(version[1]))
+        else:
+            chosen = ((self.model_name.value or self.experiment).strip(), str(version))
+        if chosen is None:
+            self._say("Choose a registered version first (register a run's model).", error=True)
+            return None
+        name, number = chosen
+        alias = (alias or "champion").strip()
+        try:
+            previous = registry.set_alias(
+                name, alias, number, moved_by=lineage.current_user(),
+                notebook=self._notebook(), tracking_uri=self.tracking_uri)
+        except Exception as error:
+            self._say(f"Could not move @{alias} of {name} to v{number}: "
+                      f"{display.short_error(error)}", error=True)
+            return None
+        was = f" (was v{previous.version})" if previous is not None else " (nothing held it)"
+        self._say(f"@{alias} of {name} → v{number}{was}.")
+        self.refresh()
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri).get_model_version(name, number)
+
+    def show_candidate(self) -> None:
+        """Show the chosen version next to the alias's holder on the board's metric."""
+        chosen = self.version_choice.value
+        alias = self.alias.value.strip() or "champion"
+        if chosen is None:
+            self.candidate.value = ""
+            return
+        try:
+            self.candidate.value = self._candidate_html(chosen, alias)
+        except Exception as error:
+            self.candidate.value = html.escape(f"(comparison unavailable: {error})")
+
+    # -- drawing -----------------------------------------------------------------------------
+
+    def _draw(self) -> None:
+        self.table.value = render.html_table(self.runs, selected=self.selected,
+                                             alias=self.alias.value.strip() or "champion",
+                                             caption=self._caption())
+
+    def _caption(self) -> str:
+        order = "lowest first" if self.ascending else "highest first"
+        by = f", ranked by {self._metric} ({order})" if self._metric else ""
+        where = f", filter: {self.filter_box.value}" if self.filter_box.value.strip() else ""
+        return f"experiment '{self.experiment}'{by}{where}"
+
+    def _label(self, row) -> str:
+        value = row.get(self._metric) if self._metric else None
+        shown = f" · {self._metric}={render.format_value(value)}" if self._metric else ""
+        return f"{row['rank']}. {render.format_value(row['run'])}{shown}"
+
+    def _on_metric(self, metric) -> None:
+        if self._refreshing or metric is None or metric == self._metric:
+            return
+        self._metric = metric
+        self.refresh()
+
+    def _on_selection(self, run_ids) -> None:
+        if self._refreshing:
+            return
+        self._draw()
+        self._update_versions()
+        self.comparison.value = self._comparison_html(list(run_ids)) if len(run_ids) > 1 else ""
+
+    def _update_versions(self) -> None:
+        runs = self.selected or ()
+        options = []
+        for run_id in runs:
+            for version in sorted(self._versions.get(run_id, []),
+                                  key=lambda v: (v.name, int(v.version))):
+                aliases = "".join(f" @{a}" for a in sorted(version.aliases or []))
+                options.append((f"{version.name} v{version.version}{aliases}",
+                                (version.name, str(version.version))))
+        current = self.version_choice.value
+        self.version_choice.options = options
+        if current in [value for _, value in options]:
+            self.version_choice.value = current
+        elif options:
+            self.version_choice.value = options[-1][1]
+        self.show_candidate()
+
+    def _say(self, text: str, error: bool = False) -> None:
+        color = "#b00020" if error else "#1b5e20"
+        self.message.value = f'<span style="color:{color}">{html.escape(text)}</span>'
+
+    def _candidate_html(self, chosen, alias: str) -> str:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        name, number = chosen
+        candidate = client.get_model_version(name, number)
+        holder = registry.alias_holder(name, alias, self.tracking_uri)
+        metric = self._metric
+        parts = [self._version_summary("candidate", candidate, metric, client)]
+        if holder is None:
+            parts.append(f"nothing holds @{html.escape(alias)} yet")
+        elif str(holder.version) == str(number):
+            parts.append(f"this version already holds @{html.escape(alias)}")
+        else:
+            parts.append(self._version_summary(f"current @{alias}", holder, metric, client))
+            differs = _data_differs(client, candidate.run_id, holder.run_id)
+            if differs:
+                parts.append(f"<b>⚠ evaluated on different data</b>: {html.escape(differs)}")
+        return "<br>".join(parts)
+
+    def _version_summary(self, role, version, metric, client) -> str:
+        run = client.get_run(version.run_id) if version.run_id else None
+        run_name = run.data.tags.get("mlflow.runName", version.run_id) if run else "?"
+        value = run.data.metrics.get(metric) if (run and metric) else None
+        shown = f"{metric} = {render.format_value(value)}" if metric else ""
+        return html.escape(f"{role}: {version.name} v{version.version} (run '{run_name}') {shown}")
+
+    def _comparison_html(self, run_ids: list[str]) -> str:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        runs = [client.get_run(run_id) for run_id in run_ids]
+        rows = [{"name": r.data.tags.get("mlflow.runName", r.info.run_id),
+                 "params": r.data.params, "metrics": r.data.metrics} for r in runs]
+        parts = [render.compare_table(rows)]
+        plot = _history_plot(client, runs)
+        if plot:
+            parts.append(_img(plot, "metric histories"))
+        for run in runs:
+            for item in client.list_artifacts(run.info.run_id, "figures"):
+                if item.path.endswith(".png"):
+                    with _no_progress_bars():
+                        local = client.download_artifacts(run.info.run_id, item.path)
+                    label = f"{run.data.tags.get('mlflow.runName', '')}: {item.path}"
+                    parts.append(_img(Path(local).read_bytes(), label))
+        return "".join(parts)
+
+    def _run_name(self, run_id: str) -> str:
+        if self.runs is not None:
+            match = self.runs[self.runs["run_id"] == run_id]
+            if len(match):
+                return str(match["run"].iloc[0])
+        return run_id
+
+    def _experiment_id(self, run_id: str) -> str:
+        if self._table is not None and "experiment_id" in self._table:
+            match = self._table[self._table["run_id"] == run_id]
+            if len(match):
+                return str(match["experiment_id"].iloc[0])
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id).info.experiment_id
+
+    def _notebook(self) -> str | None:
+        path = lineage.notebook_path(os.environ, {}, Path.cwd())
+        return str(path) if path else None
+
+    # -- display -----------------------------------------------------------------------------
+
+    def static_html(self) -> str:
+        """The board as a static HTML table (what nbconvert and code hosts show)."""
+        if self.runs is None:
+            return "<p>nbtrack leaderboard: no runs read yet</p>"
+        return render.html_table(self.runs, alias=self.alias.value.strip() or "champion",
+                                 caption=self._caption())
+
+    def static_text(self) -> str:
+        """The board as plain text (what terminals show)."""
+        if self.runs is None:
+            return "nbtrack leaderboard: no runs read yet"
+        return render.text_table(self.runs, caption=self._caption())
+
+    def _repr_mimebundle_(self, **kwargs):
+        # Widget state is not saved by headless execution: the static views travel in the same
+        # bundle, and frontends without a widget manager show them instead of an empty widget.
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        bundle["text/html"] = self.static_html()
+        bundle["text/plain"] = self.static_text()
+        return bundle
+
+
+class _no_progress_bars:
+    """MLflow draws download progress bars on stderr; inside a board they are noise."""
+
+    def __enter__(self):
+        self._saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+    def __exit__(self, *exc):
+        if self._saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = self._saved
+
+
+def _img(png: bytes, label: str) -> str:
+    data = base64.b64encode(png).decode()
+    return (f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,'
+            f'{data}" style="max-width:360px"><figcaption>{html.escape(label)}</figcaption>'
+            f"</figure>")
+
+
+def _history_plot(client, runs) -> bytes | None:
+    """One PNG with a panel per metric that has a history (more than one point) in any run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    histories: dict[str, dict[str, list]] = {}
+    for run in runs:
+        for key in run.data.metrics:
+            points = client.get_metric_history(run.info.run_id, key)
+            if len(points) > 1:
+                name = run.data.tags.get("mlflow.runName", run.info.run_id)
+                histories.setdefault(key, {})[name] = sorted((p.step, p.value) for p in points)
+    if not histories:
+        return None
+    # A Figure without pyplot: nothing is shown in the notebook, nothing is left open.
+    figure = Figure(figsize=(4 * len(histories), 3))
+    FigureCanvasAgg(figure)
+    for index, (key, by_run) in enumerate(sorted(histories.items()), start=1):
+        axes = figure.add_subplot(1, len(histories), index)
+        for name, points in by_run.items():
+            axes.plot([s for s, _ in points], [v for _, v in points], label=name)
+        axes.set_title(key)
+        axes.set_xlabel("step")
+        axes.legend(fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _data_differs(client, run_a: str | None, run_b: str | None) -> str:
+    """Say how two runs' datasets differ ('' when they used the same data)."""
+    if not run_a or not run_b:
+        return ""
+    digests = []
+    for run_id in (run_a, run_b):
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        digests.append({d.dataset.name: d.dataset.digest for d in inputs})
+    a, b = digests
+    changed = [n for n in sorted(set(a) & set(b)) if a[n] != b[n]]
+    if changed:
+        return "dataset digests differ for " + ", ".join(
+            f"{n} ({a[n]} vs {b[n]})" for n in changed)
+    if a and b and not set(a) & set(b):
+        return "the two runs share no dataset"
+    return ""
