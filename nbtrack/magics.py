@@ -9,12 +9,13 @@ own, untouched. Everything else happens in :mod:`nbtrack.session`, which knows n
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from IPython.core.error import UsageError
 from IPython.core.formatters import BaseFormatter
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import ObjectName, Unicode
 
 from nbtrack import display
@@ -22,6 +23,16 @@ from nbtrack.errors import BadOptionError
 from nbtrack.session import CellContext, Tracker, TrackOptions
 
 _TRACK_LINE = re.compile(r"^%%track(?P<args>(\s.*)?)$")
+
+
+def _parse(magic, line: str):
+    """Parse a magic's arguments with shell quoting (``-n 'my run'`` gives ``my run``, where
+    IPython's own splitting would keep the quotes)."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as error:
+        raise UsageError(f"{error} in {line.strip()!r}.") from None
+    return magic.parser.parse_args(argv)
 
 
 def _comma_list(text: str | None) -> tuple[str, ...] | None:
@@ -117,7 +128,7 @@ class TrackMagics(Magics):
 
         Example: ``%track_config -e churn-model``. Other settings: ``%config Nbtrack``.
         """
-        args = parse_argstring(self.track_config, line)
+        args = _parse(self.track_config, line)
         if args.experiment is not None:
             self.tracker.configured_experiment = args.experiment.strip()
         experiment = self.tracker.experiment_for(None, Path.cwd())
@@ -138,7 +149,7 @@ class TrackMagics(Magics):
         object, whose methods (``select``, ``register``, ``set_alias``, ``refresh``) do what
         its buttons do.
         """
-        args = parse_argstring(self.track_board, line)
+        args = _parse(self.track_board, line)
         if args.top < 1:
             raise UsageError("%track_board: --top takes a positive number of runs.")
         from nbtrack.board.widget import Leaderboard
@@ -149,7 +160,7 @@ class TrackMagics(Magics):
     def parse_options(self, line: str) -> TrackOptions:
         """Parse a ``%%track`` line's arguments; raise UsageError naming what is wrong."""
         try:
-            args = parse_argstring(self.track, line)
+            args = _parse(self.track, line)
             return TrackOptions(
                 experiment=args.experiment,
                 name=args.name,

@@ -452,3 +452,9 @@ def test_log_figure_api(shell):
 def test_syntax_errors_are_the_users_own(shell, source):
     result = shell.run(source)
     assert isinstance(result.error_in_exec or result.error_before_exec, SyntaxError)
+
+
+def test_quoted_option_values_keep_their_spaces(shell):
+    shell.ok("%%track -e exp -n 'my run' -t \"note=two words\"\nx = 1")
+    tags = shell.last().data.tags
+    assert tags["mlflow.runName"] == "my run" and tags["note"] == "two words"
