@@ -1,12 +1,120 @@
-"""Executing notebooks headless, tracked like interactive ones (papermill drives nbclient)."""
+"""Executing notebooks headless, tracked like interactive ones: one execution or a parameter sweep.
+
+papermill injects parameters after the notebook's ``parameters`` cell and drives nbclient. Each
+execution runs in a process of its own, so that executions run side by side (``-j``) with their own
+environment, and a kernel that dies takes only its own execution with it.
+"""
 
 from __future__ import annotations
 
+import ast
+import itertools
+import json
 import os
-from contextlib import contextmanager
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbtrack.errors import NotebookError
+from nbtrack.errors import BadOptionError, NotebookError
+
+OK, FAILED, KILLED = "ok", "FAILED", "KILLED"
+_EXIT_FAILED, _EXIT_KILLED = 1, 3
+
+
+def parse_value(text: str):
+    """A parameter value as papermill would inject it: a Python literal if it is one, else text.
+
+    >>> parse_value("0.1"), parse_value("[1, 2]"), parse_value("lbfgs")
+    (0.1, [1, 2], 'lbfgs')
+    """
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def parse_assignment(text: str, option: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE``; the key must be a Python name."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise BadOptionError(f"{option} takes NAME=VALUE with NAME a Python name, got {text!r}.")
+    return key, value
+
+
+def sweep_points(parameters: list[str], grid: list[str]) -> list[dict]:
+    """The executions of a sweep: every point of the grid's cross product, plus the fixed values.
+
+    >>> sweep_points(["seed=1"], ["C=0.1,1"])
+    [{'seed': 1, 'C': 0.1}, {'seed': 1, 'C': 1}]
+    """
+    fixed = {}
+    for text in parameters:
+        key, value = parse_assignment(text, "-p")
+        fixed[key] = parse_value(value)
+    axes: dict[str, list] = {}
+    for text in grid:
+        key, values = parse_assignment(text, "--grid")
+        items = [v.strip() for v in values.split(",")]
+        if not values.strip() or any(not v for v in items):
+            raise BadOptionError(f"--grid takes NAME=V1,V2,... with no empty value, got {text!r}.")
+        axes[key] = [parse_value(v) for v in items]
+    if not axes:
+        return [fixed]
+    names = list(axes)
+    return [{**fixed, **dict(zip(names, combo))} for combo in itertools.product(*axes.values())]
+
+
+def notebook_parameters(notebook: Path) -> set[str] | None:
+    """Names the notebook's ``parameters`` cell defines, or None when it has no such cell."""
+    import nbformat
+
+    parsed = nbformat.read(os.fspath(notebook), as_version=4)
+    for cell in parsed.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:
+                return set()
+            return {
+                target.id
+                for node in ast.walk(tree)
+                if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(target, ast.Name)
+            }
+    return None
+
+
+def check_notebook(notebook: Path, parameter_names: set[str]) -> list[str]:
+    """Check a notebook before a sweep; return warnings (unknown parameter names).
+
+    Raises NotebookError when it is missing, unreadable, or has no ``parameters`` cell while
+    parameters are given.
+    """
+    if not notebook.is_file():
+        raise NotebookError(f"notebook {str(notebook)!r} not found.")
+    try:
+        defined = notebook_parameters(notebook)
+    except Exception as error:
+        raise NotebookError(f"notebook {str(notebook)!r} cannot be read: {error}") from None
+    if not parameter_names:
+        return []
+    if defined is None:
+        raise NotebookError(
+            f"notebook {str(notebook)!r} has no cell tagged 'parameters', so -p/--grid values "
+            "have nowhere to go. Tag the cell that sets the defaults (View > Cell Toolbar > Tags "
+            "in Jupyter) and try again."
+        )
+    return [
+        f"parameter {name!r} is not set in the notebook's parameters cell; it is injected anyway."
+        for name in sorted(parameter_names - defined)
+    ]
 
 
 def absolute_tracking_uri() -> str:
@@ -24,45 +132,127 @@ def absolute_tracking_uri() -> str:
     return uri
 
 
-@contextmanager
-def _environment(values: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+@dataclass(frozen=True)
+class Execution:
+    """One execution of a sweep."""
+
+    notebook: Path
+    output: Path
+    parameters: dict
+    experiment: str
+    sweep_id: str
+    execution_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
-def execute(notebook: Path, output: Path, parameters: dict | None = None,
-            experiment: str | None = None, progress: bool = True) -> Path:
-    """Execute ``notebook`` into ``output`` with nbtrack's lineage variables set for the kernel.
+@dataclass(frozen=True)
+class ExecutionResult:
+    """How an execution ended: ``ok``, ``FAILED`` or ``KILLED``, with a one-line reason."""
 
-    The kernel gets ``JPY_SESSION_NAME`` (so runs name their notebook), ``NBTRACK_BATCH`` (runs are
-    tagged as batch executions), an absolute ``MLFLOW_TRACKING_URI`` and, when given,
-    ``MLFLOW_EXPERIMENT_NAME``. Raises ``papermill.PapermillExecutionError`` when a cell fails.
-    """
-    import papermill
+    execution: Execution
+    status: str
+    reason: str = ""
 
-    notebook = Path(notebook)
-    if not notebook.is_file():
-        raise NotebookError(f"notebook {str(notebook)!r} not found.")
-    env = {
-        "JPY_SESSION_NAME": str(notebook.resolve()),
+
+def plan(notebook: Path, points: list[dict], outdir: Path, experiment: str) -> list[Execution]:
+    """Name the executions of a sweep and where their executed notebooks go."""
+    sweep_id = uuid.uuid4().hex[:12]
+    executions = []
+    for index, point in enumerate(points, start=1):
+        label = "-".join(f"{k}={v}" for k, v in point.items())
+        label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)[:80]
+        name = f"{notebook.stem}-{index:02d}" + (f"-{label}" if label else "") + ".ipynb"
+        executions.append(Execution(notebook, outdir / name, point, experiment, sweep_id))
+    return executions
+
+
+def kernel_environment(execution: Execution, tracking_uri: str) -> dict[str, str]:
+    """What the execution's kernel is told: which notebook it runs, that it is a batch run, its
+    injected parameters, and where runs go."""
+    return {
+        "JPY_SESSION_NAME": str(execution.notebook.resolve()),
         "NBTRACK_BATCH": "nbtrack run",
-        "MLFLOW_TRACKING_URI": absolute_tracking_uri(),
+        "NBTRACK_SWEEP_ID": execution.sweep_id,
+        "NBTRACK_EXECUTION_ID": execution.execution_id,
+        "NBTRACK_PARAMETERS": json.dumps(execution.parameters, default=str),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_EXPERIMENT_NAME": execution.experiment,
     }
-    if experiment:
-        env["MLFLOW_EXPERIMENT_NAME"] = experiment
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with _environment(env):
+
+
+def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
+              on_done: Callable[[ExecutionResult], None] | None = None) -> list[ExecutionResult]:
+    """Run executions, up to ``jobs`` at once, each in its own process; return how each ended."""
+    from tqdm.auto import tqdm
+
+    tracking_uri = absolute_tracking_uri()
+    results: list[ExecutionResult] = []
+    with tqdm(total=len(executions), desc="executions", unit="nb", disable=not progress,
+              file=sys.stderr) as bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(_execute_in_process, e, tracking_uri) for e in executions]
+        for future in futures:
+            result = future.result()
+            results.append(result)
+            bar.update(1)
+            if on_done is not None:
+                on_done(result)
+    return results
+
+
+def _execute_in_process(execution: Execution, tracking_uri: str) -> ExecutionResult:
+    execution.output.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **kernel_environment(execution, tracking_uri)}
+    request = json.dumps({
+        "notebook": str(execution.notebook), "output": str(execution.output),
+        "parameters": execution.parameters, "execution_id": execution.execution_id,
+        "experiment": execution.experiment,
+    }, default=str)
+    done = subprocess.run([sys.executable, "-m", "nbtrack.batch", request], env=env,
+                          capture_output=True, text=True)
+    reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    if done.returncode == 0:
+        return ExecutionResult(execution, OK)
+    status = KILLED if done.returncode == _EXIT_KILLED else FAILED
+    return ExecutionResult(execution, status, reason or f"exit code {done.returncode}")
+
+
+def _worker(request: dict) -> int:
+    """Execute one notebook (in the process ``nbtrack run`` started for it); see run_sweep."""
+    import logging
+
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    from nbtrack import recorder
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # e.g. "unknown parameter": checked
+    notebook = Path(request["notebook"])
+    output = Path(request["output"])
+    code, reason = 0, ""
+    try:
         papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters or {}, kernel_name="python3",
-            cwd=str(notebook.resolve().parent), progress_bar=progress,
+            str(notebook), str(output), parameters=request["parameters"], kernel_name="python3",
+            cwd=str(notebook.resolve().parent), progress_bar=False,
         )
-    return output
+    except PapermillExecutionError as error:
+        code = _EXIT_FAILED
+        reason = f"cell {error.exec_count} raised {error.ename}: {error.evalue}"
+    except DeadKernelError as error:
+        code = _EXIT_KILLED
+        reason = f"the kernel died: {error}"
+    except Exception as error:  # kernel failed to start, notebook unreadable, ...
+        code = _EXIT_FAILED
+        reason = f"{type(error).__name__}: {error}"
+    store = recorder.Recorder()
+    if code == _EXIT_KILLED:
+        store.end_running_runs(request["experiment"], request["execution_id"], reason)
+    if output.exists():
+        store.attach_to_execution(request["experiment"], request["execution_id"], output,
+                                  "notebook")
+    if reason:
+        print(reason, file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(json.loads(sys.argv[1])))

@@ -1,57 +1,97 @@
 """``nbtrack`` on the command line: thin over batch, query and registry.
 
-Exit codes: 0 success; 1 an execution or store operation failed; 2 bad input (usage).
+Exit codes: 0 success; 1 an execution failed or was killed, or the store refused an operation;
+2 bad input (a missing notebook, a malformed option, an unknown experiment or metric).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from nbtrack.errors import NbtrackError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nbtrack",
         description="Notebook-native experiment tracking on MLflow.",
-        epilog="Exit codes: 0 success, 1 an execution or the store failed, 2 bad input.",
+        epilog="Exit codes: 0 success; 1 an execution failed or was killed, or the store "
+               "refused an operation; 2 bad input.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="Execute a notebook headless, tracked; print the board.")
+    run = commands.add_parser(
+        "run", help="Execute a notebook headless (a sweep with --grid); print the leaderboard.",
+        description="Execute a notebook headless, tracked, once or once per point of a grid. "
+                    "Values go after the notebook's 'parameters' cell, as papermill does.",
+        epilog="Example: nbtrack run train.ipynb -p seed=1 --grid C=0.01,0.1,1 -j 2",
+    )
     run.add_argument("notebook", type=Path, help="The .ipynb to execute.")
+    run.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                     help="A parameter for every execution; repeatable. Python literals are "
+                          "parsed (0.1, [1, 2], True); anything else is a string.")
+    run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="Values to sweep; repeatable: one execution per combination.")
+    run.add_argument("-j", "--jobs", type=int, default=1, help="Executions at once (default 1).")
     run.add_argument("-o", "--outdir", type=Path, default=None,
                      help="Where executed notebooks go (default: runs/ beside the notebook).")
-    run.add_argument("-e", "--experiment", help="MLflow experiment for the notebook's runs.")
+    run.add_argument("-e", "--experiment", help="MLflow experiment for the runs "
+                                                "(default: the project's name).")
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
-    runs = commands.add_parser("runs", help="Print an experiment's leaderboard.")
+    runs = commands.add_parser("runs", help="Print an experiment's leaderboard.",
+                               description="Print an experiment's runs ranked by a metric, the "
+                                           "same ranking as the notebook's board.")
     runs.add_argument("-e", "--experiment", help="Experiment (default: this folder's project).")
     runs.add_argument("-m", "--metric", help="Metric to rank by (default: the most common).")
     runs.add_argument("--asc", action="store_true", help="Rank lowest first.")
     runs.add_argument("--top", type=int, default=20, help="How many runs (default 20).")
+    runs.add_argument("--filter", help="MLflow filter, e.g. \"params.C = '0.1'\".")
     runs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    promote = commands.add_parser(
+        "promote", help="Register a run's model and move an alias to the new version.",
+        description="Register the model a run logged as a new version of MODEL and move ALIAS "
+                    "(default champion) to it; prints the version and the alias's previous "
+                    "holder.")
+    promote.add_argument("run_id", help="The run whose logged model to register.")
+    promote.add_argument("--model", required=True, help="Registered model name.")
+    promote.add_argument("--alias", default="champion", help="Alias to move (default champion).")
+
+    ui = commands.add_parser("ui", help="Start MLflow's own UI on the store nbtrack uses.",
+                             description="Start `mlflow ui` on the same store nbtrack writes to "
+                                         "(MLFLOW_TRACKING_URI, else ./mlflow.db).")
+    ui.add_argument("--host", default="127.0.0.1", help="Address to listen on (127.0.0.1).")
+    ui.add_argument("--port", type=int, default=5000, help="Port (default 5000).")
     return parser
 
 
-def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table") -> None:
+def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table",
+                 filter=None, title=None) -> None:
     from nbtrack import query
 
-    board = query.leaderboard(experiment=experiment, metric=metric, ascending=ascending, top=top)
+    board = query.leaderboard(experiment=experiment, metric=metric, ascending=ascending, top=top,
+                              filter=filter)
     if fmt == "csv":
         print(board.to_csv(index=False), end="")
     elif fmt == "json":
         print(board.to_json(orient="records", date_format="iso"))
     else:
-        shown = board.drop(columns=["run_id", "notebook"]).copy()
-        if "models" in shown:
-            shown["models"] = shown["models"].map(", ".join)
-        shown["start_time"] = shown["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S")
+        from nbtrack.board import render
+
         ranked_by = board.attrs.get("metric")
-        print(f"experiment '{experiment}'" + (f", ranked by {ranked_by}" if ranked_by else ""))
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        caption = title or f"experiment '{experiment}'"
+        if ranked_by:
+            caption += f", ranked by {ranked_by}"
+        shown = board.drop(columns=["notebook"]) if "notebook" in board else board
+        print(render.text_table(shown, caption=caption))
 
 
 def _run(args) -> int:
@@ -59,19 +99,73 @@ def _run(args) -> int:
     from nbtrack.config import resolve_experiment
 
     notebook = args.notebook
-    if not notebook.is_file():
-        raise NbtrackError(f"notebook {str(notebook)!r} not found.")
-    outdir = args.outdir or notebook.resolve().parent / "runs"
-    output = outdir / f"{notebook.stem}.out.ipynb"
+    if args.jobs < 1:
+        raise NbtrackError("-j/--jobs takes a positive number.")
+    points = batch.sweep_points(args.parameter, args.grid)
+    names = {name for point in points for name in point}
+    for warning in batch.check_notebook(notebook, names):
+        print(f"nbtrack run: warning: {warning}", file=sys.stderr)
     experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
+    outdir = args.outdir or notebook.resolve().parent / "runs"
+    if len(points) > 1:
+        outdir = outdir / time.strftime(f"{notebook.stem}-%Y%m%d-%H%M%S")
+    executions = batch.plan(notebook, points, outdir, experiment)
+    results = batch.run_sweep(executions, jobs=args.jobs, progress=not args.no_progress)
+    failed = 0
+    for result in results:
+        point = ", ".join(f"{k}={v}" for k, v in result.execution.parameters.items())
+        where = result.execution.output
+        if result.status == batch.OK:
+            print(f"ok      {where}" + (f"  ({point})" if point else ""))
+        else:
+            failed += 1
+            print(f"{result.status:<7} {where}" + (f"  ({point})" if point else "")
+                  + f": {result.reason}")
+    print()
+    sweep = executions[0].sweep_id
     try:
-        batch.execute(notebook, output, experiment=experiment, progress=not args.no_progress)
-    except Exception as error:
-        print(f"nbtrack run: {notebook} failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    print(f"executed notebook written to {output}")
-    _print_board(experiment)
-    return 0
+        _print_board(experiment, filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(points) * 20,
+                     title=f"experiment '{experiment}', this run's executions")
+    except NbtrackError as error:
+        print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _promote(args) -> int:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from nbtrack import registry
+    from nbtrack.capture import lineage
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(args.run_id)
+    except MlflowException:
+        raise NbtrackError(f"no run with id {args.run_id!r} in {client.tracking_uri}.") from None
+    models = registry.logged_models(run.info.run_id, run.info.experiment_id)
+    if not models:
+        raise NbtrackError(f"run {args.run_id!r} has no logged model: nothing was registered.")
+    version = registry.register(models[-1].model_uri, args.model, run_id=run.info.run_id)
+    previous = registry.set_alias(args.model, args.alias, version.version,
+                                  moved_by=lineage.current_user(), notebook=None)
+    was = f"v{previous.version}" if previous is not None else "nobody"
+    print(f"registered {args.model} v{version.version} from run {args.run_id}; "
+          f"@{args.alias} moved to v{version.version} (previously {was})")
+    return EXIT_OK
+
+
+def _ui(args) -> int:
+    from nbtrack.batch import absolute_tracking_uri
+
+    uri = absolute_tracking_uri()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,18 +176,27 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "runs":
             _print_board(args.experiment or _default_experiment(), args.metric, args.asc,
-                         args.top, args.format)
-            return 0
+                         args.top, args.format, filter=args.filter)
+            return EXIT_OK
+        if args.command == "promote":
+            return _promote(args)
+        if args.command == "ui":
+            return _ui(args)
     except NbtrackError as error:
         print(f"nbtrack {args.command}: {error}", file=sys.stderr)
-        return 2
-    return 2
+        return EXIT_USAGE
+    except Exception as error:  # the store refused, or another failure outside the user's input
+        from nbtrack.display import short_error
+
+        print(f"nbtrack {args.command}: {short_error(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_USAGE
 
 
 def _default_experiment() -> str:
-    from nbtrack.config import resolve_experiment
+    from nbtrack.query import default_experiment
 
-    return resolve_experiment(None, "", Path.cwd())
+    return default_experiment()
 
 
 if __name__ == "__main__":

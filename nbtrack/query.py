@@ -41,10 +41,18 @@ def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri
         )
     if isinstance(order_by, str):
         order_by = [order_by]
-    with _tracking_uri(tracking_uri):
-        return mlflow.search_runs(
-            experiment_ids=[found.experiment_id], filter_string=filter or "", order_by=order_by
-        )
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _tracking_uri(tracking_uri):
+            return mlflow.search_runs(
+                experiment_ids=[found.experiment_id], filter_string=filter or "",
+                order_by=order_by,
+            )
+    except MlflowException as error:
+        if filter and error.error_code == "INVALID_PARAMETER_VALUE":
+            raise NbtrackError(f"filter {filter!r} not understood: {error.message}") from None
+        raise
 
 
 class _tracking_uri:

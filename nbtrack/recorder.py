@@ -79,14 +79,16 @@ class Recorder:
         self._experiment_ids[name] = experiment_id
         return experiment_id
 
-    def open_run(self, experiment: str, run_name: str, start_time_ms: int) -> str:
+    def open_run(self, experiment: str, run_name: str, start_time_ms: int,
+                 tags: dict[str, str] | None = None) -> str:
         """Create a run and make it MLflow's active run, so the cell's own ``mlflow.log_*`` calls
         land in it. :meth:`write` finishes it."""
         import mlflow
 
         with quiet_mlflow():
             run = self.client.create_run(
-                self.experiment_id(experiment), start_time=start_time_ms, run_name=run_name
+                self.experiment_id(experiment), start_time=start_time_ms, run_name=run_name,
+                tags=tags,
             )
         run_id = run.info.run_id
         # A run left active by an earlier cell's own mlflow.start_run() stays as it was: ours goes
@@ -154,6 +156,34 @@ class Recorder:
             registered=registered,
             problems=tuple(problems),
         )
+
+    def execution_runs(self, experiment: str, execution_id: str) -> list:
+        """The runs one batch execution made (tag ``nbtrack.execution``)."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return self.client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`nbtrack.execution` = '{execution_id}'"
+        )
+
+    def attach_to_execution(self, experiment: str, execution_id: str, path: Path,
+                            folder: str) -> int:
+        """Log a file (the executed notebook) with every run of a batch execution."""
+        with quiet_mlflow():
+            runs = self.execution_runs(experiment, execution_id)
+            for run in runs:
+                self.client.log_artifact(run.info.run_id, str(path), folder)
+        return len(runs)
+
+    def end_running_runs(self, experiment: str, execution_id: str, reason: str) -> int:
+        """End the runs a dead kernel left RUNNING as KILLED, saying why in a tag."""
+        with quiet_mlflow():
+            runs = [r for r in self.execution_runs(experiment, execution_id)
+                    if r.info.status == "RUNNING"]
+            for run in runs:
+                self.client.set_tag(run.info.run_id, "nbtrack.killed_reason", reason[:500])
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        return len(runs)
 
     # -- the parts of a run ------------------------------------------------------------------
 

@@ -157,17 +157,34 @@ class Tracker:
             figures=collector,
         )
         self.active = active
-        if syntax.uses_mlflow and not syntax.starts_own_run:
+        batch_execution = bool(self.environ.get("NBTRACK_EXECUTION_ID"))
+        if (syntax.uses_mlflow and not syntax.starts_own_run) or batch_execution:
             # The cell calls mlflow.log_* itself: open the run now so those calls land in it.
+            # In a batch execution too: a kernel that dies mid-cell then leaves a run that
+            # `nbtrack run` can end as KILLED, instead of no run at all.
             try:
                 active.run_id = self.recorder.open_run(
-                    active.experiment, active.run_name, active.started_ms
+                    active.experiment, active.run_name, active.started_ms,
+                    tags=self._opening_tags(active),
                 )
             except Exception as error:
                 display.warn(
                     f"could not open run '{active.run_name}' before the cell "
                     f"({_short(error)}); the cell's own mlflow calls go to MLflow's default run."
                 )
+
+    def _opening_tags(self, active: _ActiveCell) -> dict[str, str]:
+        """Tags a run gets when it is opened before its cell runs: enough to find and explain
+        it should the kernel die before the cell ends."""
+        notebook = str(active.notebook) if active.notebook else "<ipython>"
+        tags = {"mlflow.source.type": "NOTEBOOK", "mlflow.source.name": notebook,
+                "nbtrack.notebook": notebook}
+        for variable, tag in (("NBTRACK_SWEEP_ID", "nbtrack.sweep"),
+                              ("NBTRACK_EXECUTION_ID", "nbtrack.execution"),
+                              ("NBTRACK_BATCH", "nbtrack.batch")):
+            if self.environ.get(variable):
+                tags[tag] = self.environ[variable]
+        return tags
 
     def end(self, namespace: Mapping[str, Any], error: BaseException | None) -> RunOutcome | None:
         """Finish the running tracked cell: capture, record, summarize. Never raises."""
@@ -404,12 +421,31 @@ class Tracker:
                 value = namespace.get(name)
                 if estimators.is_estimator(value) and estimators.is_fitted(value):
                     params.update(estimators.hyperparameters(name, value))
+        params.update(self._injected_parameters(warn))
         params = {k: v for k, v in params.items() if not is_secret_name(k)}
         for key, value in active.explicit_params.items():
             if key in params and param_text(params[key]) != param_text(value):
                 warn(f"param {key!r} logged as {param_text(value)!r} by log_param; "
                      f"the cell's value {param_text(params[key])!r} is not logged.")
             params[key] = value
+        return params
+
+    def _injected_parameters(self, warn) -> dict[str, Any]:
+        """Values ``nbtrack run -p/--grid`` injected into this execution's notebook."""
+        text = self.environ.get("NBTRACK_PARAMETERS")
+        if not text:
+            return {}
+        import json
+
+        try:
+            injected = json.loads(text)
+        except ValueError:
+            warn("NBTRACK_PARAMETERS is not JSON: the injected parameters are not logged.")
+            return {}
+        params: dict[str, Any] = {}
+        for name, value in injected.items():
+            params.update(flatten_param(name, value, self.settings.max_collection_items)
+                          or {name: str(value)})
         return params
 
     def _metrics(self, active: _ActiveCell, namespace: Mapping[str, Any], warn) -> dict[str, float]:
@@ -488,8 +524,13 @@ class Tracker:
                 tags[f"nbtrack.git.{key}"] = git[key]
         for package, version in lineage.package_versions().items():
             tags[f"nbtrack.version.{package}"] = version
-        if self.environ.get("NBTRACK_BATCH"):
-            tags["nbtrack.batch"] = self.environ["NBTRACK_BATCH"]
+        runner = lineage.batch_runner(self.environ)
+        if runner:
+            tags["nbtrack.batch"] = runner
+        for variable, tag in (("NBTRACK_SWEEP_ID", "nbtrack.sweep"),
+                              ("NBTRACK_EXECUTION_ID", "nbtrack.execution")):
+            if self.environ.get(variable):
+                tags[tag] = self.environ[variable]
         if error is not None:
             tags["nbtrack.error"] = redactor.redact(
                 f"{type(error).__name__}: {error}".strip().rstrip(":")

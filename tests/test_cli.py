@@ -52,10 +52,10 @@ def test_run_executes_tracks_and_prints_the_board(store, client, tmp_path):
     ])
     done = nbtrack("run", "sweep.ipynb", "-e", "cli-exp", "--no-progress", cwd=folder, check=True)
     lines = done.stdout.splitlines()
-    assert "experiment 'cli-exp', ranked by score" in lines
-    board = lines[lines.index("experiment 'cli-exp', ranked by score") + 1:]
+    caption = "experiment 'cli-exp', this run's executions, ranked by score"
+    board = lines[lines.index(caption) + 1:]
     assert board[1].split()[:2] == ["1", "large"] and board[2].split()[:2] == ["2", "small"]
-    assert (folder / "runs" / "sweep.out.ipynb").exists()
+    assert (folder / "runs" / "sweep-01.ipynb").exists()
     runs = client.search_runs([client.get_experiment_by_name("cli-exp").experiment_id])
     assert {r.data.tags["mlflow.runName"] for r in runs} == {"small", "large"}
     for run in runs:

@@ -135,3 +135,25 @@ def current_user(environ: Mapping[str, str] = os.environ) -> str:
         return getpass.getuser()
     except Exception:  # no user name in this environment (a container without passwd entry)
         return "unknown"
+
+
+def batch_runner(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Which headless runner executes this kernel: ``nbtrack run``, ``nbconvert``, ``papermill``
+    (None when a person is at the notebook).
+
+    ``nbtrack run`` says so in ``NBTRACK_BATCH``; for the others, the kernel's parent process
+    (``JPY_PARENT_PID``, set by jupyter_client) is looked at, where /proc shows it.
+    """
+    if environ.get("NBTRACK_BATCH"):
+        return environ["NBTRACK_BATCH"]
+    parent = environ.get("JPY_PARENT_PID")
+    if not parent or not parent.isdigit():
+        return None
+    try:
+        command = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    for runner in ("papermill", "nbconvert", "nbclient"):
+        if runner in command:
+            return runner
+    return None
