@@ -80,7 +80,7 @@ class Recorder:
         return experiment_id
 
     def open_run(self, experiment: str, run_name: str, start_time_ms: int,
-                 tags: dict[str, str] | None = None) -> str:
+                 tags: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
         """Create a run and make it MLflow's active run, so the cell's own ``mlflow.log_*`` calls
         land in it. :meth:`write` finishes it."""
         import mlflow
@@ -91,6 +91,11 @@ class Recorder:
                 tags=tags,
             )
         run_id = run.info.run_id
+        if params:
+            from mlflow.entities import Param
+
+            with quiet_mlflow():
+                self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         # A run left active by an earlier cell's own mlflow.start_run() stays as it was: ours goes
         # on top of it instead of raising MLflow's "run already active" error.
         mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)

@@ -166,6 +166,9 @@ class Tracker:
                 active.run_id = self.recorder.open_run(
                     active.experiment, active.run_name, active.started_ms,
                     tags=self._opening_tags(active),
+                    params=sanitize.params(
+                        {k: param_text(v) for k, v in self._injected_parameters(display.warn).items()},
+                        display.warn),
                 )
             except Exception as error:
                 display.warn(

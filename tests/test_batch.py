@@ -1,0 +1,212 @@
+"""Headless execution: `nbtrack run` sweeps, `promote`, `ui`, and plain nbconvert, on real kernels."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import nbformat
+import pytest
+
+
+def nbtrack(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "nbtrack", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+def write_notebook(path, cells, parameters=None):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    notebook.cells = []
+    if parameters is not None:
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        notebook.cells.append(cell)
+    notebook.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+    nbformat.write(notebook, path)
+    return path
+
+
+SWEEP_CELLS = [
+    "%load_ext nbtrack",
+    "%%track -n fit\n"
+    "import os, signal\n"
+    "if C == 'die':\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "if C == 'boom':\n    raise ValueError('C must be a number')\n"
+    "score = C * 10 + seed",
+]
+
+
+@pytest.fixture
+def sweep_notebook(tmp_path, store):
+    folder = tmp_path / "project"
+    return write_notebook(folder / "sweep.ipynb", SWEEP_CELLS, parameters="C = 1.0\nseed = 0")
+
+
+def experiment_runs(client, name):
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_grid_with_two_jobs_runs_every_point_with_its_params_and_notebook(sweep_notebook,
+                                                                          client):
+    done = nbtrack("run", "sweep.ipynb", "-p", "seed=5", "--grid", "C=0.1,0.2,0.3", "-j", "2",
+                   "-e", "sweep", cwd=sweep_notebook.parent)
+    assert done.returncode == 0, done.stderr
+    assert "executions: 100%" in done.stderr  # the progress bar
+    runs = experiment_runs(client, "sweep")
+    assert sorted(r.data.params["C"] for r in runs) == ["0.1", "0.2", "0.3"]
+    assert {r.data.params["seed"] for r in runs} == {"5"}
+    assert sorted(r.data.metrics["score"] for r in runs) == pytest.approx([6.0, 7.0, 8.0])
+    assert len({r.data.tags["nbtrack.sweep"] for r in runs}) == 1
+    assert len({r.data.tags["nbtrack.execution"] for r in runs}) == 3
+    for run in runs:
+        assert run.data.tags["nbtrack.batch"] == "nbtrack run"
+        assert run.info.status == "FINISHED"
+        notebooks = [a.path for a in client.list_artifacts(run.info.run_id, "notebook")]
+        assert len(notebooks) == 1
+        executed = nbformat.read(client.download_artifacts(run.info.run_id, notebooks[0]), 4)
+        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert f"C = {run.data.params['C']}" in injected[0].source
+        assert any(o.get("text", "").startswith("nbtrack: run 'fit'")
+                   for c in executed.cells for o in c.get("outputs", []))
+    board = done.stdout[done.stdout.index("this run's executions"):].splitlines()
+    assert [line.split()[0] for line in board[2:5]] == ["1", "2", "3"]
+    assert board[2].split()[1] == "fit" and "0.3" in board[2]
+
+
+def test_failed_and_killed_executions_leave_the_others_and_exit_non_zero(sweep_notebook, client):
+    done = nbtrack("run", "sweep.ipynb", "--grid", "C=1,'boom','die',2", "-j", "2",
+                   "-e", "faults", "--no-progress", cwd=sweep_notebook.parent)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("FAILED") and "ValueError: C must be a number" in line
+               for line in lines)
+    assert any(line.startswith("KILLED") and "kernel died" in line for line in lines)
+    by_c = {r.data.params["C"]: r for r in experiment_runs(client, "faults")}
+    assert by_c["1"].info.status == "FINISHED" and by_c["2"].info.status == "FINISHED"
+    assert by_c["boom"].info.status == "FAILED"
+    assert "ValueError: C must be a number" == by_c["boom"].data.tags["nbtrack.error"]
+    assert by_c["die"].info.status == "KILLED"
+    assert "kernel died" in by_c["die"].data.tags["nbtrack.killed_reason"]
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_parameter_warns_and_still_runs(sweep_notebook, client):
+    done = nbtrack("run", "sweep.ipynb", "-p", "lr=0.5", "-e", "unknown", "--no-progress",
+                   cwd=sweep_notebook.parent)
+    assert done.returncode == 0, done.stderr
+    assert "parameter 'lr' is not set in the notebook's parameters cell" in done.stderr
+    assert experiment_runs(client, "unknown")[0].data.params["lr"] == "0.5"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "C"], "-p takes NAME=VALUE"),
+    (["-p", "1x=2"], "-p takes NAME=VALUE"),
+    (["--grid", "C=1,,2"], "--grid takes NAME=V1,V2"),
+    (["--grid", "C="], "--grid takes NAME=V1,V2"),
+    (["-j", "0"], "-j/--jobs takes a positive number"),
+])
+def test_malformed_options_are_one_line_errors(sweep_notebook, args, message):
+    done = nbtrack("run", "sweep.ipynb", *args, cwd=sweep_notebook.parent)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_parameters_without_a_parameters_cell_is_an_error(tmp_path, store):
+    write_notebook(tmp_path / "plain.ipynb", ["x = 1"])
+    done = nbtrack("run", "plain.ipynb", "-p", "x=2", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "has no cell tagged 'parameters'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_promote_registers_and_moves_the_alias(sweep_notebook, client, store):
+    assert nbtrack("run", "sweep.ipynb", "-e", "promo", "--no-progress",
+                   cwd=sweep_notebook.parent).returncode == 0
+    fit = write_notebook(sweep_notebook.parent / "fit.ipynb", [
+        "%load_ext nbtrack",
+        "%%track -e promo -n model\nfrom sklearn.datasets import load_iris\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "X, y = load_iris(return_X_y=True)\nclf = LogisticRegression(max_iter=500).fit(X, y)",
+    ])
+    assert nbtrack("run", fit.name, "-e", "promo", "--no-progress",
+                   cwd=fit.parent).returncode == 0
+    runs = {r.data.tags["mlflow.runName"]: r.info.run_id for r in experiment_runs(client, "promo")}
+    first = nbtrack("promote", runs["model"], "--model", "iris", cwd=fit.parent)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == (f"registered iris v1 from run {runs['model']}; "
+                                    "@champion moved to v1 (previously nobody)")
+    second = nbtrack("promote", runs["model"], "--model", "iris", cwd=fit.parent)
+    assert "@champion moved to v2 (previously v1)" in second.stdout
+    assert client.get_model_version_by_alias("iris", "champion").version == 2
+    no_model = nbtrack("promote", runs["fit"], "--model", "iris", cwd=fit.parent)
+    assert no_model.returncode == 2 and "has no logged model" in no_model.stderr
+    missing = nbtrack("promote", "0" * 32, "--model", "iris", cwd=fit.parent)
+    assert missing.returncode == 2 and "no run with id" in missing.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_ui_serves_mlflows_own_ui_on_the_same_store(store, tmp_path):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "nbtrack", "ui", "--port", str(port)],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()
+                assert time.time() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10",
+                timeout=10) as response:
+            assert "experiments" in json.loads(response.read())
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_python_m_nbtrack_is_the_cli(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "nbtrack", "run", "--help"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "--grid" in done.stdout and "Example:" in done.stdout
+
+
+def test_nbconvert_execution_is_tagged_batch_and_saves_the_static_board(tmp_path, store, client):
+    notebook = write_notebook(tmp_path / "project" / "conv.ipynb", [
+        "%load_ext nbtrack",
+        "%%track -e conv -n one\nscore = float(3)",
+        "%track_board -e conv",
+    ])
+    done = subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+         str(notebook), "--output", "conv.out.ipynb"],
+        capture_output=True, text=True, timeout=600, cwd=notebook.parent)
+    assert done.returncode == 0, done.stderr
+    run = experiment_runs(client, "conv")[0]
+    assert run.data.tags["nbtrack.batch"] == "nbconvert"
+    executed = nbformat.read(notebook.parent / "conv.out.ipynb", 4)
+    board_output = executed.cells[2].outputs
+    assert [o.output_type for o in board_output] == ["execute_result"]
+    data = board_output[0].data
+    assert "<table" in data["text/html"] and "one" in data["text/plain"]
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert not any(o.output_type == "error" or o.get("name") == "stderr"
+                   for cell in executed.cells for o in cell.outputs)
