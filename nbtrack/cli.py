@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="Where executed notebooks go (default: runs/ beside the notebook).")
     run.add_argument("-e", "--experiment", help="MLflow experiment for the runs "
                                                 "(default: the project's name).")
+    run.add_argument("-m", "--metric", help="Metric to rank the printed leaderboard by.")
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
     runs = commands.add_parser("runs", help="Print an experiment's leaderboard.",
@@ -124,7 +125,8 @@ def _run(args) -> int:
     print()
     sweep = executions[0].sweep_id
     try:
-        _print_board(experiment, filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(points) * 20,
+        _print_board(experiment, metric=args.metric,
+                     filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(points) * 20,
                      title=f"experiment '{experiment}', this run's executions")
     except NbtrackError as error:
         print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)

@@ -152,9 +152,10 @@ def rank(table, metric=None, ascending=False, top=50):
     ordered = ([column] if column else []) + sorted(c for c in metric_columns if c != column)
     for name in ordered:
         board[name[len("metrics."):]] = table[name].values
+    # Only params whose values differ between the runs that have them: constant ones are
+    # noise, and so are the many defaults of an estimator that only some runs fit.
     for name in sorted(c for c in table.columns if c.startswith("params.")):
-        values = table[name].dropna()
-        if values.nunique() > 1 or (len(values) and values.size < len(table)):
+        if table[name].dropna().nunique() > 1:
             board[name] = table[name].values
     board["run_id"] = table["run_id"].values if "run_id" in table else None
     board.attrs["metric"] = metric

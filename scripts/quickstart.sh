@@ -3,4 +3,4 @@
 # (./mlflow.db), and print the resulting leaderboard.
 source "$(dirname "$0")/_venv.sh"
 python -m pip install -q -e ".[demo]"
-nbtrack run notebooks/train_v2_final.ipynb
+nbtrack run notebooks/train_v2_final.ipynb -m val_auc

@@ -80,9 +80,18 @@ def html_table(board, selected=(), alias: str = "champion", caption: str = "") -
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
+MAX_TEXT_PARAMS = 8
+
+
 def text_table(board, caption: str = "") -> str:
-    """Render a ranked board as aligned plain text (terminals, text/plain)."""
+    """Render a ranked board as aligned plain text (terminals, text/plain).
+
+    At most :data:`MAX_TEXT_PARAMS` param columns are shown; a last line says how many more.
+    """
     columns = _columns(board)
+    params = [c for c in columns if c.startswith("params.")]
+    hidden = params[MAX_TEXT_PARAMS:]
+    columns = [c for c in columns if c not in hidden]
     rows = [[str(c) for c in columns]]
     for _, row in board.iterrows():
         rows.append([
@@ -92,6 +101,8 @@ def text_table(board, caption: str = "") -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     if len(rows) == 1:
         lines.append("(no runs yet)")
+    if hidden:
+        lines.append(f"(+{len(hidden)} more differing params: see --format csv or the board)")
     return "\n".join(([caption] if caption else []) + lines)
 
 
