@@ -68,6 +68,7 @@ def log_metric(key: str, value: float, step: int | None = None) -> None:
     --------
     >>> for epoch in range(epochs):  # doctest: +SKIP
     ...     nbtrack.log_metric("train_loss", loss, step=epoch)
+
     """
     tracker = _tracker()
     if tracker is None:
@@ -84,6 +85,7 @@ def log_param(key: str, value: Any) -> None:
     Examples
     --------
     >>> nbtrack.log_param("data_version", "2024-06")  # doctest: +SKIP
+
     """
     tracker = _tracker()
     if tracker is None:
@@ -100,6 +102,7 @@ def log_figure(figure: Any, name: str | None = None) -> None:
     Examples
     --------
     >>> nbtrack.log_figure(fig, "calibration")  # doctest: +SKIP
+
     """
     tracker = _tracker()
     if tracker is None:
@@ -116,6 +119,7 @@ def last_run() -> str | None:
     Examples
     --------
     >>> mlflow.get_run(nbtrack.last_run()).data.metrics  # doctest: +SKIP
+
     """
     tracker = _tracker()
     return tracker.last_run_id if tracker is not None else None
@@ -142,6 +146,7 @@ def runs(experiment: str | None = None, filter: str | None = None, order_by=None
     Examples
     --------
     >>> nbtrack.runs(order_by=["metrics.val_auc DESC"]).head()  # doctest: +SKIP
+
     """
     from nbtrack import query
 
@@ -156,6 +161,7 @@ def leaderboard(experiment: str | None = None, metric: str | None = None, ascend
     --------
     >>> board = nbtrack.leaderboard(metric="val_auc")  # doctest: +SKIP
     >>> board  # shows it  # doctest: +SKIP
+
     """
     from nbtrack.board.widget import Leaderboard
 

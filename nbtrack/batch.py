@@ -67,7 +67,7 @@ def sweep_points(parameters: list[str], grid: list[str]) -> list[dict]:
     if not axes:
         return [fixed]
     names = list(axes)
-    return [{**fixed, **dict(zip(names, combo))} for combo in itertools.product(*axes.values())]
+    return [{**fixed, **dict(zip(names, combo, strict=False))} for combo in itertools.product(*axes.values())]
 
 
 def notebook_parameters(notebook: Path) -> set[str] | None:
@@ -117,21 +117,6 @@ def check_notebook(notebook: Path, parameter_names: set[str]) -> list[str]:
     ]
 
 
-def absolute_tracking_uri() -> str:
-    """MLflow's tracking URI with a relative SQLite path made absolute.
-
-    The kernel runs in the notebook's folder; a relative ``sqlite:///mlflow.db`` would otherwise
-    open a different store there than the one this process reads.
-    """
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
-    return uri
-
-
 @dataclass(frozen=True)
 class Execution:
     """One execution of a sweep."""
@@ -167,7 +152,8 @@ def plan(notebook: Path, points: list[dict], outdir: Path, experiment: str) -> l
 
 def kernel_environment(execution: Execution, tracking_uri: str) -> dict[str, str]:
     """What the execution's kernel is told: which notebook it runs, that it is a batch run, its
-    injected parameters, and where runs go."""
+    injected parameters, and where runs go.
+    """
     return {
         "JPY_SESSION_NAME": str(execution.notebook.resolve()),
         "NBTRACK_BATCH": "nbtrack run",
@@ -183,6 +169,8 @@ def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
               on_done: Callable[[ExecutionResult], None] | None = None) -> list[ExecutionResult]:
     """Run executions, up to ``jobs`` at once, each in its own process; return how each ended."""
     from tqdm.auto import tqdm
+
+    from nbtrack.query import absolute_tracking_uri
 
     tracking_uri = absolute_tracking_uri()
     results: list[ExecutionResult] = []

@@ -134,17 +134,10 @@ def _run(args) -> int:
 
 
 def _promote(args) -> int:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from nbtrack import registry
+    from nbtrack import query, registry
     from nbtrack.capture import lineage
 
-    client = MlflowClient()
-    try:
-        run = client.get_run(args.run_id)
-    except MlflowException:
-        raise NbtrackError(f"no run with id {args.run_id!r} in {client.tracking_uri}.") from None
+    run = query.get_run(args.run_id)
     models = registry.logged_models(run.info.run_id, run.info.experiment_id)
     if not models:
         raise NbtrackError(f"run {args.run_id!r} has no logged model: nothing was registered.")
@@ -158,7 +151,7 @@ def _promote(args) -> int:
 
 
 def _ui(args) -> int:
-    from nbtrack.batch import absolute_tracking_uri
+    from nbtrack.query import absolute_tracking_uri
 
     uri = absolute_tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,

@@ -60,7 +60,8 @@ def git_root(start: Path) -> Path | None:
 
 def resolve_experiment(option: str | None, configured: str, notebook_dir: Path) -> str:
     """Pick the experiment: ``-e`` first, then ``%track_config`` / traitlet, then
-    ``MLFLOW_EXPERIMENT_NAME``, then the project's name."""
+    ``MLFLOW_EXPERIMENT_NAME``, then the project's name.
+    """
     for candidate in (option, configured, os.environ.get("MLFLOW_EXPERIMENT_NAME")):
         if candidate:
             return candidate

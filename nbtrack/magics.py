@@ -27,7 +27,8 @@ _TRACK_LINE = re.compile(r"^%%track(?P<args>(\s.*)?)$")
 
 def _parse(magic, line: str):
     """Parse a magic's arguments with shell quoting (``-n 'my run'`` gives ``my run``, where
-    IPython's own splitting would keep the quotes)."""
+    IPython's own splitting would keep the quotes).
+    """
     try:
         argv = shlex.split(line)
     except ValueError as error:
@@ -53,7 +54,8 @@ def _tags(pairs: list[str] | None) -> dict[str, str]:
 
 class _FigureTap(BaseFormatter):
     """A display formatter that sees every matplotlib figure the shell displays and adds nothing
-    to the output (it returns None), so what the cell shows is unchanged."""
+    to the output (it returns None), so what the cell shows is unchanged.
+    """
 
     format_type = Unicode("application/vnd.nbtrack.figure-tap")
     print_method = ObjectName("_nbtrack_figure_tap_")

@@ -82,12 +82,22 @@ def leaderboard(experiment=None, metric=None, ascending=False, top=50, tracker=N
 
     Parameters
     ----------
+    experiment
+        Experiment name; default: the one tracked cells in the current folder go to.
     metric
         The metric to rank by; default: the metric most runs have.
     ascending
         Rank lowest first (for losses and errors).
     top
         How many runs to keep.
+    tracker
+        The kernel's tracker, for the default experiment.
+    tracking_uri
+        The store; default: MLflow's tracking URI.
+    filter
+        MLflow filter syntax, e.g. ``"params.C = '0.1'"``.
+    models
+        Add the ``models`` column (registered versions and aliases).
 
     Returns
     -------
@@ -95,6 +105,7 @@ def leaderboard(experiment=None, metric=None, ascending=False, top=50, tracker=N
         One row a run: ``rank``, ``run``, ``status``, ``start_time``, ``notebook``, the metrics,
         the params whose values differ between the listed runs, ``models`` (registered versions
         made from the run's models, with their aliases: ``["iris v2 @champion"]``) and ``run_id``.
+
     """
     table = runs(experiment=experiment, tracker=tracker, tracking_uri=tracking_uri, filter=filter)
     board = rank(table, metric=metric, ascending=ascending, top=top)
@@ -160,3 +171,66 @@ def rank(table, metric=None, ascending=False, top=50):
     board["run_id"] = table["run_id"].values if "run_id" in table else None
     board.attrs["metric"] = metric
     return board
+
+
+def _client(tracking_uri=None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def get_run(run_id: str, tracking_uri=None):
+    """One run (``mlflow.entities.Run``); NbtrackError when there is none with that id."""
+    from mlflow.exceptions import MlflowException
+
+    from nbtrack.errors import NbtrackError
+
+    client = _client(tracking_uri)
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise NbtrackError(f"no run with id {run_id!r} in {client.tracking_uri}.") from None
+
+
+def metric_history(run_id: str, key: str, tracking_uri=None) -> list[tuple[int, float]]:
+    """A metric's points as ``(step, value)``, in step order."""
+    points = _client(tracking_uri).get_metric_history(run_id, key)
+    return sorted((p.step, p.value) for p in points)
+
+
+def figure_images(run_id: str, tracking_uri=None) -> list[tuple[str, bytes]]:
+    """The PNG figures a run logged under ``figures/``, as ``(path, bytes)``."""
+    import os
+
+    client = _client(tracking_uri)
+    found = []
+    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no bars inside a board
+    try:
+        for item in client.list_artifacts(run_id, "figures"):
+            if item.path.endswith(".png"):
+                local = client.download_artifacts(run_id, item.path)
+                found.append((item.path, Path(local).read_bytes()))
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
+    return found
+
+
+def absolute_tracking_uri() -> str:
+    """MLflow's tracking URI with a relative SQLite path made absolute.
+
+    A kernel runs in its notebook's folder; a relative ``sqlite:///mlflow.db`` would otherwise
+    open a different store there than the one the calling process reads.
+    """
+    import os
+
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri

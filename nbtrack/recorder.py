@@ -82,7 +82,8 @@ class Recorder:
     def open_run(self, experiment: str, run_name: str, start_time_ms: int,
                  tags: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
         """Create a run and make it MLflow's active run, so the cell's own ``mlflow.log_*`` calls
-        land in it. :meth:`write` finishes it."""
+        land in it. :meth:`write` finishes it.
+        """
         import mlflow
 
         with quiet_mlflow():
@@ -292,7 +293,8 @@ class Recorder:
 @contextmanager
 def quiet_mlflow():
     """Keep MLflow's own info logs and warnings out of the user's cell output while nbtrack
-    writes (what goes wrong is reported by nbtrack, in one line)."""
+    writes (what goes wrong is reported by nbtrack, in one line).
+    """
     logger = logging.getLogger("mlflow")
     level = logger.level
     logger.setLevel(logging.ERROR)

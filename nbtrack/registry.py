@@ -16,6 +16,8 @@ def register(model_uri: str, name: str, run_id: str | None = None, tracking_uri:
         The registered model; created on first use.
     run_id
         The run that logged the model, recorded on the version.
+    tracking_uri
+        The store; default: MLflow's tracking URI.
 
     Returns
     -------
@@ -26,6 +28,7 @@ def register(model_uri: str, name: str, run_id: str | None = None, tracking_uri:
     --------
     >>> register("models:/m-1a2b", "invoice-classifier").version  # doctest: +SKIP
     '3'
+
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -107,6 +110,7 @@ def set_alias(name: str, alias: str, version: str | int, moved_by: str, notebook
     --------
     >>> set_alias("invoice-classifier", "champion", 3, "ana", "train.ipynb")  # doctest: +SKIP
     <ModelVersion: ... version='2' ...>
+
     """
     import datetime
 
@@ -125,3 +129,10 @@ def set_alias(name: str, alias: str, version: str | int, moved_by: str, notebook
     }.items():
         client.set_model_version_tag(name, str(version), f"{prefix}.{key}", str(value))
     return previous
+
+
+def get_version(name: str, version: str | int, tracking_uri: str | None = None):
+    """One registered model version (``ModelVersion``)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri).get_model_version(name, str(version))

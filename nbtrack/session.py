@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from nbtrack import display, sanitize
-from nbtrack.display import short_error as _short
 from nbtrack.capture import datasets, estimators, lineage
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.secrets import Redactor, is_secret_name
 from nbtrack.capture.source import CellSyntax, analyze
 from nbtrack.capture.values import flatten_param, metric_number, param_text
 from nbtrack.config import Nbtrack, resolve_experiment
+from nbtrack.display import short_error as _short
 from nbtrack.record import (
     FAILED,
     FINISHED,
@@ -104,6 +104,7 @@ class Tracker:
         Writes records to MLflow; created on first use when not given.
     environ
         The environment (``os.environ``): notebook path and secrets are read from it.
+
     """
 
     def __init__(self, settings: Nbtrack | None = None, recorder: Any = None, environ=None):
@@ -178,7 +179,8 @@ class Tracker:
 
     def _opening_tags(self, active: _ActiveCell) -> dict[str, str]:
         """Tags a run gets when it is opened before its cell runs: enough to find and explain
-        it should the kernel die before the cell ends."""
+        it should the kernel die before the cell ends.
+        """
         notebook = str(active.notebook) if active.notebook else "<ipython>"
         tags = {"mlflow.source.type": "NOTEBOOK", "mlflow.source.name": notebook,
                 "nbtrack.notebook": notebook}

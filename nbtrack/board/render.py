@@ -98,7 +98,7 @@ def text_table(board, caption: str = "") -> str:
             _notebook_name(row[c]) if c == "notebook" else format_value(row[c]) for c in columns
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     if len(rows) == 1:
         lines.append("(no runs yet)")
     if hidden:

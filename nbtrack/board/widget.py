@@ -45,6 +45,7 @@ class Leaderboard(widgets.VBox):
     >>> board = nbtrack.leaderboard(metric="val_auc")  # doctest: +SKIP
     >>> board.select(board.runs.run_id[0]); board.register("invoice-classifier")  # doctest: +SKIP
     >>> board.set_alias("champion")  # doctest: +SKIP
+
     """
 
     def __init__(self, experiment=None, metric=None, ascending=False, top=50, tracker=None,
@@ -272,9 +273,7 @@ class Leaderboard(widgets.VBox):
         was = f" (was v{previous.version})" if previous is not None else " (nothing held it)"
         self._say(f"@{alias} of {name} → v{number}{was}.")
         self.refresh()
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri).get_model_version(name, number)
+        return registry.get_version(name, number, self.tracking_uri)
 
     def show_candidate(self) -> None:
         """Show the chosen version next to the alias's holder on the board's metric."""
@@ -341,50 +340,40 @@ class Leaderboard(widgets.VBox):
         self.message.value = f'<span style="color:{color}">{html.escape(text)}</span>'
 
     def _candidate_html(self, chosen, alias: str) -> str:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.tracking_uri)
         name, number = chosen
-        candidate = client.get_model_version(name, number)
+        candidate = registry.get_version(name, number, self.tracking_uri)
         holder = registry.alias_holder(name, alias, self.tracking_uri)
         metric = self._metric
-        parts = [self._version_summary("candidate", candidate, metric, client)]
+        parts = [self._version_summary("candidate", candidate, metric)]
         if holder is None:
             parts.append(f"nothing holds @{html.escape(alias)} yet")
         elif str(holder.version) == str(number):
             parts.append(f"this version already holds @{html.escape(alias)}")
         else:
-            parts.append(self._version_summary(f"current @{alias}", holder, metric, client))
-            differs = _data_differs(client, candidate.run_id, holder.run_id)
+            parts.append(self._version_summary(f"current @{alias}", holder, metric))
+            differs = _data_differs(candidate.run_id, holder.run_id, self.tracking_uri)
             if differs:
                 parts.append(f"<b>⚠ evaluated on different data</b>: {html.escape(differs)}")
         return "<br>".join(parts)
 
-    def _version_summary(self, role, version, metric, client) -> str:
-        run = client.get_run(version.run_id) if version.run_id else None
+    def _version_summary(self, role, version, metric) -> str:
+        run = query.get_run(version.run_id, self.tracking_uri) if version.run_id else None
         run_name = run.data.tags.get("mlflow.runName", version.run_id) if run else "?"
         value = run.data.metrics.get(metric) if (run and metric) else None
         shown = f"{metric} = {render.format_value(value)}" if metric else ""
         return html.escape(f"{role}: {version.name} v{version.version} (run '{run_name}') {shown}")
 
     def _comparison_html(self, run_ids: list[str]) -> str:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.tracking_uri)
-        runs = [client.get_run(run_id) for run_id in run_ids]
+        runs = [query.get_run(run_id, self.tracking_uri) for run_id in run_ids]
         rows = [{"name": r.data.tags.get("mlflow.runName", r.info.run_id),
                  "params": r.data.params, "metrics": r.data.metrics} for r in runs]
         parts = [render.compare_table(rows)]
-        plot = _history_plot(client, runs)
+        plot = _history_plot(runs, self.tracking_uri)
         if plot:
             parts.append(_img(plot, "metric histories"))
         for run in runs:
-            for item in client.list_artifacts(run.info.run_id, "figures"):
-                if item.path.endswith(".png"):
-                    with _no_progress_bars():
-                        local = client.download_artifacts(run.info.run_id, item.path)
-                    label = f"{run.data.tags.get('mlflow.runName', '')}: {item.path}"
-                    parts.append(_img(Path(local).read_bytes(), label))
+            for path, png in query.figure_images(run.info.run_id, self.tracking_uri):
+                parts.append(_img(png, f"{run.data.tags.get('mlflow.runName', '')}: {path}"))
         return "".join(parts)
 
     def _run_name(self, run_id: str) -> str:
@@ -399,9 +388,7 @@ class Leaderboard(widgets.VBox):
             match = self._table[self._table["run_id"] == run_id]
             if len(match):
                 return str(match["experiment_id"].iloc[0])
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id).info.experiment_id
+        return query.get_run(run_id, self.tracking_uri).info.experiment_id
 
     def _notebook(self) -> str | None:
         path = lineage.notebook_path(os.environ, {}, Path.cwd())
@@ -431,20 +418,6 @@ class Leaderboard(widgets.VBox):
         return bundle
 
 
-class _no_progress_bars:
-    """MLflow draws download progress bars on stderr; inside a board they are noise."""
-
-    def __enter__(self):
-        self._saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-
-    def __exit__(self, *exc):
-        if self._saved is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = self._saved
-
-
 def _img(png: bytes, label: str) -> str:
     data = base64.b64encode(png).decode()
     return (f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,'
@@ -452,7 +425,7 @@ def _img(png: bytes, label: str) -> str:
             f"</figure>")
 
 
-def _history_plot(client, runs) -> bytes | None:
+def _history_plot(runs, tracking_uri) -> bytes | None:
     """One PNG with a panel per metric that has a history (more than one point) in any run."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -460,10 +433,10 @@ def _history_plot(client, runs) -> bytes | None:
     histories: dict[str, dict[str, list]] = {}
     for run in runs:
         for key in run.data.metrics:
-            points = client.get_metric_history(run.info.run_id, key)
+            points = query.metric_history(run.info.run_id, key, tracking_uri)
             if len(points) > 1:
                 name = run.data.tags.get("mlflow.runName", run.info.run_id)
-                histories.setdefault(key, {})[name] = sorted((p.step, p.value) for p in points)
+                histories.setdefault(key, {})[name] = points
     if not histories:
         return None
     # A Figure without pyplot: nothing is shown in the notebook, nothing is left open.
@@ -482,13 +455,13 @@ def _history_plot(client, runs) -> bytes | None:
     return buffer.getvalue()
 
 
-def _data_differs(client, run_a: str | None, run_b: str | None) -> str:
+def _data_differs(run_a: str | None, run_b: str | None, tracking_uri=None) -> str:
     """Say how two runs' datasets differ ('' when they used the same data)."""
     if not run_a or not run_b:
         return ""
     digests = []
     for run_id in (run_a, run_b):
-        inputs = client.get_run(run_id).inputs.dataset_inputs
+        inputs = query.get_run(run_id, tracking_uri).inputs.dataset_inputs
         digests.append({d.dataset.name: d.dataset.digest for d in inputs})
     a, b = digests
     changed = [n for n in sorted(set(a) & set(b)) if a[n] != b[n]]

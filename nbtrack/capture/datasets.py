@@ -25,7 +25,8 @@ def collect(
     names: Iterable[tuple[str, str]], namespace: Mapping[str, Any]
 ) -> tuple[list[DataCapture], int]:
     """Return the datasets among ``(name, context)`` pairs, each object once, and how many were
-    left out past :data:`MAX_DATASETS`."""
+    left out past :data:`MAX_DATASETS`.
+    """
     found: list[DataCapture] = []
     seen: set[int] = set()
     skipped = 0

@@ -98,7 +98,7 @@ class Redactor:
                 if _target_is_secret(node.target):
                     self.add(node.value.value)
             elif isinstance(node, ast.Dict):
-                for key, value in zip(node.keys, node.values):
+                for key, value in zip(node.keys, node.values, strict=False):
                     if _is_str(key) and is_secret_name(key.value) and _is_str(value):
                         self.add(value.value)
             elif isinstance(node, ast.keyword) and node.arg and is_secret_name(node.arg):

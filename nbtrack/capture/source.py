@@ -35,7 +35,7 @@ class CellSyntax:
 
 
 def analyze(source: str) -> CellSyntax:
-    """Analyze Python source (IPython syntax already transformed).
+    r"""Analyze Python source (IPython syntax already transformed).
 
     >>> analyze("C = 0.1\\nacc = model.score(X, y)").literal_bindings
     {'C': 0.1}
@@ -130,7 +130,7 @@ class _BindingVisitor:
         elif isinstance(target, (ast.Tuple, ast.List)):
             values = value.elts if isinstance(value, (ast.Tuple, ast.List)) else None
             if values is not None and len(values) == len(target.elts):
-                for sub_target, sub_value in zip(target.elts, values):
+                for sub_target, sub_value in zip(target.elts, values, strict=False):
                     self._assign(sub_target, sub_value)
             else:
                 for name in _target_names(target):
