@@ -110,6 +110,12 @@ def _run(args) -> int:
     outdir = args.outdir or notebook.resolve().parent / "runs"
     if len(points) > 1:
         outdir = outdir / time.strftime(f"{notebook.stem}-%Y%m%d-%H%M%S")
+    # Created here, not by the kernels: its artifacts then sit beside a default ./mlflow.db (a
+    # kernel would resolve ./mlruns in the notebook's folder), and parallel kernels do not race.
+    from nbtrack.query import absolute_tracking_uri
+    from nbtrack.recorder import Recorder
+
+    Recorder(absolute_tracking_uri()).experiment_id(experiment)
     executions = batch.plan(notebook, points, outdir, experiment)
     results = batch.run_sweep(executions, jobs=args.jobs, progress=not args.no_progress)
     failed = 0
