@@ -63,13 +63,16 @@ class _FigureTap(BaseFormatter):
     def __init__(self, tracker: Tracker, **kwargs) -> None:
         super().__init__(**kwargs)
         self._tracker = tracker
-        self.for_type_by_name("matplotlib.figure", "Figure", self._tap)
 
-    def _tap(self, figure) -> None:
-        try:
-            self._tracker.figure_shown(figure)
-        except Exception as error:  # a figure nbtrack cannot read must not change the display
-            display.warn(f"figure not logged: {display.short_error(error)}")
+    def __call__(self, obj) -> None:
+        # Not a registered printer: matplotlib-inline removes every formatter's Figure printer
+        # when it configures itself (on the first pyplot import), so the type is checked here.
+        if any(cls.__name__ == "Figure" and cls.__module__ == "matplotlib.figure"
+               for cls in type(obj).__mro__):
+            try:
+                self._tracker.figure_shown(obj)
+            except Exception as error:  # a figure nbtrack cannot read must not change the display
+                display.warn(f"figure not logged: {display.short_error(error)}")
         return None
 
 
@@ -81,6 +84,7 @@ class TrackMagics(Magics):
         super().__init__(shell)
         self.tracker = tracker
         self._tracked_info = None
+        self._tracked_count = None  # execution count of the tracked cell running now
         self._figure_tap = _FigureTap(tracker, parent=shell.display_formatter)
 
     # -- magics ------------------------------------------------------------------------------
@@ -199,6 +203,9 @@ class TrackMagics(Magics):
 
     def pre_run_cell(self, info) -> None:
         """Begin a run when the cell about to run starts with ``%%track``."""
+        if self._tracked_info is not None and self.shell.execution_count == self._tracked_count:
+            # A cell run from inside the tracked cell (%%capture does so): part of it.
+            return
         self._tracked_info = None
         raw = info.raw_cell.lstrip("\r\n")
         first, _, body = raw.partition("\n")
@@ -212,6 +219,12 @@ class TrackMagics(Magics):
         try:
             self._begin(body, options, cell_id=getattr(info, "cell_id", None), raw=info.raw_cell)
             self._tracked_info = info
+            self._tracked_count = self.shell.execution_count
+            failure = self.tracker.active.syntax.error if self.tracker.active else None
+            if failure is not None:
+                # IPython will not run this cell, and sends no post_run_cell for it.
+                self._tracked_info = None
+                self.tracker.end(self.shell.user_ns, failure)
         except Exception as error:
             display.warn(f"this cell runs untracked: {display.short_error(error)}")
 

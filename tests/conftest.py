@@ -109,6 +109,8 @@ def run_notebook(path: Path, cwd: Path, env: dict[str, str] | None = None, timeo
 
     notebook = nbformat.read(path, as_version=4)
     saved = dict(os.environ)
+    # Kernels draw figures the way Jupyter does (inline), not with the tests' own Agg backend.
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ.update(env or {})
     try:
         NotebookClient(

@@ -458,3 +458,30 @@ def test_quoted_option_values_keep_their_spaces(shell):
     shell.ok("%%track -e exp -n 'my run' -t \"note=two words\"\nx = 1")
     tags = shell.last().data.tags
     assert tags["mlflow.runName"] == "my run" and tags["note"] == "two words"
+
+
+def test_syntax_error_ends_the_run_failed_and_later_cells_are_tracked(shell):
+    shell.run("%%track -e exp -n broken\nx = (")
+    broken = shell.last()
+    assert broken.data.tags["mlflow.runName"] == "broken"
+    assert broken.info.status == "FAILED"
+    assert broken.data.tags["nbtrack.error"].startswith("SyntaxError")
+    shell.ok("%%track -e exp -n fine\ny = 1")
+    assert shell.last().data.tags["mlflow.runName"] == "fine"
+    assert shell.last().info.status == "FINISHED"
+
+
+def test_cell_magics_that_run_cells_inside_the_tracked_cell(shell):
+    shell.ok("%%track -e exp -n captured\n%%capture out\nprint('hidden')\nvalue = 3 * 2")
+    run = shell.last()
+    assert run.data.tags["mlflow.runName"] == "captured"
+    assert shell.ip.user_ns["out"].stdout == "hidden\n"
+    shell.ok("%%track -e exp -n next\nz = 1")
+    assert shell.last().data.tags["mlflow.runName"] == "next"
+
+
+def test_top_level_await_cells_are_analyzed(shell):
+    shell.ok("import asyncio")
+    shell.ok("%%track -e exp\nrate = 0.5\nawait asyncio.sleep(0)\nscore = rate * 4")
+    data = shell.last().data
+    assert data.params["rate"] == "0.5" and data.metrics["score"] == 2.0

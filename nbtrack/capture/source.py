@@ -17,6 +17,7 @@ class CellSyntax:
     """The names a cell's code binds and reads, as far as its source shows."""
 
     parsed: bool = True
+    error: SyntaxError | None = None  # why the source does not parse
     literal_bindings: dict[str, Any] = field(default_factory=dict)
     computed_names: tuple[str, ...] = ()
     loop_variables: frozenset[str] = frozenset()
@@ -41,8 +42,12 @@ def analyze(source: str) -> CellSyntax:
     {'C': 0.1}
     """
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+        # As IPython compiles cells: top-level await is allowed.
+        tree = compile(source, "<cell>", "exec",
+                       flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    except SyntaxError as error:
+        return CellSyntax(parsed=False, error=error)
+    except ValueError:  # null bytes
         return CellSyntax(parsed=False)
     visitor = _BindingVisitor()
     for statement in tree.body:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the browser the real-browser tests drive (tests/test_browser.py): Debian's chromium and
+# chromium-driver. Playwright's own browser download (`playwright install`) is never used: the tests
+# launch /usr/bin/chromium through Playwright's executable_path.
+#
+# Idempotent: does nothing when /usr/bin/chromium is already there. Needs root for apt-get; without
+# it, says so and exits 0, and the browser tests skip with that reason.
+set -euo pipefail
+
+CHROMIUM=/usr/bin/chromium
+
+if [ -x "$CHROMIUM" ]; then
+  echo "install_browser: $CHROMIUM is present ($("$CHROMIUM" --version 2>/dev/null || echo 'version unknown'))."
+  exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install_browser: $CHROMIUM is missing and this is not root, so it was not installed." >&2
+  echo "install_browser: as root run: apt-get update && apt-get install -y chromium chromium-driver" >&2
+  echo "install_browser: until then the browser tests (tests/test_browser.py) skip." >&2
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null; then
+  echo "install_browser: no apt-get here; install chromium so that $CHROMIUM exists." >&2
+  echo "install_browser: until then the browser tests (tests/test_browser.py) skip." >&2
+  exit 0
+fi
+
+echo "install_browser: installing chromium and chromium-driver with apt-get..."
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+# Fonts keep screenshots legible; recommended by chromium but skipped above to stay small.
+apt-get install -y -qq --no-install-recommends fonts-liberation fonts-dejavu-core >/dev/null || true
+echo "install_browser: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM installed")."
