@@ -258,6 +258,7 @@ class Recorder:
                         input_example=model.input_example,
                         # Inferring requirements starts a subprocess that takes seconds.
                         pip_requirements=requirements,
+                        skops_trusted_types=_trusted_types(model.estimator),
                     )
                 except Exception as error:
                     problems.append(f"model {model.name!r} not logged: {_short(error)}")
@@ -288,6 +289,21 @@ class Recorder:
         if active is not None and active.info.run_id == run_id:
             mlflow.end_run(status=record.status)
         client.set_terminated(run_id, status=record.status, end_time=record.end_time_ms)
+
+
+def _trusted_types(estimator) -> list[str] | None:
+    """The types skops will not load unless told to trust them, for a model nbtrack saves itself.
+
+    MLflow saves scikit-learn models with skops, which refuses e.g. a random forest's tree
+    storage unless its type is listed as trusted. The file is written here from the user's own
+    object, so its types are trusted; the list is stored in the model's MLmodel, and
+    ``mlflow.pyfunc.load_model`` reads it from there.
+    """
+    try:
+        import skops.io
+    except ImportError:  # MLflow then saves with cloudpickle, which needs no list
+        return None
+    return skops.io.get_untrusted_types(data=skops.io.dumps(estimator)) or None
 
 
 @contextmanager

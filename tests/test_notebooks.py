@@ -196,12 +196,20 @@ def test_showcase_runs_under_plain_nbconvert(tmp_path, store, client):
     assert figures == ["figures/01-random-forest-roc-auc-0-995.png"]
     models = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
                                          output_format="list")
-    assert {m.name for m in models if m.source_run_id == forest.info.run_id} == {"rf"}
+    assert {(m.name, str(m.status)) for m in models if m.source_run_id == forest.info.run_id} \
+        == {("rf", "READY")}
+    forest_model = mlflow.pyfunc.load_model(
+        next(m.model_uri for m in models if m.source_run_id == forest.info.run_id))
+    assert len(forest_model.predict(forest_model.input_example)) == 5
+    executed = nbformat.read(tmp_path / "out.ipynb", 4)
+    warnings = [line for cell in executed.cells for o in cell.get("outputs", [])
+                if o.get("name") == "stderr"
+                for line in o["text"].splitlines() if line.startswith("nbtrack:")]
+    assert warnings == []
     loss = client.get_metric_history(runs["sgd-epochs"].info.run_id, "train_loss")
     assert sorted(p.step for p in loss) == list(range(int(runs["sgd-epochs"].data.params["epochs"])))
     assert runs["logreg-C0.1"].data.params["C"] == "0.1"
     inputs = {d.dataset.name for d in runs["logreg-C0.1"].inputs.dataset_inputs}
     assert {"X_train", "y_train", "X_test", "y_test"} <= inputs
-    executed = nbformat.read(tmp_path / "out.ipynb", 4)
     board = executed.cells[-1].outputs[0]
     assert "<table" in board.data["text/html"] and "logreg-C1.0" in board.data["text/plain"]

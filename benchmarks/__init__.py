@@ -1,0 +1,1 @@
+"""Benchmarks: nbtrack against its baselines (plain execution, hand-written MLflow), same run."""

@@ -1,0 +1,774 @@
+"""Per-cell overhead of ``%%track`` on the showcase notebook's tracked cells.
+
+For each ``%%track`` cell of ``notebooks/train_v2_final.ipynb`` three variants run in one
+in-process IPython shell, interleaved, each ``--repeats`` times after one untimed warm-up pass:
+
+``untracked``
+    the cell body without its ``%%track`` line (``nbtrack.log_metric`` calls go to a no-op);
+``tracked``
+    the cell as written, nbtrack loaded;
+``hand``
+    the body wrapped in MLflow's fluent API the way a careful user records the same content by
+    hand (params, metrics, series, figures, model, datasets). These versions are written out
+    below in :data:`HAND_WRITTEN`, one per cell, so a reviewer can compare them with the notebook.
+
+Times are wall-clock seconds of ``shell.run_cell`` (compile, run, IPython's hooks, and for the
+tracked cell nbtrack's capture and its write to the store). The store is a fresh SQLite file in a
+temporary folder. After timing, every run a timed or warm-up execution made is read back with
+``MlflowClient`` and checked against the content its cell should record; the exit status is 1 if
+any check fails. Timings are reported, never asserted.
+
+Run from the repository root::
+
+    python -m benchmarks              # 5 repeats
+    python -m benchmarks --quick      # 1 repeat, for CI
+    python -m benchmarks --repeats 10
+
+Results are printed and written as JSON to ``benchmarks/results/cell_overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "train_v2_final.ipynb"
+RESULTS = REPO / "benchmarks" / "results" / "cell_overhead.json"
+
+VARIANTS = ("untracked", "tracked", "hand")
+DEFAULT_REPEATS = 5
+QUICK_REPEATS = 1
+TRACKED_EXPERIMENT = "cell-overhead-tracked"
+HAND_EXPERIMENT = "cell-overhead-hand"
+
+# In the untracked variant the cell's nbtrack.log_metric calls go to this no-op instead.
+NOOP_LOG_METRIC = "log_metric_noop"
+
+_TRACK_LINE = re.compile(r"^%%track(\s.*)?$")
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot run as set up (notebook changed, a cell failed, ...)."""
+
+
+# -- the hand-written MLflow versions of the tracked cells ---------------------------------------
+
+
+@dataclass(frozen=True)
+class HandWritten:
+    """A tracked cell rewritten with MLflow's fluent API, and the content both must record.
+
+    ``series`` maps a stepped metric to the notebook variable holding its number of steps.
+    """
+
+    run_name: str
+    code: str
+    metrics: tuple[str, ...]
+    figures: int
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    series: dict[str, str] = field(default_factory=dict)
+
+
+HAND_WRITTEN = (
+    HandWritten(
+        run_name="logreg-C0.01",
+        code='''\
+with mlflow.start_run(run_name="logreg-C0.01"):
+    C = 0.01
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    clf.fit(X_train, y_train)
+    val_auc = roc_auc_score(y_test, clf.predict_proba(X_test)[:, 1])
+    val_acc = accuracy_score(y_test, clf.predict(X_test))
+    print(f"C={C}: val_auc={val_auc:.4f}")
+
+    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed,
+                       **{f"clf.{key}": value for key, value in clf.get_params().items()
+                          if isinstance(value, (str, int, float, bool, type(None)))}})
+    mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
+    mlflow.log_input(mlflow.data.from_pandas(X_train, name="X_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(y_train.to_frame(), name="y_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(X_test, name="X_test"), context="validation")
+    mlflow.log_input(mlflow.data.from_pandas(y_test.to_frame(), name="y_test"), context="validation")
+    mlflow.sklearn.log_model(clf, name="clf", input_example=X_train.head(5))
+''',
+        metrics=("val_auc", "val_acc"),
+        figures=0,
+        models=("clf",),
+        datasets=("X_train", "y_train", "X_test", "y_test"),
+    ),
+    HandWritten(
+        run_name="logreg-C0.1",
+        code='''\
+with mlflow.start_run(run_name="logreg-C0.1"):
+    C = 0.1
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    clf.fit(X_train, y_train)
+    val_auc = roc_auc_score(y_test, clf.predict_proba(X_test)[:, 1])
+    val_acc = accuracy_score(y_test, clf.predict(X_test))
+    print(f"C={C}: val_auc={val_auc:.4f}")
+
+    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed,
+                       **{f"clf.{key}": value for key, value in clf.get_params().items()
+                          if isinstance(value, (str, int, float, bool, type(None)))}})
+    mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
+    mlflow.log_input(mlflow.data.from_pandas(X_train, name="X_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(y_train.to_frame(), name="y_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(X_test, name="X_test"), context="validation")
+    mlflow.log_input(mlflow.data.from_pandas(y_test.to_frame(), name="y_test"), context="validation")
+    mlflow.sklearn.log_model(clf, name="clf", input_example=X_train.head(5))
+''',
+        metrics=("val_auc", "val_acc"),
+        figures=0,
+        models=("clf",),
+        datasets=("X_train", "y_train", "X_test", "y_test"),
+    ),
+    HandWritten(
+        run_name="logreg-C1.0",
+        code='''\
+with mlflow.start_run(run_name="logreg-C1.0"):
+    C = 1.0
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    clf.fit(X_train, y_train)
+    val_auc = roc_auc_score(y_test, clf.predict_proba(X_test)[:, 1])
+    val_acc = accuracy_score(y_test, clf.predict(X_test))
+    print(f"C={C}: val_auc={val_auc:.4f}")
+
+    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed,
+                       **{f"clf.{key}": value for key, value in clf.get_params().items()
+                          if isinstance(value, (str, int, float, bool, type(None)))}})
+    mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
+    mlflow.log_input(mlflow.data.from_pandas(X_train, name="X_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(y_train.to_frame(), name="y_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(X_test, name="X_test"), context="validation")
+    mlflow.log_input(mlflow.data.from_pandas(y_test.to_frame(), name="y_test"), context="validation")
+    mlflow.sklearn.log_model(clf, name="clf", input_example=X_train.head(5))
+''',
+        metrics=("val_auc", "val_acc"),
+        figures=0,
+        models=("clf",),
+        datasets=("X_train", "y_train", "X_test", "y_test"),
+    ),
+    HandWritten(
+        run_name="random-forest",
+        # MLflow's default (skops) format refuses to save a forest unless its tree type is named
+        # trusted; a user who hits that error follows its advice, as here.
+        code='''\
+with mlflow.start_run(run_name="random-forest"):
+    rf = RandomForestClassifier(n_estimators=n_estimators, random_state=seed)
+    rf.fit(X_train, y_train)
+    val_auc = roc_auc_score(y_test, rf.predict_proba(X_test)[:, 1])
+    val_acc = accuracy_score(y_test, rf.predict(X_test))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    RocCurveDisplay.from_estimator(rf, X_test, y_test, ax=ax)
+    ax.set_title(f"Random forest ROC (AUC {val_auc:.3f})")
+    mlflow.log_figure(fig, "figures/roc.png")
+    plt.show()
+
+    mlflow.log_params({"n_estimators": n_estimators, "seed": seed,
+                       **{f"rf.{key}": value for key, value in rf.get_params().items()
+                          if isinstance(value, (str, int, float, bool, type(None)))}})
+    mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
+    mlflow.log_input(mlflow.data.from_pandas(X_train, name="X_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(y_train.to_frame(), name="y_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(X_test, name="X_test"), context="validation")
+    mlflow.log_input(mlflow.data.from_pandas(y_test.to_frame(), name="y_test"), context="validation")
+    mlflow.sklearn.log_model(rf, name="rf", input_example=X_train.head(5),
+                             skops_trusted_types=["sklearn.tree._tree.Tree"])
+''',
+        metrics=("val_auc", "val_acc"),
+        figures=1,
+        models=("rf",),
+        datasets=("X_train", "y_train", "X_test", "y_test"),
+    ),
+    HandWritten(
+        run_name="sgd-epochs",
+        code='''\
+with mlflow.start_run(run_name="sgd-epochs"):
+    scaler = StandardScaler().fit(X_train)
+    X_train_s = scaler.transform(X_train)
+    X_test_s = scaler.transform(X_test)
+    sgd = SGDClassifier(loss="log_loss", random_state=seed)
+    for epoch in range(epochs):
+        sgd.partial_fit(X_train_s, y_train, classes=[0, 1])
+        mlflow.log_metric("train_loss", log_loss(y_train, sgd.predict_proba(X_train_s)), step=epoch)
+    val_auc = roc_auc_score(y_test, sgd.predict_proba(X_test_s)[:, 1])
+    val_acc = accuracy_score(y_test, sgd.predict(X_test_s))
+    ConfusionMatrixDisplay.from_estimator(sgd, X_test_s, y_test)
+    plt.title("SGD confusion matrix")
+    mlflow.log_figure(plt.gcf(), "figures/confusion-matrix.png")
+    plt.show()
+
+    mlflow.log_params({"epochs": epochs, "seed": seed,
+                       **{f"scaler.{key}": value for key, value in scaler.get_params().items()
+                          if isinstance(value, (str, int, float, bool, type(None)))},
+                       **{f"sgd.{key}": value for key, value in sgd.get_params().items()
+                          if isinstance(value, (str, int, float, bool, type(None)))}})
+    mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
+    mlflow.log_input(mlflow.data.from_pandas(X_train, name="X_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(y_train.to_frame(), name="y_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(X_test, name="X_test"), context="validation")
+    mlflow.log_input(mlflow.data.from_pandas(y_test.to_frame(), name="y_test"), context="validation")
+    mlflow.log_input(mlflow.data.from_numpy(X_train_s, name="X_train_s"), context="training")
+    mlflow.log_input(mlflow.data.from_numpy(X_test_s, name="X_test_s"), context="validation")
+    mlflow.sklearn.log_model(scaler, name="scaler", input_example=X_train.head(5))
+    mlflow.sklearn.log_model(sgd, name="sgd", input_example=X_train_s[:5])
+''',
+        metrics=("val_auc", "val_acc"),
+        figures=1,
+        models=("scaler", "sgd"),
+        datasets=("X_train", "y_train", "X_test", "y_test", "X_train_s", "X_test_s"),
+        series={"train_loss": "epochs"},
+    ),
+)
+
+# Run once in the shell after the notebook's setup cells, before anything is timed: what the
+# notebook's author would have in an early cell when writing the hand-written versions.
+HAND_SETUP = f"""\
+import mlflow
+import mlflow.data
+import mlflow.sklearn
+mlflow.set_experiment({HAND_EXPERIMENT!r})
+"""
+UNTRACKED_SETUP = f"""\
+def {NOOP_LOG_METRIC}(key, value, step=None):
+    pass
+"""
+TRACKED_SETUP = f"%track_config -e {TRACKED_EXPERIMENT}"
+
+
+# -- the notebook ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrackedCell:
+    """A ``%%track`` cell of the notebook."""
+
+    name: str
+    source: str  # as written, %%track line included
+    body: str  # without the %%track line
+
+
+def read_notebook(path: Path) -> tuple[list[str], list[TrackedCell]]:
+    """The notebook's setup cells (untracked code cells before the first tracked one) and its
+    tracked cells, in order.
+    """
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    setup: list[str] = []
+    tracked: list[TrackedCell] = []
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        first, _, body = source.partition("\n")
+        if _TRACK_LINE.match(first.rstrip()):
+            tracked.append(TrackedCell(_run_name(first), source, body))
+        elif not tracked and source.strip():
+            setup.append(source)
+    if not tracked:
+        raise BenchmarkError(f"{path} has no %%track cells.")
+    return setup, tracked
+
+
+def _run_name(track_line: str) -> str:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-n", "--name")
+    args, _ = parser.parse_known_args(shlex.split(track_line)[1:])
+    if not args.name:
+        raise BenchmarkError(f"tracked cell without -n NAME: {track_line!r}; name it so its "
+                             "hand-written version can be found.")
+    return args.name
+
+
+def untracked_body(cell: TrackedCell) -> str:
+    """The cell body as it runs without nbtrack."""
+    body = cell.body.replace("nbtrack.log_metric(", f"{NOOP_LOG_METRIC}(")
+    if "nbtrack." in body:
+        raise BenchmarkError(f"cell {cell.name!r} calls nbtrack functions other than log_metric; "
+                             "teach untracked_body() to replace them.")
+    return body
+
+
+def check_hand_written(cell: TrackedCell, hand: HandWritten) -> list[str]:
+    """Problems that make ``hand`` no longer a rewrite of ``cell`` (every line of the notebook's
+    body must appear in it, in order, with nbtrack.log_metric as mlflow.log_metric).
+    """
+    wanted = [line.strip().replace("nbtrack.log_metric(", "mlflow.log_metric(")
+              for line in cell.body.splitlines() if line.strip()]
+    have = iter(line.strip() for line in hand.code.splitlines())
+    missing = [line for line in wanted if not any(line == candidate for candidate in have)]
+    if missing:
+        return [f"the hand-written version of {cell.name!r} no longer matches the notebook "
+                f"(first line not found in order: {missing[0]!r}); update HAND_WRITTEN."]
+    return []
+
+
+# -- running cells --------------------------------------------------------------------------------
+
+
+@dataclass
+class Execution:
+    """One execution of one variant of one cell."""
+
+    cell: str
+    variant: str
+    repeat: int  # 0-based; -1 for the warm-up
+    seconds: float
+    run_id: str | None
+    stdout: str
+    stderr: str
+
+
+def make_shell():
+    """A fresh in-process IPython shell that keeps its history in memory."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    return InteractiveShell.instance(config=config)
+
+
+def run_cell(shell, code: str) -> tuple[float, str, str]:
+    """Run ``code`` as a notebook cell; return its wall time, stdout and stderr.
+
+    Raises BenchmarkError when the cell fails.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    gc.collect()
+    with redirect_stdout(out), redirect_stderr(err):
+        start = time.perf_counter()
+        result = shell.run_cell(code, store_history=True)
+        seconds = time.perf_counter() - start
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        # Agg shows nothing and closes nothing; a notebook's inline backend would close them.
+        pyplot.close("all")
+    if not result.success:
+        error = result.error_in_exec or result.error_before_exec
+        raise BenchmarkError(
+            f"cell failed: {type(error).__name__}: {error}\n--- cell ---\n{code}\n"
+            f"--- stdout ---\n{out.getvalue()}\n--- stderr ---\n{err.getvalue()}"
+        )
+    return seconds, out.getvalue(), err.getvalue()
+
+
+def _last_hand_run_id() -> str | None:
+    import mlflow
+
+    run = mlflow.last_active_run()
+    return run.info.run_id if run is not None else None
+
+
+def _last_tracked_run_id() -> str | None:
+    import nbtrack
+
+    return nbtrack.last_run()
+
+
+def execute(shell, cell: TrackedCell, hand: HandWritten, variant: str, repeat: int) -> Execution:
+    """Run one variant of one cell and note the run it made (None for the untracked variant)."""
+    code = {"untracked": untracked_body(cell), "tracked": cell.source, "hand": hand.code}[variant]
+    last_run = {"untracked": lambda: None, "tracked": _last_tracked_run_id,
+                "hand": _last_hand_run_id}[variant]
+    before = last_run()
+    seconds, stdout, stderr = run_cell(shell, code)
+    after = last_run()
+    run_id = after if after != before else None
+    return Execution(cell.name, variant, repeat, seconds, run_id, stdout, stderr)
+
+
+def variant_order(repeat: int) -> tuple[str, ...]:
+    """The variants in the order they run in this repeat, rotated so none always goes first."""
+    shift = repeat % len(VARIANTS)
+    return VARIANTS[shift:] + VARIANTS[:shift]
+
+
+# -- statistics and the table ---------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(executions: list[Execution], cells: list[TrackedCell]) -> list[dict]:
+    """Per cell: samples, median and p95 of each variant, added latency and ratios."""
+    rows = []
+    for cell in cells:
+        row: dict = {"cell": cell.name, "variants": {}}
+        for variant in VARIANTS:
+            samples = [e.seconds for e in executions
+                       if e.cell == cell.name and e.variant == variant and e.repeat >= 0]
+            row["variants"][variant] = {"samples_s": samples, "median_s": median(samples),
+                                        "p95_s": percentile(samples, 95)}
+        rows.append(row)
+    total: dict = {"cell": "all tracked cells", "variants": {}}
+    for variant in VARIANTS:
+        total["variants"][variant] = {
+            key: sum(row["variants"][variant][key] for row in rows) for key in ("median_s", "p95_s")
+        }
+    rows.append(total)
+    for row in rows:
+        medians = {variant: row["variants"][variant]["median_s"] for variant in VARIANTS}
+        row["added_tracked_s"] = medians["tracked"] - medians["untracked"]
+        row["added_hand_s"] = medians["hand"] - medians["untracked"]
+        row["ratio_tracked_untracked"] = _ratio(medians["tracked"], medians["untracked"])
+        row["ratio_tracked_hand"] = _ratio(medians["tracked"], medians["hand"])
+    return rows
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def format_table(rows: list[dict], flagged: set[str]) -> str:
+    """The results as a fixed-width table, times in milliseconds."""
+
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:,.1f}"
+
+    def times(row: dict, variant: str) -> list[str]:
+        stats = row["variants"][variant]
+        return [ms(stats["median_s"]), ms(stats["p95_s"])]
+
+    def ratio(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}x"
+
+    header = ["cell", "untracked", "p95", "tracked", "p95", "hand", "p95",
+              "+tracked", "+hand", "tracked/untracked", "tracked/hand"]
+    lines = [header]
+    for row in rows:
+        name = row["cell"] + (" (!)" if row["cell"] in flagged else "")
+        lines.append([name, *times(row, "untracked"), *times(row, "tracked"), *times(row, "hand"),
+                      "+" + ms(row["added_tracked_s"]), "+" + ms(row["added_hand_s"]),
+                      ratio(row["ratio_tracked_untracked"]), ratio(row["ratio_tracked_hand"])])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+
+    def render(line: list[str]) -> str:
+        return "  ".join(
+            text.ljust(width) if i == 0 else text.rjust(width)
+            for i, (text, width) in enumerate(zip(line, widths, strict=True))
+        )
+
+    rendered = [render(line) for line in lines]
+    rule = "-" * len(rendered[0])
+    return "\n".join([rendered[0], rule, *rendered[1:-1], rule, rendered[-1]])
+
+
+# -- checking the runs ----------------------------------------------------------------------------
+
+
+def verify(client, executions: list[Execution], hands: dict[str, HandWritten],
+           namespace: dict) -> tuple[list[str], set[str], int]:
+    """Read every run the tracked and hand-written executions made and check its content.
+
+    Returns the problems, the cells they concern, and how many runs were checked.
+    """
+    problems: list[tuple[str, str]] = []
+    experiments = {
+        "tracked": client.get_experiment_by_name(TRACKED_EXPERIMENT),
+        "hand": client.get_experiment_by_name(HAND_EXPERIMENT),
+    }
+    models_by_run: dict[str, list] = {}
+    for experiment in experiments.values():
+        if experiment is not None:
+            for model in _logged_models(client, experiment.experiment_id):
+                models_by_run.setdefault(model.source_run_id, []).append(model)
+
+    checked = 0
+    first_runs: dict[tuple[str, str], object] = {}
+    for execution in executions:
+        if execution.variant == "untracked":
+            continue
+        where = (f"{execution.variant} run of {execution.cell!r} "
+                 f"({'warm-up' if execution.repeat < 0 else f'repeat {execution.repeat + 1}'})")
+        if execution.run_id is None:
+            problems.append((execution.cell, f"{where}: no run was recorded."))
+            continue
+        run = client.get_run(execution.run_id)
+        checked += 1
+        first_runs.setdefault((execution.cell, execution.variant), run)
+        spec = hands[execution.cell]
+        experiment = experiments[execution.variant]
+        found = [
+            *([] if run.info.status == "FINISHED" else [f"status {run.info.status}"]),
+            *([] if run.info.run_name == spec.run_name else [f"run name {run.info.run_name!r}"]),
+            *([] if experiment is not None and run.info.experiment_id == experiment.experiment_id
+              else ["not in its experiment"]),
+            *[f"metric {name!r} missing" for name in spec.metrics if name not in run.data.metrics],
+        ]
+        for name, steps_variable in spec.series.items():
+            steps = len(client.get_metric_history(run.info.run_id, name))
+            if steps != namespace[steps_variable]:
+                found.append(f"series {name!r} has {steps} steps, not {namespace[steps_variable]}")
+        figures = len(client.list_artifacts(run.info.run_id, "figures"))
+        if figures != spec.figures:
+            found.append(f"{figures} figures, not {spec.figures}")
+        datasets = sorted(d.dataset.name for d in run.inputs.dataset_inputs)
+        if datasets != sorted(spec.datasets):
+            found.append(f"datasets {datasets}, not {sorted(spec.datasets)}")
+        models = models_by_run.get(run.info.run_id, [])
+        ready = sorted(m.name for m in models if str(m.status) == "READY")
+        if ready != sorted(spec.models):
+            states = ", ".join(f"{m.name} {m.status}" for m in models) or "none"
+            found.append(f"models ready {ready}, not {sorted(spec.models)} (logged: {states})")
+        problems.extend((execution.cell, f"{where}: {item}.") for item in found)
+
+    for name in hands:
+        tracked, hand = first_runs.get((name, "tracked")), first_runs.get((name, "hand"))
+        if tracked is not None and hand is not None:
+            problems.extend((name, text) for text in _compare(name, tracked, hand))
+    return [text for _, text in problems], {cell for cell, _ in problems}, checked
+
+
+def _compare(name: str, tracked, hand) -> list[str]:
+    """Differences between the params and metrics of a tracked run and its hand-written twin."""
+    found = []
+    t_params, h_params = tracked.data.params, hand.data.params
+    only_tracked = sorted(set(t_params) - set(h_params))
+    only_hand = sorted(set(h_params) - set(t_params))
+    differ = sorted(k for k in set(t_params) & set(h_params) if t_params[k] != h_params[k])
+    if only_tracked or only_hand or differ:
+        found.append(f"params of {name!r} differ between tracked and hand-written runs: "
+                     f"only tracked {only_tracked}, only hand-written {only_hand}, "
+                     f"different values {[(k, t_params[k], h_params[k]) for k in differ]}.")
+    for metric in sorted(set(tracked.data.metrics) & set(hand.data.metrics)):
+        t_value, h_value = tracked.data.metrics[metric], hand.data.metrics[metric]
+        if not math.isclose(t_value, h_value, rel_tol=1e-9):
+            found.append(f"metric {metric!r} of {name!r}: tracked {t_value}, hand-written {h_value}.")
+    return found
+
+
+def _logged_models(client, experiment_id: str) -> list:
+    models, token = [], None
+    while True:
+        page = client.search_logged_models(experiment_ids=[experiment_id], max_results=100,
+                                           page_token=token)
+        models.extend(page)
+        token = page.token
+        if not token:
+            return models
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+def messages(executions: list[Execution]) -> dict[str, list[tuple[str, int]]]:
+    """Distinct stderr lines per variant, with how many executions printed each."""
+    found: dict[str, Counter] = {variant: Counter() for variant in VARIANTS}
+    for execution in executions:
+        lines = {line.strip() for line in execution.stderr.splitlines() if line.strip()}
+        found[execution.variant].update(lines)
+    return {variant: counter.most_common() for variant, counter in found.items()}
+
+
+def _clip(text: str, width: int = 300) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# -- the whole benchmark --------------------------------------------------------------------------
+
+
+def _environment() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("nbtrack", "mlflow", "scikit-learn", "ipython", "matplotlib", "pandas", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    git = {}
+    try:
+        git["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                       text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout
+        git["dirty"] = bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "versions": versions, "git": git}
+
+
+def _isolate(store: Path, notebook: Path) -> None:
+    """Point MLflow at the temporary store and make the kernel look like Jupyter's."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    os.environ["MPLBACKEND"] = "Agg"
+    # JupyterLab tells the kernel its notebook this way; nbtrack then logs a snapshot of it.
+    os.environ["JPY_SESSION_NAME"] = str(notebook)
+    for variable in list(os.environ):
+        if variable.startswith("NBTRACK_") or variable in {
+            "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "PAPERMILL_INPUT_PATH"
+        }:
+            del os.environ[variable]
+
+
+def _create_experiments(store: Path) -> None:
+    """Create both experiments with their artifacts inside the temporary store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for name in (TRACKED_EXPERIMENT, HAND_EXPERIMENT):
+        client.create_experiment(name, artifact_location=(store / "artifacts" / name).as_uri())
+
+
+def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
+    """Run the benchmark; return the results and the verification problems."""
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    notebook = notebook.resolve()
+    setup, cells = read_notebook(notebook)
+    hands = {hand.run_name: hand for hand in HAND_WRITTEN}
+    unknown = [cell.name for cell in cells if cell.name not in hands]
+    if unknown:
+        raise BenchmarkError(f"no hand-written version for tracked cells {unknown}; add them to "
+                             "HAND_WRITTEN.")
+    mismatches = [text for cell in cells for text in check_hand_written(cell, hands[cell.name])]
+    if mismatches:
+        raise BenchmarkError("\n".join(mismatches))
+
+    folder = notebook.parent
+    stray = [folder / name for name in ("mlruns", "mlartifacts") if not (folder / name).exists()]
+    executions: list[Execution] = []
+    previous_cwd = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="nbtrack-bench-") as temporary:
+        store = Path(temporary)
+        _isolate(store, notebook)
+        os.chdir(folder)  # a Jupyter kernel runs in its notebook's folder
+        try:
+            _create_experiments(store)
+            shell = make_shell()
+            for source in [*setup, "%load_ext nbtrack", UNTRACKED_SETUP, TRACKED_SETUP, HAND_SETUP]:
+                run_cell(shell, source)
+            print(f"notebook: {notebook} ({len(cells)} tracked cells, {len(setup)} setup cells)")
+            print(f"warm-up, then {repeats} repeat(s) of {len(VARIANTS)} variants per cell ...",
+                  flush=True)
+            for repeat in range(-1, repeats):  # -1: the warm-up, not counted
+                for cell in cells:
+                    for variant in variant_order(max(repeat, 0)):
+                        executions.append(execute(shell, cell, hands[cell.name], variant, repeat))
+                label = "warm-up" if repeat < 0 else f"repeat {repeat + 1}/{repeats}"
+                print(f"  {label} done ({time.perf_counter() - started:.0f} s)", flush=True)
+
+            from mlflow import MlflowClient
+
+            problems, flagged, checked = verify(MlflowClient(), executions, hands, shell.user_ns)
+        finally:
+            os.chdir(previous_cwd)
+    for path in stray:
+        if path.exists():
+            problems.append(f"MLflow wrote into {path} during the benchmark (removed).")
+            shutil.rmtree(path)
+
+    rows = summarize(executions, cells)
+    results = {
+        "benchmark": "cell_overhead",
+        "started_at": started_at,
+        "total_seconds": time.perf_counter() - started,
+        "repeats": repeats,
+        "notebook": {"path": str(notebook),
+                     "sha256": hashlib.sha256(notebook.read_bytes()).hexdigest()},
+        "environment": _environment(),
+        "cells": rows,
+        "verification": {"ok": not problems, "runs_checked": checked, "problems": problems,
+                         "flagged_cells": sorted(flagged)},
+        "stderr": {variant: [{"line": line, "executions": count} for line, count in lines]
+                   for variant, lines in messages(executions).items()},
+        "executions": [{"cell": e.cell, "variant": e.variant, "repeat": e.repeat,
+                        "seconds": e.seconds, "run_id": e.run_id} for e in executions],
+    }
+    return results, problems
+
+
+def report(results: dict) -> str:
+    """The printed report: the table, what the cells said on stderr, and the verification."""
+    verification = results["verification"]
+    flagged = set(verification["flagged_cells"])
+    lines = [
+        "",
+        f"%%track overhead per cell: {results['repeats']} repeat(s), after 1 warm-up; "
+        "times in ms (median and p95 of wall time)",
+        "+tracked = tracked - untracked, +hand = hand - untracked (medians)",
+        "",
+        format_table(results["cells"], flagged),
+    ]
+    if flagged:
+        lines.append("(!) = a run of this cell failed verification; see below.")
+    for variant in VARIANTS:
+        seen = results["stderr"][variant]
+        if seen:
+            lines += ["", f"stderr of the {variant} cells (distinct lines, x executions):"]
+            lines += [f"  [{item['executions']}x] {_clip(item['line'])}" for item in seen]
+    lines.append("")
+    if verification["ok"]:
+        lines.append(f"verification: OK, {verification['runs_checked']} runs read back from the "
+                     "store with the expected params, metrics, series, figures, models and datasets.")
+    else:
+        lines.append(f"verification FAILED ({verification['runs_checked']} runs read back):")
+        lines += [f"  - {_clip(problem, 400)}" for problem in verification["problems"]]
+    lines.append(f"total wall time: {results['total_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Per-cell overhead of %%track: untracked vs tracked vs hand-written MLflow.",
+    )
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed repeats per cell and variant (default {DEFAULT_REPEATS})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_REPEATS} repeat, for CI (--repeats wins if both are given)")
+    parser.add_argument("--notebook", type=Path, default=NOTEBOOK, help="notebook to benchmark")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (
+        QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
+    if repeats < 1:
+        parser.error("--repeats takes a positive number.")
+    if not args.notebook.exists():
+        parser.error(f"notebook {args.notebook} not found.")
+
+    try:
+        results, problems = run(repeats, args.notebook)
+    except BenchmarkError as error:
+        print(f"benchmark could not run: {error}", file=sys.stderr)
+        return 2
+    results["quick"] = args.quick
+    print(report(results))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"results: {args.output}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
