@@ -172,10 +172,10 @@ class Tracker:
                         display.warn),
                 )
             except Exception as error:
-                display.warn(
-                    f"could not open run '{active.run_name}' before the cell "
-                    f"({_short(error)}); the cell's own mlflow calls go to MLflow's default run."
-                )
+                consequence = ("the cell's own mlflow calls go to MLflow's default run"
+                               if syntax.uses_mlflow else "it is recorded when the cell ends")
+                display.warn(f"could not open run '{active.run_name}' before the cell "
+                             f"({_short(error)}); {consequence}.")
 
     def _opening_tags(self, active: _ActiveCell) -> dict[str, str]:
         """Tags a run gets when it is opened before its cell runs: enough to find and explain
