@@ -59,6 +59,7 @@ DEFAULT_REPEATS = 5
 QUICK_REPEATS = 1
 TRACKED_EXPERIMENT = "cell-overhead-tracked"
 HAND_EXPERIMENT = "cell-overhead-hand"
+STDERR_LINES_SHOWN = 4  # per untracked / hand-written variant; the JSON has them all
 
 # In the untracked variant the cell's nbtrack.log_metric calls go to this no-op instead.
 NOOP_LOG_METRIC = "log_metric_noop"
@@ -93,7 +94,7 @@ HAND_WRITTEN = (
     HandWritten(
         run_name="logreg-C0.01",
         code='''\
-with mlflow.start_run(run_name="logreg-C0.01"):
+with mlflow.start_run(run_name="logreg-C0.01", experiment_id=hand_experiment_id):
     C = 0.01
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     clf.fit(X_train, y_train)
@@ -119,7 +120,7 @@ with mlflow.start_run(run_name="logreg-C0.01"):
     HandWritten(
         run_name="logreg-C0.1",
         code='''\
-with mlflow.start_run(run_name="logreg-C0.1"):
+with mlflow.start_run(run_name="logreg-C0.1", experiment_id=hand_experiment_id):
     C = 0.1
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     clf.fit(X_train, y_train)
@@ -145,7 +146,7 @@ with mlflow.start_run(run_name="logreg-C0.1"):
     HandWritten(
         run_name="logreg-C1.0",
         code='''\
-with mlflow.start_run(run_name="logreg-C1.0"):
+with mlflow.start_run(run_name="logreg-C1.0", experiment_id=hand_experiment_id):
     C = 1.0
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     clf.fit(X_train, y_train)
@@ -173,7 +174,7 @@ with mlflow.start_run(run_name="logreg-C1.0"):
         # MLflow's default (skops) format refuses to save a forest unless its tree type is named
         # trusted; a user who hits that error follows its advice, as here.
         code='''\
-with mlflow.start_run(run_name="random-forest"):
+with mlflow.start_run(run_name="random-forest", experiment_id=hand_experiment_id):
     rf = RandomForestClassifier(n_estimators=n_estimators, random_state=seed)
     rf.fit(X_train, y_train)
     val_auc = roc_auc_score(y_test, rf.predict_proba(X_test)[:, 1])
@@ -203,7 +204,7 @@ with mlflow.start_run(run_name="random-forest"):
     HandWritten(
         run_name="sgd-epochs",
         code='''\
-with mlflow.start_run(run_name="sgd-epochs"):
+with mlflow.start_run(run_name="sgd-epochs", experiment_id=hand_experiment_id):
     scaler = StandardScaler().fit(X_train)
     X_train_s = scaler.transform(X_train)
     X_test_s = scaler.transform(X_test)
@@ -243,11 +244,15 @@ with mlflow.start_run(run_name="sgd-epochs"):
 
 # Run once in the shell after the notebook's setup cells, before anything is timed: what the
 # notebook's author would have in an early cell when writing the hand-written versions.
+# The hand-written runs name their experiment in start_run rather than with
+# mlflow.set_experiment(): with MLflow 3.17, a kernel-wide set_experiment() to another experiment
+# makes nbtrack's model logging fail in every tracked cell ("Cannot start run with ID ... because
+# active experiment ID does not match environment run ID"), so the tracked variant would skip it.
 HAND_SETUP = f"""\
 import mlflow
 import mlflow.data
 import mlflow.sklearn
-mlflow.set_experiment({HAND_EXPERIMENT!r})
+hand_experiment_id = mlflow.get_experiment_by_name({HAND_EXPERIMENT!r}).experiment_id
 """
 UNTRACKED_SETUP = f"""\
 def {NOOP_LOG_METRIC}(key, value, step=None):
@@ -618,6 +623,13 @@ def _environment() -> dict:
             "cpu_count": os.cpu_count(), "versions": versions, "git": git}
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+
+
 def _isolate(store: Path, notebook: Path) -> None:
     """Point MLflow at the temporary store and make the kernel look like Jupyter's."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
@@ -644,6 +656,7 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
     """Run the benchmark; return the results and the verification problems."""
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_at_start = _load_average()
     notebook = notebook.resolve()
     setup, cells = read_notebook(notebook)
     hands = {hand.run_name: hand for hand in HAND_WRITTEN}
@@ -697,6 +710,8 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
         "notebook": {"path": str(notebook),
                      "sha256": hashlib.sha256(notebook.read_bytes()).hexdigest()},
         "environment": _environment(),
+        # Other processes on the machine add noise; the 1-minute load average says how busy it was.
+        "load_average_1min": {"start": load_at_start, "end": _load_average()},
         "cells": rows,
         "verification": {"ok": not problems, "runs_checked": checked, "problems": problems,
                          "flagged_cells": sorted(flagged)},
@@ -712,11 +727,16 @@ def report(results: dict) -> str:
     """The printed report: the table, what the cells said on stderr, and the verification."""
     verification = results["verification"]
     flagged = set(verification["flagged_cells"])
+    load = {key: "n/a" if value is None else f"{value:.1f}"
+            for key, value in results["load_average_1min"].items()}
     lines = [
         "",
         f"%%track overhead per cell: {results['repeats']} repeat(s), after 1 warm-up; "
         "times in ms (median and p95 of wall time)",
-        "+tracked = tracked - untracked, +hand = hand - untracked (medians)",
+        "+tracked = tracked - untracked, +hand = hand - untracked (medians); "
+        "the last row sums the cells' medians and p95s",
+        f"machine: {results['environment']['cpu_count']} CPUs, 1-minute load average "
+        f"{load['start']} at start, {load['end']} at end",
         "",
         format_table(results["cells"], flagged),
     ]
@@ -724,9 +744,13 @@ def report(results: dict) -> str:
         lines.append("(!) = a run of this cell failed verification; see below.")
     for variant in VARIANTS:
         seen = results["stderr"][variant]
+        # nbtrack's own messages are the point; the others are MLflow's and sklearn's warnings.
+        shown = seen if variant == "tracked" else seen[:STDERR_LINES_SHOWN]
         if seen:
             lines += ["", f"stderr of the {variant} cells (distinct lines, x executions):"]
-            lines += [f"  [{item['executions']}x] {_clip(item['line'])}" for item in seen]
+            lines += [f"  [{item['executions']}x] {_clip(item['line'])}" for item in shown]
+        if len(shown) < len(seen):
+            lines.append(f"  ... {len(seen) - len(shown)} more distinct lines in the JSON results.")
     lines.append("")
     if verification["ok"]:
         lines.append(f"verification: OK, {verification['runs_checked']} runs read back from the "
