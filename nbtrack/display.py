@@ -47,8 +47,11 @@ def summary_line(record: CellRecord, outcome: RunOutcome) -> str:
         _plural(counts["metrics"], "metric"),
         _plural(counts["figures"], "figure"),
     ]
-    if record.models:
-        parts.append("model " + ", ".join(m.name for m in record.models))
+    if outcome.model_uris:
+        parts.append("model " + ", ".join(outcome.model_uris))
+    missing = [m.name for m in record.models if m.name not in outcome.model_uris]
+    if missing and outcome.run_id is not None:
+        parts.append("model " + ", ".join(missing) + " NOT logged")
     if counts["datasets"]:
         parts.append(_plural(counts["datasets"], "dataset"))
     status = "" if record.status == FINISHED else f" {record.status}"

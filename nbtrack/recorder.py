@@ -99,7 +99,8 @@ class Recorder:
                 self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         # A run left active by an earlier cell's own mlflow.start_run() stays as it was: ours goes
         # on top of it instead of raising MLflow's "run already active" error.
-        mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+        with _experiment_of(run.info.experiment_id):
+            mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
         return run_id
 
     def write(self, record: CellRecord) -> RunOutcome:
@@ -248,7 +249,8 @@ class Recorder:
         import mlflow.sklearn
 
         uris: dict[str, str] = {}
-        requirements = mlflow.sklearn.get_default_pip_requirements()
+        # MLflow saves scikit-learn models with skops: loading them elsewhere needs it too.
+        requirements = mlflow.sklearn.get_default_pip_requirements(include_skops=True)
         with _active_run(run_id):
             for model in record.models:
                 try:
@@ -322,6 +324,23 @@ def quiet_mlflow():
         logger.setLevel(level)
 
 
+@contextmanager
+def _experiment_of(experiment_id: str):
+    """Let MLflow resume a run of ``experiment_id`` although the user's ``mlflow.set_experiment``
+    chose another one (MLflow refuses to, then); the user's choice is put back right after."""
+    from mlflow.tracking import fluent
+
+    chosen = getattr(fluent, "_active_experiment_id", None)
+    if chosen is None or chosen == experiment_id:
+        yield
+        return
+    fluent._active_experiment_id = experiment_id
+    try:
+        yield
+    finally:
+        fluent._active_experiment_id = chosen
+
+
 class _active_run:
     """Make ``run_id`` MLflow's active run for fluent calls, unless it already is."""
 
@@ -334,7 +353,9 @@ class _active_run:
 
         active = mlflow.active_run()
         if active is None or active.info.run_id != self.run_id:
-            mlflow.start_run(run_id=self.run_id, nested=active is not None)
+            experiment_id = mlflow.MlflowClient().get_run(self.run_id).info.experiment_id
+            with _experiment_of(experiment_id):
+                mlflow.start_run(run_id=self.run_id, nested=active is not None)
             self.started = True
         return self
 

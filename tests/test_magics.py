@@ -485,3 +485,28 @@ def test_top_level_await_cells_are_analyzed(shell):
     shell.ok("%%track -e exp\nrate = 0.5\nawait asyncio.sleep(0)\nscore = rate * 4")
     data = shell.last().data
     assert data.params["rate"] == "0.5" and data.metrics["score"] == 2.0
+
+
+def test_users_set_experiment_does_not_stop_models_or_their_own_calls(shell, capsys):
+    shell.ok(SETUP)
+    shell.ok("import mlflow\nmlflow.set_experiment('my-own-experiment')")
+    shell.ok("%%track -e exp -n demo\nclf = LogisticRegression(max_iter=500).fit(X, y)\n"
+             "mlflow.log_param('mine', 1)")
+    out = capsys.readouterr()
+    assert "nbtrack:" not in out.err
+    summary = [line for line in out.out.splitlines() if line.startswith("nbtrack: run")]
+    assert "model clf" in summary[0] and "NOT logged" not in summary[0]
+    run = shell.last()
+    assert run.data.params["mine"] == "1"
+    import mlflow
+
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         output_format="list")
+    assert [(m.name, str(m.status)) for m in models] == [("clf", "READY")]
+    requirements = mlflow.pyfunc.get_model_dependencies(models[0].model_uri)
+    assert "skops" in open(requirements).read()
+    # The user's own choice of experiment is as they left it.
+    with mlflow.start_run() as own:
+        pass
+    assert mlflow.get_experiment(own.info.experiment_id).name == "my-own-experiment"
+    assert run.data.tags["nbtrack.version.mlflow"]

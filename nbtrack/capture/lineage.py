@@ -88,7 +88,8 @@ def package_versions(modules: Mapping[str, Any] = sys.modules) -> dict[str, str]
     """Versions of the key packages the kernel has imported, plus Python's."""
     versions = {"python": platform.python_version()}
     for distribution, module in KEY_PACKAGES.items():
-        if module in modules:
+        # mlflow and nbtrack write every run, whether the kernel imported them yet or not.
+        if module in modules or distribution in ("mlflow", "nbtrack"):
             try:
                 versions[distribution] = importlib.metadata.version(distribution)
             except importlib.metadata.PackageNotFoundError:
