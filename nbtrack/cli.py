@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--model", required=True, help="Registered model name.")
     promote.add_argument("--alias", default="champion", help="Alias to move (default champion).")
 
+    commands.add_parser(
+        "sync", help="Record the runs kept on disk while the store was unavailable.",
+        description="Write the records kept in the journal ($NBTRACK_JOURNAL_DIR, default "
+                    "~/.local/state/nbtrack/journal) to the stores they were meant for, oldest "
+                    "first, keeping their original times; print what was pushed and what is "
+                    "still pending. Exit code 1 while anything is pending.")
+
     ui = commands.add_parser("ui", help="Start MLflow's own UI on the store nbtrack uses.",
                              description="Start `mlflow ui` on the same store nbtrack writes to "
                                          "(MLFLOW_TRACKING_URI, else ./mlflow.db).")
@@ -156,6 +163,45 @@ def _promote(args) -> int:
     return EXIT_OK
 
 
+def _sync(args) -> int:
+    from nbtrack.journal import Journal, replay
+    from nbtrack.recorder import Recorder
+
+    journal = Journal()
+    uris = []
+    for path in journal.pending():
+        try:
+            uri = journal.load(path)[0]
+        except Exception as error:
+            print(f"nbtrack sync: {path} is unreadable ({error}); left in place.", file=sys.stderr)
+            continue
+        if uri not in uris:
+            uris.append(uri)
+    pending = 0
+    for uri in uris:
+        recorder = Recorder(uri)
+        problems: list[str] = []
+
+        def write(_, record, recorder=recorder, problems=problems):
+            outcome = recorder.write(record)
+            problems.extend(outcome.problems)
+            return outcome.run_id
+
+        written, waiting = replay(journal, write, uri)
+        for record, run_id in written:
+            print(f"pushed  run '{record.run_name}' ({run_id}) to {uri}")
+        for problem in problems:
+            print(f"nbtrack sync: {problem}", file=sys.stderr)
+        if waiting:
+            pending += len(waiting)
+            print(f"pending {len(waiting)} run(s) for {uri}: the store still refuses them")
+    if not uris:
+        print(f"nothing to sync: {journal.root} holds no kept runs")
+    elif not pending:
+        print("all kept runs are recorded")
+    return EXIT_FAILED if pending else EXIT_OK
+
+
 def _ui(args) -> int:
     from nbtrack.query import absolute_tracking_uri
 
@@ -183,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return _promote(args)
         if args.command == "ui":
             return _ui(args)
+        if args.command == "sync":
+            return _sync(args)
     except NbtrackError as error:
         print(f"nbtrack {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -128,8 +128,7 @@ class Recorder:
                 tracking_uri=uri,
                 problems=(
                     f"run '{record.run_name}' not recorded: the MLflow store at {uri} did not "
-                    f"accept it ({_short(error)}). It is kept in this kernel as "
-                    "nbtrack.unrecorded().",
+                    f"accept it ({_short(error)}).",
                 ),
             )
 

@@ -116,6 +116,7 @@ class Tracker:
         self.configured_experiment: str = ""
         self.unrecorded: list[CellRecord] = []
         self._previous_runs: dict[str, str] = {}
+        self._journal = None
         # Called after each tracked cell (boards refresh themselves); weak, so a board that is
         # gone from the notebook does not keep being refreshed.
         self._after_run: list = []
@@ -211,14 +212,60 @@ class Tracker:
         for problem in outcome.problems:
             display.warn(problem)
         if outcome.run_id is None:
-            self.unrecorded.append(record)
+            self._keep(record, outcome.tracking_uri)
         else:
+            self._replay_kept(outcome.tracking_uri)
             self.last_run_id = outcome.run_id
             self._previous_runs[record.tags.get("nbtrack.cell", "")] = outcome.run_id
         if self.settings.summary:
             display.show_summary(record, outcome)
         self._notify_after_run()
         return outcome
+
+    @property
+    def journal(self):
+        """Where records the store did not accept wait (see nbtrack.journal)."""
+        if self._journal is None:
+            from nbtrack.journal import Journal
+
+            self._journal = Journal()
+        return self._journal
+
+    def _keep(self, record: CellRecord, tracking_uri: str) -> None:
+        self.unrecorded.append(record)
+        try:
+            path = self.journal.keep(record, tracking_uri)
+        except Exception as error:
+            display.warn(f"run '{record.run_name}' could not be kept on disk either "
+                         f"({_short(error)}); it stays in this kernel as nbtrack.unrecorded().")
+            return
+        display.warn(f"run '{record.run_name}' is kept in {path}; the next tracked cell that "
+                     "reaches the store records it, or run `nbtrack sync`.")
+
+    def _replay_kept(self, tracking_uri: str) -> None:
+        """The store answers again: record what was kept for it, oldest first (bounded)."""
+        from nbtrack.journal import replay
+
+        try:
+            written, waiting = replay(
+                self.journal, lambda uri, record: self._write_kept(record), tracking_uri,
+                max_seconds=10)
+        except Exception as error:
+            display.warn(f"runs kept on disk not replayed: {_short(error)}")
+            return
+        if written:
+            done = {(r.start_time_ms, r.run_name) for r, _ in written}
+            self.unrecorded = [r for r in self.unrecorded
+                               if (r.start_time_ms, r.run_name) not in done]
+            names = ", ".join(f"'{r.run_name}'" for r, _ in written)
+            display.info(f"recorded {len(written)} run(s) kept while the store was unavailable: "
+                         f"{names}" + (f"; {len(waiting)} still waiting" if waiting else ""))
+
+    def _write_kept(self, record: CellRecord) -> str | None:
+        outcome = self.recorder.write(record)
+        for problem in outcome.problems:
+            display.warn(problem)
+        return outcome.run_id
 
     def on_run_recorded(self, method) -> None:
         """Call the bound ``method`` after each tracked cell, while its object lives."""

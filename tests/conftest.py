@@ -23,6 +23,7 @@ def store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("NBTRACK_JOURNAL_DIR", str(tmp_path / "journal"))
     for variable in ("JPY_SESSION_NAME", "PAPERMILL_INPUT_PATH", "NBTRACK_BATCH"):
         monkeypatch.delenv(variable, raising=False)
     return uri
