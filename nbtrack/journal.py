@@ -78,7 +78,8 @@ class Journal:
 def replay(journal: Journal, write, tracking_uri: str | None = None,
            max_seconds: float | None = None) -> tuple[list[tuple[CellRecord, str]], list[Path]]:
     """Write waiting records in order with ``write(uri, record) -> run_id or None``; stop at the
-    first the store still refuses (order matters). Returns (written, still waiting)."""
+    first the store still refuses (order matters). Returns (written, still waiting).
+    """
     started = time.monotonic()
     written = []
     waiting = journal.pending(tracking_uri)

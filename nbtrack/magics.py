@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 
 from IPython.core.error import UsageError
@@ -76,6 +77,25 @@ class _FigureTap(BaseFormatter):
         return None
 
 
+class _LineEndWatch:
+    """Stands in for sys.stdout during a tracked cell and forwards everything to it, noting only
+    whether the last text written ended a line, so nbtrack's summary starts on a line of its own
+    after ``print(..., end='')``.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text):
+        if text:
+            self.at_line_start = str(text).endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 @magics_class
 class TrackMagics(Magics):
     """``%%track`` turns a cell's execution into an MLflow run; ``%track_config`` sets defaults."""
@@ -85,6 +105,7 @@ class TrackMagics(Magics):
         self.tracker = tracker
         self._tracked_info = None
         self._tracked_count = None  # execution count of the tracked cell running now
+        self._line_watch: _LineEndWatch | None = None
         self._figure_tap = _FigureTap(tracker, parent=shell.display_formatter)
 
     # -- magics ------------------------------------------------------------------------------
@@ -220,10 +241,13 @@ class TrackMagics(Magics):
             self._begin(body, options, cell_id=getattr(info, "cell_id", None), raw=info.raw_cell)
             self._tracked_info = info
             self._tracked_count = self.shell.execution_count
+            self._line_watch = _LineEndWatch(sys.stdout)
+            sys.stdout = self._line_watch
             failure = self.tracker.active.syntax.error if self.tracker.active else None
             if failure is not None:
                 # IPython will not run this cell, and sends no post_run_cell for it.
                 self._tracked_info = None
+                self._end_line_watch()
                 self.tracker.end(self.shell.user_ns, failure)
         except Exception as error:
             display.warn(f"this cell runs untracked: {display.short_error(error)}")
@@ -233,10 +257,20 @@ class TrackMagics(Magics):
         if self._tracked_info is None or result.info is not self._tracked_info:
             return
         self._tracked_info = None
+        self._end_line_watch()
         try:
             self.tracker.end(self.shell.user_ns, result.error_in_exec or result.error_before_exec)
         except Exception as error:  # Tracker.end reports its own problems; this is a last guard
             display.warn(f"run not recorded: {display.short_error(error)}")
+
+    def _end_line_watch(self) -> None:
+        watch, self._line_watch = self._line_watch, None
+        if watch is None:
+            return
+        if sys.stdout is watch:  # unless the cell put a stream of its own there
+            sys.stdout = watch._stream
+        if not watch.at_line_start:
+            sys.stdout.write("\n")
 
     def _begin(self, body: str, options: TrackOptions, cell_id, raw: str | None = None) -> None:
         shell = self.shell

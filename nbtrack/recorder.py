@@ -312,6 +312,8 @@ def quiet_mlflow():
     """Keep MLflow's own info logs and warnings out of the user's cell output while nbtrack
     writes (what goes wrong is reported by nbtrack, in one line).
     """
+    import mlflow  # noqa: F401 - its import sets its loggers' levels: set ours after it
+
     logger = logging.getLogger("mlflow")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -326,7 +328,8 @@ def quiet_mlflow():
 @contextmanager
 def _experiment_of(experiment_id: str):
     """Let MLflow resume a run of ``experiment_id`` although the user's ``mlflow.set_experiment``
-    chose another one (MLflow refuses to, then); the user's choice is put back right after."""
+    chose another one (MLflow refuses to, then); the user's choice is put back right after.
+    """
     from mlflow.tracking import fluent
 
     chosen = getattr(fluent, "_active_experiment_id", None)
