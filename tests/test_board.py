@@ -126,7 +126,7 @@ def test_candidate_evaluated_on_different_data_is_said_plainly(shell, client):
     shell.ok("%%track -e board -n sample\nclf = LogisticRegression(max_iter=1000).fit(X, y)\n"
              "val_acc = clf.score(X, y)")
     board = shell.ip.run_line_magic("track_board", "-e board -m val_acc")
-    by_name = dict(zip(board.runs["run"], board.runs["run_id"]))
+    by_name = dict(zip(board.runs["run"], board.runs["run_id"], strict=True))
     board.select(by_name["full"])
     board.register("iris")
     board.set_alias("champion")
@@ -199,7 +199,7 @@ def test_user_strings_are_escaped_everywhere(shell):
     shell.ok(SETUP)
     shell.ok(f"%%track -e esc -n '{evil}' -t note='{evil}'\nlabel = '{evil}'\n"
              "clf = LogisticRegression(max_iter=1000).fit(X, y)\nscore = clf.score(X, y)")
-    shell.ok(f"%%track -e esc -n other\nlabel = 'plain'\nscore = float(0.1)")
+    shell.ok("%%track -e esc -n other\nlabel = 'plain'\nscore = float(0.1)")
     board = shell.ip.run_line_magic("track_board", "-e esc -m score")
     board.select(*board.runs["run_id"])
     board.select(board.runs["run_id"][0])
