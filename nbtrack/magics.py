@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import IPython
 from IPython.core.error import UsageError
 from IPython.core.formatters import BaseFormatter
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -24,6 +25,16 @@ from nbtrack.errors import BadOptionError
 from nbtrack.session import CellContext, Tracker, TrackOptions
 
 _TRACK_LINE = re.compile(r"^%%track(?P<args>(\s.*)?)$")
+
+# IPython 9.8 raised shell.execution_count before pre_run_cell instead of after the cell.
+_COUNT_RAISED_BEFORE_PRE_RUN = IPython.version_info >= (9, 8)
+
+
+def _count_of_running_cell(shell, store_history: bool = True) -> int:
+    """The execution count (the ``In [n]``) of the cell that is starting or running."""
+    if _COUNT_RAISED_BEFORE_PRE_RUN and store_history:
+        return shell.execution_count - 1
+    return shell.execution_count
 
 
 def _parse(magic, line: str):
@@ -141,7 +152,8 @@ class TrackMagics(Magics):
         options = self.parse_options(line)
         # Reached only when called directly (run_cell_magic): a typed %%track cell is run by
         # IPython itself, see the module docstring. Run the body as a cell of its own.
-        self._begin(cell, options, cell_id=None, raw=f"%%track {line}\n{cell}")
+        count = _count_of_running_cell(self.shell)
+        self._begin(cell, options, count, cell_id=None, raw=f"%%track {line}\n{cell}")
         info_guard, self._tracked_info = self._tracked_info, None
         result = self.shell.run_cell(cell, store_history=False)
         self._tracked_info = info_guard
@@ -238,7 +250,8 @@ class TrackMagics(Magics):
         except UsageError:
             return  # the magic itself reports it when IPython calls it
         try:
-            self._begin(body, options, cell_id=getattr(info, "cell_id", None), raw=info.raw_cell)
+            count = _count_of_running_cell(self.shell, info.store_history)
+            self._begin(body, options, count, cell_id=getattr(info, "cell_id", None), raw=info.raw_cell)
             self._tracked_info = info
             self._tracked_count = self.shell.execution_count
             self._line_watch = _LineEndWatch(sys.stdout)
@@ -272,21 +285,21 @@ class TrackMagics(Magics):
         if not watch.at_line_start:
             sys.stdout.write("\n")
 
-    def _begin(self, body: str, options: TrackOptions, cell_id, raw: str | None = None) -> None:
+    def _begin(self, body: str, options: TrackOptions, count: int, cell_id, raw: str | None = None) -> None:
         shell = self.shell
         try:
             code = shell.transform_cell(body)
         except Exception:  # IPython syntax it cannot transform: analyze nothing, still track
             code = ""
         history = tuple(
-            (count, source)
-            for count, source in enumerate(shell.history_manager.input_hist_raw)
-            if count and source and count < shell.execution_count
+            (index, source)
+            for index, source in enumerate(shell.history_manager.input_hist_raw)
+            if index and source and index < count
         )
         cell = CellContext(
             raw_source=raw if raw is not None else body,
             code=code,
-            execution_count=shell.execution_count,
+            execution_count=count,
             cell_id=cell_id,
             history=history,
             cwd=Path.cwd(),
