@@ -3,5 +3,6 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k capture -x
 source "$(dirname "$0")/_venv.sh"
 python -m pip install -q -e ".[test]"
+bash scripts/install_browser.sh
 python -m ruff check nbtrack tests benchmarks
 python -m pytest "$@"
