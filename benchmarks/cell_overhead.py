@@ -12,6 +12,11 @@ in-process IPython shell, interleaved, each ``--repeats`` times after one untime
     hand (params, metrics, series, figures, model, datasets). These versions are written out
     below in :data:`HAND_WRITTEN`, one per cell, so a reviewer can compare them with the notebook.
 
+After the notebook's cells comes issue 6's reference cell (:data:`REFERENCE`): 10 params, 5
+metrics and 1 figure and almost no work of its own, so its added latency (tracked minus
+untracked median) is what nbtrack costs such a cell; the target is under 10 ms. It runs
+``REFERENCE_RUNS`` times per repeat, for a steadier median and p95.
+
 Times are wall-clock seconds of ``shell.run_cell`` (compile, run, IPython's hooks, and for the
 tracked cell nbtrack's capture and its write to the store). The store is a fresh SQLite file in a
 temporary folder. After timing, every run a timed or warm-up execution made is read back with
@@ -22,9 +27,10 @@ Run from the repository root::
 
     python -m benchmarks              # 5 repeats
     python -m benchmarks --quick      # 1 repeat, for CI
-    python -m benchmarks --repeats 10
+    python -m benchmarks.cell_overhead --repeats 10
 
-Results are printed and written as JSON to ``benchmarks/results/cell_overhead.json``.
+Results are printed and written as JSON to ``benchmarks/results/cell_overhead.json`` (or
+``$NBTRACK_BENCH_RESULTS/cell_overhead.json``).
 """
 
 from __future__ import annotations
@@ -50,15 +56,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks._common import results_dir
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "train_v2_final.ipynb"
-RESULTS = REPO / "benchmarks" / "results" / "cell_overhead.json"
 
 VARIANTS = ("untracked", "tracked", "hand")
 DEFAULT_REPEATS = 5
 QUICK_REPEATS = 1
 TRACKED_EXPERIMENT = "cell-overhead-tracked"
 HAND_EXPERIMENT = "cell-overhead-hand"
+REFERENCE_RUNS = 4  # executions of the reference cell per repeat and variant
 STDERR_LINES_SHOWN = 4  # per untracked / hand-written variant; the JSON has them all
 
 # In the untracked variant the cell's nbtrack.log_metric calls go to this no-op instead.
@@ -240,6 +248,41 @@ with mlflow.start_run(run_name="sgd-epochs", experiment_id=hand_experiment_id):
         datasets=("X_train", "y_train", "X_test", "y_test", "X_train_s", "X_test_s"),
         series={"train_loss": "epochs"},
     ),
+    HandWritten(
+        run_name="reference-10p-5m-1f",
+        code='''\
+with mlflow.start_run(run_name="reference-10p-5m-1f", experiment_id=hand_experiment_id):
+    lr = 0.01
+    batch_size = 32
+    n_layers = 4
+    width = 256
+    dropout = 0.1
+    weight_decay = 0.0001
+    warmup_steps = 100
+    optimizer = "adam"
+    activation = "relu"
+    schedule = "cosine"
+    loss = lr * 10 + dropout
+    acc = 1.0 - loss / 2
+    auc = acc * 0.99
+    f1 = acc * 0.98
+    recall = acc * 0.97
+    ref_fig, ref_ax = plt.subplots(figsize=(3, 2))
+    ref_ax.plot([0, 1, 2, 3, 4], [loss, acc, auc, f1, recall])
+    mlflow.log_figure(ref_fig, "figures/reference.png")
+    plt.show()
+
+    mlflow.log_params({"lr": lr, "batch_size": batch_size, "n_layers": n_layers, "width": width,
+                       "dropout": dropout, "weight_decay": weight_decay,
+                       "warmup_steps": warmup_steps, "optimizer": optimizer,
+                       "activation": activation, "schedule": schedule})
+    mlflow.log_metrics({"loss": loss, "acc": acc, "auc": auc, "f1": f1, "recall": recall})
+''',
+        metrics=("loss", "acc", "auc", "f1", "recall"),
+        figures=1,
+        models=(),
+        datasets=(),
+    ),
 )
 
 # Run once in the shell after the notebook's setup cells, before anything is timed: what the
@@ -271,6 +314,31 @@ class TrackedCell:
     name: str
     source: str  # as written, %%track line included
     body: str  # without the %%track line
+
+
+_REFERENCE_BODY = """\
+lr = 0.01
+batch_size = 32
+n_layers = 4
+width = 256
+dropout = 0.1
+weight_decay = 0.0001
+warmup_steps = 100
+optimizer = "adam"
+activation = "relu"
+schedule = "cosine"
+loss = lr * 10 + dropout
+acc = 1.0 - loss / 2
+auc = acc * 0.99
+f1 = acc * 0.98
+recall = acc * 0.97
+ref_fig, ref_ax = plt.subplots(figsize=(3, 2))
+ref_ax.plot([0, 1, 2, 3, 4], [loss, acc, auc, f1, recall])
+plt.show()
+"""
+# Issue 6's reference cell: 10 params, 5 metrics, 1 figure, next to no work of its own.
+REFERENCE = TrackedCell("reference-10p-5m-1f", "%%track -n reference-10p-5m-1f\n" + _REFERENCE_BODY,
+                        _REFERENCE_BODY)
 
 
 def read_notebook(path: Path) -> tuple[list[str], list[TrackedCell]]:
@@ -434,10 +502,12 @@ def summarize(executions: list[Execution], cells: list[TrackedCell]) -> list[dic
             row["variants"][variant] = {"samples_s": samples, "median_s": median(samples),
                                         "p95_s": percentile(samples, 95)}
         rows.append(row)
-    total: dict = {"cell": "all tracked cells", "variants": {}}
+    total: dict = {"cell": "the notebook's tracked cells", "variants": {}}
+    notebook_rows = [row for row in rows if row["cell"] != REFERENCE.name]
     for variant in VARIANTS:
         total["variants"][variant] = {
-            key: sum(row["variants"][variant][key] for row in rows) for key in ("median_s", "p95_s")
+            key: sum(row["variants"][variant][key] for row in notebook_rows)
+            for key in ("median_s", "p95_s")
         }
     rows.append(total)
     for row in rows:
@@ -634,6 +704,7 @@ def _isolate(store: Path, notebook: Path) -> None:
     """Point MLflow at the temporary store and make the kernel look like Jupyter's."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
     os.environ["MPLBACKEND"] = "Agg"
+    journal = store / "journal"  # set after the NBTRACK_ variables are cleared below
     # JupyterLab tells the kernel its notebook this way; nbtrack then logs a snapshot of it.
     os.environ["JPY_SESSION_NAME"] = str(notebook)
     for variable in list(os.environ):
@@ -641,6 +712,7 @@ def _isolate(store: Path, notebook: Path) -> None:
             "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "PAPERMILL_INPUT_PATH"
         }:
             del os.environ[variable]
+    os.environ["NBTRACK_JOURNAL_DIR"] = str(journal)
 
 
 def _create_experiments(store: Path) -> None:
@@ -659,6 +731,7 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
     load_at_start = _load_average()
     notebook = notebook.resolve()
     setup, cells = read_notebook(notebook)
+    cells = [*cells, REFERENCE]
     hands = {hand.run_name: hand for hand in HAND_WRITTEN}
     unknown = [cell.name for cell in cells if cell.name not in hands]
     if unknown:
@@ -686,13 +759,21 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
                   flush=True)
             for repeat in range(-1, repeats):  # -1: the warm-up, not counted
                 for cell in cells:
-                    for variant in variant_order(max(repeat, 0)):
-                        executions.append(execute(shell, cell, hands[cell.name], variant, repeat))
+                    times = REFERENCE_RUNS if cell is REFERENCE else 1
+                    for _ in range(times):
+                        for variant in variant_order(max(repeat, 0)):
+                            executions.append(execute(shell, cell, hands[cell.name], variant,
+                                                      repeat))
                 label = "warm-up" if repeat < 0 else f"repeat {repeat + 1}/{repeats}"
                 print(f"  {label} done ({time.perf_counter() - started:.0f} s)", flush=True)
 
             from mlflow import MlflowClient
 
+            import nbtrack
+
+            flush = getattr(nbtrack, "flush", None)  # background writing: wait for the store
+            if flush is not None:
+                flush()
             problems, flagged, checked = verify(MlflowClient(), executions, hands, shell.user_ns)
         finally:
             os.chdir(previous_cwd)
@@ -764,7 +845,7 @@ def report(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog="python -m benchmarks.cell_overhead",
         description="Per-cell overhead of %%track: untracked vs tracked vs hand-written MLflow.",
     )
     parser.add_argument("--repeats", type=int, default=None,
@@ -772,7 +853,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_REPEATS} repeat, for CI (--repeats wins if both are given)")
     parser.add_argument("--notebook", type=Path, default=NOTEBOOK, help="notebook to benchmark")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where to write the JSON (default: results folder/cell_overhead.json)")
     args = parser.parse_args(argv)
     repeats = args.repeats if args.repeats is not None else (
         QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
@@ -781,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.notebook.exists():
         parser.error(f"notebook {args.notebook} not found.")
 
+    output = args.output or results_dir() / "cell_overhead.json"  # before run() clears NBTRACK_*
     try:
         results, problems = run(repeats, args.notebook)
     except BenchmarkError as error:
@@ -788,9 +871,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results["quick"] = args.quick
     print(report(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"results: {args.output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"results: {output}")
     return 1 if problems else 0
 
 
