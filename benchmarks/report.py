@@ -202,7 +202,7 @@ def plot_cell_overhead(data: dict, path: Path) -> None:
     ax.set_xlabel("the cell's own work: untracked median, ms")
     ax.set_ylabel("added latency (median), ms")
     ax.set_title("Latency a cell gains from tracking, by how much work it does")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,41 @@
+"""``python -m benchmarks --quick`` still runs: every benchmark verifies its work and writes its
+results, and the report writes the page and its plots. Timings are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+BENCHMARKS = ["load_ext", "cell_overhead", "metric_throughput", "sweep"]
+
+
+def test_quick_benchmarks_run_verify_their_work_and_write_results_and_page(tmp_path):
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    page_in_repo = REPO / "docs" / "benchmarks.md"
+    before = page_in_repo.stat().st_mtime_ns if page_in_repo.exists() else None
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("MLFLOW_", "NBTRACK_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--results", str(results), "--docs", str(docs)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    expected = BENCHMARKS + (["board_scale"] if (REPO / "benchmarks" / "board_scale.py").exists() else [])
+    for name in expected:
+        data = json.loads((results / f"{name}.json").read_text())
+        assert data["quick"] is True
+        assert (docs / "benchmarks" / f"{name}.png").stat().st_size > 0
+        if "verification" in data:
+            assert data["verification"]["ok"], data["verification"]
+    page = (docs / "benchmarks.md").read_text()
+    assert "## Targets" in page and "Quick run" in page
+    for name in expected:
+        assert f"benchmarks/{name}.png" in page
+    # The quick run left the repository's own page alone.
+    assert (page_in_repo.stat().st_mtime_ns if page_in_repo.exists() else None) == before
