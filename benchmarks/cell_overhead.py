@@ -754,7 +754,8 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
             shell = make_shell()
             for source in [*setup, "%load_ext nbtrack", UNTRACKED_SETUP, TRACKED_SETUP, HAND_SETUP]:
                 run_cell(shell, source)
-            print(f"notebook: {notebook} ({len(cells)} tracked cells, {len(setup)} setup cells)")
+            print(f"notebook: {notebook} ({len(cells) - 1} tracked cells, {len(setup)} setup cells), "
+                  f"then the reference cell {REFERENCE.name}")
             print(f"warm-up, then {repeats} repeat(s) of {len(VARIANTS)} variants per cell ...",
                   flush=True)
             for repeat in range(-1, repeats):  # -1: the warm-up, not counted
