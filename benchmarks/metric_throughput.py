@@ -295,8 +295,10 @@ def run(sizes: tuple[int, ...], budget: float, methods: tuple[str, ...]) -> dict
                 if projected > budget:
                     row["skipped"] = (f"projected {projected:,.0f} s from {previous['points']:,} "
                                       f"points, over the {budget:.0f} s budget")
+            elif previous is not None and "skipped" in previous:
+                row["skipped"] = "a smaller size was already skipped"
             elif previous is not None:
-                row["skipped"] = "the previous size did not complete"
+                row["skipped"] = "the previous size failed"
             if "skipped" not in row:
                 result = sample(method, n, budget)
                 if result["problems"]:
