@@ -27,6 +27,7 @@ __all__ = [
     "last_run",
     "runs",
     "leaderboard",
+    "load",
     "unrecorded",
     "__version__",
 ]
@@ -167,3 +168,25 @@ def leaderboard(experiment: str | None = None, metric: str | None = None, ascend
 
     return Leaderboard(experiment=experiment, metric=metric, ascending=ascending, top=top,
                        tracker=_tracker())
+
+
+def load(reference: str):
+    """Load a logged model into the notebook: from a run id (its last logged model) or a
+    ``models:/`` URI. A scikit-learn model comes back as the fitted estimator itself, other
+    flavors as MLflow's pyfunc model.
+
+    Parameters
+    ----------
+    reference
+        A run id, ``runs:/RUN_ID/PATH``, ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a
+        logged model's ``models:/m-...``.
+
+    Examples
+    --------
+    >>> clf = nbtrack.load("models:/invoice-classifier@champion")  # doctest: +SKIP
+    >>> clf.predict_proba(X_test)[:, 1]  # doctest: +SKIP
+
+    """
+    from nbtrack import registry
+
+    return registry.load_model(reference)

@@ -127,6 +127,7 @@ class Execution:
     experiment: str
     sweep_id: str
     execution_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    cwd: Path | None = None  # where the kernel runs; default: the notebook's folder
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ def _execute_in_process(execution: Execution, tracking_uri: str) -> ExecutionRes
         "notebook": str(execution.notebook), "output": str(execution.output),
         "parameters": execution.parameters, "execution_id": execution.execution_id,
         "experiment": execution.experiment,
+        "cwd": str(execution.cwd) if execution.cwd is not None else None,
     }, default=str)
     done = subprocess.run([sys.executable, "-m", "nbtrack.batch", request], env=env,
                           capture_output=True, text=True)
@@ -220,7 +222,7 @@ def _worker(request: dict) -> int:
     try:
         papermill.execute_notebook(
             str(notebook), str(output), parameters=request["parameters"], kernel_name="python3",
-            cwd=str(notebook.resolve().parent), progress_bar=False,
+            cwd=request.get("cwd") or str(notebook.resolve().parent), progress_bar=False,
         )
     except PapermillExecutionError as error:
         code = _EXIT_FAILED

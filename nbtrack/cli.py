@@ -1,7 +1,8 @@
 """``nbtrack`` on the command line: thin over batch, query and registry.
 
-Exit codes: 0 success; 1 an execution failed or was killed, or the store refused an operation;
-2 bad input (a missing notebook, a malformed option, an unknown experiment or metric).
+Exit codes: 0 success; 1 an execution failed or was killed, a reproduction's metrics differ from
+the original's, or the store refused an operation; 2 bad input (a missing notebook, a malformed
+option, an unknown experiment, metric, run or model).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nbtrack",
         description="Notebook-native experiment tracking on MLflow.",
-        epilog="Exit codes: 0 success; 1 an execution failed or was killed, or the store "
-               "refused an operation; 2 bad input.",
+        epilog="Exit codes: 0 success; 1 an execution failed or was killed, a reproduction's "
+               "metrics differ from the original's, or the store refused an operation; 2 bad "
+               "input.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -72,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                     "~/.local/state/nbtrack/journal) to the stores they were meant for, oldest "
                     "first, keeping their original times; print what was pushed and what is "
                     "still pending. Exit code 1 while anything is pending.")
+
+    _add_rebuild_commands(commands)
 
     ui = commands.add_parser("ui", help="Start MLflow's own UI on the store nbtrack uses.",
                              description="Start `mlflow ui` on the same store nbtrack writes to "
@@ -231,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             return _ui(args)
         if args.command == "sync":
             return _sync(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
+        if args.command == "diff":
+            return _diff(args)
     except NbtrackError as error:
         print(f"nbtrack {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -240,6 +248,117 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nbtrack {args.command}: {short_error(error)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_USAGE
+
+
+def _add_rebuild_commands(commands) -> None:
+    reproduce = commands.add_parser(
+        "reproduce", help="Write (and with --execute, run) a notebook that rebuilds a run.",
+        description="Write a notebook that re-creates a run from its execution history (what "
+                    "the kernel actually ran, in order, with the values it ran with), headed by "
+                    "the source notebook, git commit, data digests, package versions and any "
+                    "hidden state. With --execute, run it tracked (its run tagged "
+                    "nbtrack.reproduces=RUN_ID), print original vs reproduced metrics and exit "
+                    "1 when any differs beyond --rtol.",
+        epilog="Example: nbtrack reproduce models:/invoice-classifier@champion --execute")
+    reproduce.add_argument("run", metavar="RUN_ID_OR_MODEL_URI",
+                           help="A run id, runs:/RUN_ID/..., models:/NAME@ALIAS or "
+                                "models:/NAME/VERSION.")
+    reproduce.add_argument("-o", "--output", type=Path, default=None, metavar="OUT.ipynb",
+                           help="Where to write it (default: <notebook>-reproduce-<run>.ipynb "
+                                "here).")
+    reproduce.add_argument("--execute", action="store_true",
+                           help="Run it and compare its metrics with the original's.")
+    reproduce.add_argument("--rtol", type=float, default=None,
+                           help="Relative tolerance for metrics to count as the same "
+                                "(default 1e-9).")
+    reproduce.add_argument("--minimal", action="store_true",
+                           help="Keep only the history entries the tracked cell depends on.")
+
+    diff = commands.add_parser(
+        "diff", help="Show what differs between two runs.",
+        description="Params, metrics, the tracked cell's source (a unified diff), data digests, "
+                    "package versions and git commits that differ between two runs.",
+        epilog="Example: nbtrack diff 3f2a9c1b... models:/invoice-classifier@champion")
+    diff.add_argument("run_a", metavar="RUN_A", help="Run id or models:/ URI.")
+    diff.add_argument("run_b", metavar="RUN_B", help="Run id or models:/ URI.")
+
+
+def _facts(reference: str):
+    from nbtrack import query, registry
+
+    return query.run_facts(registry.run_of(reference))
+
+
+def _reproduce(args) -> int:
+    import nbtrack.reproduce as rebuild
+
+    rtol = rebuild.DEFAULT_RTOL if args.rtol is None else args.rtol
+    if rtol < 0:
+        raise NbtrackError("--rtol takes a tolerance of 0 or more.")
+    facts = _facts(args.run)
+    plan = rebuild.plan(facts, minimal=args.minimal)
+    output = rebuild.write(plan, args.output or rebuild.default_output(facts))
+    print(f"wrote {output}: {len(plan.entries)} cell(s) from the history of run "
+          f"'{facts.name}' ({facts.run_id})")
+    for finding in plan.findings:
+        print(f"nbtrack reproduce: hidden state: {finding.message}", file=sys.stderr)
+    for note in plan.notes:
+        print(f"nbtrack reproduce: note: {note}", file=sys.stderr)
+    if not args.execute:
+        installed = rebuild.installed_versions(facts.versions)
+        for line in rebuild.drift(facts, installed=installed):
+            print(f"nbtrack reproduce: warning: {line}", file=sys.stderr)
+        return EXIT_OK
+    result, reproduced = _execute_reproduction(facts, output)
+    if reproduced is None:
+        why = result.reason or "its tracked cell made no run"
+        print(f"nbtrack reproduce: the reproduction did not run through: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    verdict = rebuild.verdict(facts, reproduced, rtol)
+    print(f"reproduced as run '{reproduced.name}' ({reproduced.run_id})\n")
+    print(rebuild.metrics_table(verdict.metrics))
+    for line in verdict.drift:
+        print(f"nbtrack reproduce: warning: {line}", file=sys.stderr)
+    if result.status != "ok":
+        print(f"nbtrack reproduce: the reproduction {result.status}: {result.reason}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if not verdict.ok:
+        differ = ", ".join(c.key for c in verdict.metrics if not c.same)
+        print(f"nbtrack reproduce: metrics differ from the original's beyond rtol={rtol}: "
+              f"{differ}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"\nall {len(verdict.metrics)} metric(s) reproduced (rtol={rtol})")
+    return EXIT_OK
+
+
+def _execute_reproduction(facts, output: Path):
+    """Run the reproduction notebook in place through nbtrack.batch; return how it ended and
+    the reproduced run's facts (None when no run reproduces the original).
+    """
+    import uuid
+
+    import nbtrack.reproduce as rebuild
+    from nbtrack import batch, query
+    from nbtrack.query import absolute_tracking_uri
+    from nbtrack.recorder import Recorder
+
+    Recorder(absolute_tracking_uri()).experiment_id(facts.experiment)
+    execution = batch.Execution(output, output, {}, facts.experiment, uuid.uuid4().hex[:12],
+                                cwd=rebuild.execution_folder(facts, output))
+    print(f"executing {output} in {execution.cwd} ...", flush=True)
+    result = batch.run_sweep([execution], jobs=1, progress=False)[0]
+    runs = [r for r in query.runs_tagged(facts.experiment, "nbtrack.execution",
+                                         execution.execution_id)
+            if r.data.tags.get(rebuild.REPRODUCES_TAG) == facts.run_id]
+    return result, (query.run_facts(runs[-1].info.run_id) if runs else None)
+
+
+def _diff(args) -> int:
+    from nbtrack import diff
+
+    print(diff.text(diff.compare(_facts(args.run_a), _facts(args.run_b))))
+    return EXIT_OK
 
 
 def _default_experiment() -> str:

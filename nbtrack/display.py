@@ -61,6 +61,9 @@ def summary_line(record: CellRecord, outcome: RunOutcome) -> str:
     else:
         head = f"run '{record.run_name}'{status} ({outcome.run_id[:8]})"
     line = f"{PREFIX} {head} · {', '.join(parts)} · {where}"
+    hidden = record.tags.get("nbtrack.hidden_state")
+    if hidden:  # the saved notebook would not rebuild this run: say so where it is seen
+        line += " · hidden state: " + (hidden if len(hidden) <= 300 else hidden[:300] + "...")
     if outcome.registered:
         line += f" · registered {outcome.registered}"
     return line

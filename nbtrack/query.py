@@ -234,3 +234,87 @@ def absolute_tracking_uri() -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + os.path.abspath(uri[len(prefix):])
     return uri
+
+
+def run_facts(run_id: str, tracking_uri=None):
+    """A run's params, metrics, tags, datasets and lineage artifacts, as a
+    :class:`nbtrack.facts.RunFacts`; NbtrackError when there is no such run.
+
+    Examples
+    --------
+    >>> run_facts("3f2a9c1b...").digests  # doctest: +SKIP
+    {'X_train': '5b0e1a2c', 'y_train': '9d7f3a10'}
+
+    """
+    from nbtrack.facts import DatasetRef, RunFacts
+
+    run = get_run(run_id, tracking_uri)
+    client = _client(tracking_uri)
+    tags = dict(run.data.tags)
+    datasets = []
+    for item in run.inputs.dataset_inputs if run.inputs else []:
+        context = next((t.value for t in item.tags if t.key == "mlflow.data.context"), "")
+        datasets.append(DatasetRef(item.dataset.name, item.dataset.digest, context,
+                                   item.dataset.profile or ""))
+    experiment = client.get_experiment(run.info.experiment_id).name
+    notebook = None
+    with _no_progress_bar():
+        source = _artifact(client, run.info.run_id, "cell/source.py")
+        history = _artifact(client, run.info.run_id, "lineage/history.py")
+        try:
+            listed = client.list_artifacts(run.info.run_id, "lineage")
+        except Exception:  # no lineage folder on this run's artifact store
+            listed = []
+        snapshot = next((i.path for i in listed if i.path.endswith(".ipynb")), None)
+        if snapshot is not None:
+            notebook = _artifact(client, run.info.run_id, snapshot, binary=True)
+    return RunFacts(
+        run_id=run.info.run_id, name=tags.get("mlflow.runName", run.info.run_name or ""),
+        experiment=experiment, status=run.info.status, params=dict(run.data.params),
+        metrics=dict(run.data.metrics), tags=tags, datasets=tuple(datasets),
+        source=source, history=history, notebook=notebook,
+    )
+
+
+def _artifact(client, run_id: str, path: str, binary: bool = False):
+    """One artifact's content (text, or bytes), or None when the run has no such artifact."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="nbtrack-") as folder:
+        try:
+            local = Path(client.download_artifacts(run_id, path, folder))
+        except (MlflowException, OSError):
+            return None
+        if not local.is_file():
+            return None
+        return local.read_bytes() if binary else local.read_text(errors="replace")
+
+
+class _no_progress_bar:
+    """MLflow draws a progress bar on downloads; not in a one-line command's output."""
+
+    def __enter__(self):
+        import os
+
+        self.saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = self.saved
+
+
+def runs_tagged(experiment: str, key: str, value: str, tracking_uri=None) -> list:
+    """Runs of ``experiment`` whose tag ``key`` is ``value``, oldest first (``Run`` entities)."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], filter_string=f"tags.`{key}` = '{value}'",
+                              order_by=["attributes.start_time ASC"])

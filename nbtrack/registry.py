@@ -136,3 +136,86 @@ def get_version(name: str, version: str | int, tracking_uri: str | None = None):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri).get_model_version(name, str(version))
+
+
+def run_of(reference: str, tracking_uri: str | None = None) -> str:
+    """The run id behind a run id, ``runs:/RUN_ID/...``, ``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION`` or ``models:/m-...`` (a logged model's id).
+
+    Raises NbtrackError naming what was not found.
+
+    Examples
+    --------
+    >>> run_of("models:/invoice-classifier@champion")  # doctest: +SKIP
+    '3f2a9c1b0d6e4c0f9a7e2b1c5d8f0a12'
+
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from nbtrack.errors import NbtrackError
+
+    reference = reference.strip()
+    if reference.startswith("runs:/"):
+        run_id = reference[len("runs:/"):].split("/", 1)[0]
+        if not run_id:
+            raise NbtrackError(f"{reference!r} names no run: runs:/RUN_ID/PATH is expected.")
+        return run_id
+    if not reference.startswith("models:/"):
+        return reference
+    client = MlflowClient(tracking_uri=tracking_uri)
+    rest = reference[len("models:/"):].strip("/")
+    try:
+        if "@" in rest:
+            name, alias = rest.rsplit("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in rest:
+            name, number = rest.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+        elif rest.startswith("m-"):
+            run_id = client.get_logged_model(rest).source_run_id
+            if not run_id:
+                raise NbtrackError(f"logged model {rest!r} was not logged by a run.")
+            return run_id
+        else:
+            raise NbtrackError(f"{reference!r} names no version: use models:/{rest}@champion or "
+                               f"models:/{rest}/VERSION.")
+    except MlflowException as error:
+        raise NbtrackError(f"{reference!r} not found in {client.tracking_uri}: "
+                           f"{error.message}") from None
+    if not version.run_id:
+        raise NbtrackError(f"{reference!r} (version {version.version}) was not made from a run, "
+                           "so there is no run to rebuild it from.")
+    return version.run_id
+
+
+def load_model(reference: str, tracking_uri: str | None = None):
+    """Load a logged model: from a run (its last logged model) or a ``models:/`` URI.
+
+    A scikit-learn model comes back as the estimator itself (``predict_proba`` and all); other
+    flavors as MLflow's pyfunc model.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from nbtrack.errors import NbtrackError
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    uri = reference.strip()
+    if not uri.startswith(("models:/", "runs:/")):
+        try:
+            run = client.get_run(uri)
+        except MlflowException:
+            raise NbtrackError(f"no run with id {uri!r} in {client.tracking_uri}.") from None
+        models = logged_models(run.info.run_id, run.info.experiment_id, tracking_uri)
+        if not models:
+            raise NbtrackError(f"run {uri!r} logged no model.")
+        uri = models[-1].model_uri
+    try:
+        info = mlflow.models.get_model_info(uri)
+        if "sklearn" in info.flavors:
+            return mlflow.sklearn.load_model(uri)
+        return mlflow.pyfunc.load_model(uri)
+    except MlflowException as error:
+        raise NbtrackError(f"model {reference!r} cannot be loaded: {error.message}") from None

@@ -397,6 +397,10 @@ class Tracker:
 
         status = _status(error)
         tags = self._tags(active, error, redactor)
+        if settings.history:
+            hidden = _hidden_state(active, redactor, warn)
+            if hidden:
+                tags["nbtrack.hidden_state"] = hidden
         if error is not None and status == FAILED:
             trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             artifacts.append(Artifact("error/traceback.txt", redactor.redact(trace).encode()))
@@ -598,6 +602,26 @@ def _status(error: BaseException | None) -> str:
     if isinstance(error, KeyboardInterrupt):
         return KILLED
     return FAILED
+
+
+def _hidden_state(active: _ActiveCell, redactor: Redactor, warn) -> str:
+    """What the kernel's history shows that the saved notebook does not (cells run out of order,
+    edited after they ran, names no saved cell defines), one line; "" when nothing.
+    """
+    try:
+        from nbtrack import history
+        from nbtrack.reproduce import saved_cells
+
+        cell = active.cell
+        entries = [history.Entry(count, redactor.redact(source))
+                   for count, source in (*cell.history, (cell.execution_count or 0, cell.raw_source))]
+        saved = None
+        if active.notebook is not None and active.notebook.exists():
+            saved = saved_cells(lineage.notebook_snapshot(active.notebook, redactor))
+        return history.summary(history.find(entries, saved))
+    except Exception as error:  # a check of ours must not cost the cell its run
+        warn(f"hidden notebook state not checked: {_short(error)}")
+        return ""
 
 
 def _default_run_name(notebook: Path | None, execution_count: int | None) -> str:

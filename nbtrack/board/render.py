@@ -125,3 +125,29 @@ def compare_table(runs: list[dict], alias: str = "champion") -> str:
             body.append(f"<tr><td>{html.escape(section[:-1])} {html.escape(key)}</td>{cells}</tr>")
     return (f'{STYLE}<table class="nbtrack-t nbtrack-compare"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def diff_html(run_diff) -> str:
+    """What differs between two runs (a :class:`nbtrack.diff.RunDiff`) as HTML: the same
+    sections ``nbtrack diff`` prints, the cell source as a unified diff.
+    """
+    from nbtrack.diff import format_value
+
+    title = (f"<p><b>What differs</b> between a: {html.escape(run_diff.a)} and "
+             f"b: {html.escape(run_diff.b)}</p>")
+    if run_diff.same:
+        return title + "<p>No differences: same params, metrics, source, data, packages and commit.</p>"
+    rows = []
+    for section, changes in run_diff.sections:
+        for change in changes:
+            rows.append(f"<tr><td>{html.escape(section)}</td><td>{html.escape(change.key)}</td>"
+                        f"<td>{html.escape(format_value(change.a))}</td>"
+                        f"<td>{html.escape(format_value(change.b))}</td></tr>")
+    parts = [title]
+    if rows:
+        parts.append(f'{STYLE}<table class="nbtrack-t nbtrack-rundiff"><thead><tr><th>what</th>'
+                     f"<th>key</th><th>a</th><th>b</th></tr></thead><tbody>{''.join(rows)}"
+                     "</tbody></table>")
+    if run_diff.source:
+        parts.append('<pre class="nbtrack-source-diff">' + html.escape(run_diff.source) + "</pre>")
+    return "".join(parts)

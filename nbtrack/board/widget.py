@@ -368,6 +368,11 @@ class Leaderboard(widgets.VBox):
         rows = [{"name": r.data.tags.get("mlflow.runName", r.info.run_id),
                  "params": r.data.params, "metrics": r.data.metrics} for r in runs]
         parts = [render.compare_table(rows)]
+        if len(run_ids) == 2:  # what `nbtrack diff` says about the pair, the same way
+            from nbtrack import diff
+
+            facts = [query.run_facts(run_id, self.tracking_uri) for run_id in run_ids]
+            parts.append(render.diff_html(diff.compare(*facts)))
         plot = _history_plot(runs, self.tracking_uri)
         if plot:
             parts.append(_img(plot, "metric histories"))
