@@ -233,15 +233,58 @@ def _worker(request: dict) -> int:
     except Exception as error:  # kernel failed to start, notebook unreadable, ...
         code = _EXIT_FAILED
         reason = f"{type(error).__name__}: {error}"
+    redactor = _redactor(output)
+    reason = redactor.redact(reason)
     store = recorder.Recorder()
     if code == _EXIT_KILLED:
         store.end_running_runs(request["experiment"], request["execution_id"], reason)
     if output.exists():
-        store.attach_to_execution(request["experiment"], request["execution_id"], output,
-                                  "notebook")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="nbtrack-") as folder:
+            redacted = _redacted_copy(output, Path(folder), redactor)
+            if redacted is not None:
+                store.attach_to_execution(request["experiment"], request["execution_id"],
+                                          redacted, "notebook")
     if reason:
         print(reason, file=sys.stderr)
     return code
+
+
+def _redactor(notebook: Path):
+    """What to redact from an executed notebook: secret-named environment variables, URL
+    passwords, and the secrets its cells assign (the injected parameters cell included).
+    """
+    import nbformat
+
+    from nbtrack.capture.secrets import Redactor
+
+    redactor = Redactor()
+    redactor.add_from_environment(os.environ)
+    try:
+        cells = nbformat.read(os.fspath(notebook), as_version=4).cells
+    except Exception:  # not written (the kernel never started): nothing more to learn from it
+        cells = []
+    for cell in cells:
+        if cell.get("cell_type") == "code":
+            redactor.add_from_source(cell.get("source", ""))
+    return redactor
+
+
+def _redacted_copy(notebook: Path, folder: Path, redactor) -> Path | None:
+    """A copy of the executed notebook, under the same name, with its secrets redacted: that
+    copy, never the original, is logged with the runs (None when it cannot be read).
+    """
+    from nbtrack.capture.lineage import notebook_snapshot
+
+    text = notebook_snapshot(notebook, redactor)
+    if text is None:
+        print(f"the executed notebook {notebook} could not be read, so it was not logged",
+              file=sys.stderr)
+        return None
+    copy = folder / notebook.name
+    copy.write_bytes(text)
+    return copy
 
 
 if __name__ == "__main__":

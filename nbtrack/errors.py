@@ -15,3 +15,7 @@ class StoreError(NbtrackError):
 
 class NotebookError(NbtrackError):
     """A notebook given to nbtrack is missing, unreadable or not what the command needs."""
+
+
+class PermissionDeniedError(StoreError):
+    """The tracking server refused an operation: the logged-in user lacks the permission."""

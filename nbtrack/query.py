@@ -102,9 +102,10 @@ def leaderboard(experiment=None, metric=None, ascending=False, top=50, tracker=N
     Returns
     -------
     pandas.DataFrame
-        One row a run: ``rank``, ``run``, ``status``, ``start_time``, ``notebook``, the metrics,
-        the params whose values differ between the listed runs, ``models`` (registered versions
-        made from the run's models, with their aliases: ``["iris v2 @champion"]``) and ``run_id``.
+        One row a run: ``rank``, ``run``, ``status``, ``start_time``, ``notebook``, ``user``
+        (``mlflow.user``), the metrics, the params whose values differ between the listed runs,
+        ``models`` (registered versions made from the run's models, with their aliases:
+        ``["iris v2 @champion"]``) and ``run_id``.
 
     """
     table = runs(experiment=experiment, tracker=tracker, tracking_uri=tracking_uri, filter=filter)
@@ -159,6 +160,7 @@ def rank(table, metric=None, ascending=False, top=50):
         "status": table.get("status"),
         "start_time": table.get("start_time"),
         "notebook": table.get("tags.nbtrack.notebook"),
+        "user": table.get("tags.mlflow.user"),  # whose run: on a team server, everyone's rank together
     })
     ordered = ([column] if column else []) + sorted(c for c in metric_columns if c != column)
     for name in ordered:

@@ -40,7 +40,11 @@ def register(model_uri: str, name: str, run_id: str | None = None, tracking_uri:
         if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
             raise
     model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
-    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+    try:
+        return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+    except MlflowException as error:
+        _raise_if_denied(error, f"add a version to registered model '{name}'", "EDIT or MANAGE")
+        raise
 
 
 def logged_models(run_id: str, experiment_id: str, tracking_uri: str | None = None) -> list:
@@ -115,10 +119,15 @@ def set_alias(name: str, alias: str, version: str | int, moved_by: str, notebook
     import datetime
 
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri)
     previous = alias_holder(name, alias, tracking_uri)
-    client.set_registered_model_alias(name, alias, str(version))
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as error:
+        _raise_if_denied(error, f"move @{alias} of registered model '{name}'", "EDIT or MANAGE")
+        raise
     moved_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     prefix = f"nbtrack.alias.{alias}"
     for key, value in {
@@ -136,6 +145,26 @@ def get_version(name: str, version: str | int, tracking_uri: str | None = None):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri).get_model_version(name, str(version))
+
+
+def _raise_if_denied(error, action: str, needed: str) -> None:
+    """Turn the server's refusal (basic-auth's 403) into a line saying which permission is missing."""
+    from nbtrack.capture.lineage import current_user
+    from nbtrack.errors import PermissionDeniedError
+
+    code = str(getattr(error, "error_code", ""))
+    if code not in ("PERMISSION_DENIED", "UNAUTHENTICATED") and "403" not in str(error):
+        return
+    if code == "UNAUTHENTICATED":
+        raise PermissionDeniedError(
+            f"the tracking server did not accept the login of user '{current_user()}' to {action}; "
+            "check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials."
+        ) from None
+    raise PermissionDeniedError(
+        f"user '{current_user()}' may not {action}: that needs {needed} permission on the model, "
+        "and the tracking server refused (PERMISSION_DENIED). Ask the model's owner or an admin "
+        "to grant it."
+    ) from None
 
 
 def run_of(reference: str, tracking_uri: str | None = None) -> str:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install nbtrack with everything its tests need, then run the whole test suite.
+# Install nbtrack with everything its tests need (Chromium, PostgreSQL), then run the whole suite.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k capture -x
 source "$(dirname "$0")/_venv.sh"
 python -m pip install -q -e ".[test]"
 bash scripts/install_browser.sh
+bash scripts/install_postgres.sh
 python -m ruff check nbtrack tests benchmarks
 python -m pytest "$@"

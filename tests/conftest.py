@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The store matrix: local SQLite, mlflow server on SQLite, the README's team server on PostgreSQL.
+from servers import any_store, http_sqlite_server, postgres_cluster, team_server  # noqa: F401
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 REPO = Path(__file__).resolve().parents[1]
 SHOWCASE = REPO / "notebooks" / "train_v2_final.ipynb"

@@ -19,6 +19,7 @@ import ipywidgets as widgets
 from nbtrack import display, query, registry
 from nbtrack.board import render
 from nbtrack.capture import lineage
+from nbtrack.errors import NbtrackError
 
 
 def _with_class(widget, name: str):
@@ -218,8 +219,7 @@ class Leaderboard(widgets.VBox):
             version = registry.register(models[-1].model_uri, name, run_id=run_id,
                                         tracking_uri=self.tracking_uri)
         except Exception as error:
-            self._say(f"Could not register run '{run_name}': {display.short_error(error)}",
-                      error=True)
+            self._say(f"Could not register run '{run_name}': {_reason(error)}", error=True)
             return None
         self.model_name.value = name
         self._say(f"Registered {name} v{version.version} from run '{run_name}'.")
@@ -267,8 +267,8 @@ class Leaderboard(widgets.VBox):
                 name, alias, number, moved_by=lineage.current_user(),
                 notebook=self._notebook(), tracking_uri=self.tracking_uri)
         except Exception as error:
-            self._say(f"Could not move @{alias} of {name} to v{number}: "
-                      f"{display.short_error(error)}", error=True)
+            self._say(f"Could not move @{alias} of {name} to v{number}: {_reason(error)}",
+                      error=True)
             return None
         was = f" (was v{previous.version})" if previous is not None else " (nothing held it)"
         self._say(f"@{alias} of {name} → v{number}{was}.")
@@ -421,6 +421,13 @@ class Leaderboard(widgets.VBox):
         bundle["text/html"] = self.static_html()
         bundle["text/plain"] = self.static_text()
         return bundle
+
+
+def _reason(error: BaseException) -> str:
+    """Why an action failed, in one line: nbtrack's own errors already say it in words."""
+    if isinstance(error, NbtrackError):
+        return str(error)
+    return display.short_error(error)
 
 
 def _img(png: bytes, label: str) -> str:

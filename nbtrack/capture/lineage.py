@@ -112,22 +112,38 @@ def notebook_snapshot(path: Path, redactor: Redactor) -> bytes | None:
     except Exception:  # unreadable, not JSON, not a notebook: lineage goes on without it
         return None
     for cell in notebook.get("cells", []):
-        cell["source"] = redactor.redact(cell.get("source", ""))
-        for output in cell.get("outputs", []):
-            if "text" in output:
-                text = output["text"]
-                output["text"] = redactor.redact("".join(text) if isinstance(text, list) else text)
-            data = output.get("data", {})
-            for mime in ("text/plain", "text/html", "text/markdown"):
-                if mime in data:
-                    value = data[mime]
-                    data[mime] = redactor.redact("".join(value) if isinstance(value, list) else value)
+        source = cell.get("source", "")
+        cell["source"] = redactor.redact("".join(source) if isinstance(source, list) else source)
+        # Every text an output holds: streams, every mime type but images, error messages
+        # and tracebacks (a failing cell's message often quotes the value it choked on).
+        cell["outputs"] = [_redact_output(output, redactor) for output in cell.get("outputs", [])]
     return nbformat.writes(notebook).encode()
 
 
+def _redact_output(value: Any, redactor: Redactor, key: str = "") -> Any:
+    if key.startswith("image/"):
+        return value
+    if isinstance(value, str):
+        return redactor.redact(value)
+    if isinstance(value, list):
+        return [_redact_output(item, redactor) for item in value]
+    if isinstance(value, dict):
+        return type(value)((k, _redact_output(v, redactor, str(k))) for k, v in value.items())
+    return value
+
+
 def current_user(environ: Mapping[str, str] = os.environ) -> str:
-    """Who is working: the MLflow tracking user when set, else the system user."""
-    for variable in ("MLFLOW_TRACKING_USERNAME", "USER", "LOGNAME", "USERNAME"):
+    """Who is working: the MLflow tracking user, else the system user.
+
+    The tracking user is the one MLflow logs in with: ``MLFLOW_TRACKING_USERNAME``, else
+    ``mlflow_tracking_username`` in ``~/.mlflow/credentials`` (read the way MLflow reads it).
+    """
+    if environ.get("MLFLOW_TRACKING_USERNAME"):
+        return environ["MLFLOW_TRACKING_USERNAME"]
+    from_file = _credentials_user(environ)
+    if from_file:
+        return from_file
+    for variable in ("USER", "LOGNAME", "USERNAME"):
         if environ.get(variable):
             return environ[variable]
     try:
@@ -136,6 +152,18 @@ def current_user(environ: Mapping[str, str] = os.environ) -> str:
         return getpass.getuser()
     except Exception:  # no user name in this environment (a container without passwd entry)
         return "unknown"
+
+
+def _credentials_user(environ: Mapping[str, str]) -> str | None:
+    import configparser
+
+    home = environ.get("HOME") or os.path.expanduser("~")
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(os.path.join(home, ".mlflow", "credentials"))
+    except (configparser.Error, UnicodeDecodeError):  # MLflow itself would refuse the file
+        return None
+    return parser.get("mlflow", "mlflow_tracking_username", fallback=None) or None
 
 
 def batch_runner(environ: Mapping[str, str] = os.environ) -> str | None:
