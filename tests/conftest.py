@@ -27,6 +27,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.setenv("NBTRACK_JOURNAL_DIR", str(tmp_path / "journal"))
+    monkeypatch.setenv("NBTRACK_CACHE_DIR", str(tmp_path / "cache"))  # the run index's files
     for variable in ("JPY_SESSION_NAME", "PAPERMILL_INPUT_PATH", "NBTRACK_BATCH"):
         monkeypatch.delenv(variable, raising=False)
     return uri

@@ -64,7 +64,7 @@ class Leaderboard(widgets.VBox):
         self.top = top
         self.tracking_uri = tracking_uri
         self.runs = None  # the ranked DataFrame shown
-        self._table = None  # every run's params and metrics (search_runs), for comparisons
+        self._table = None  # the listed runs as search_runs returns them, every metric a column
         self._versions: dict[str, list] = {}
         self._metric = metric
         self._refreshing = False
@@ -154,10 +154,13 @@ class Leaderboard(widgets.VBox):
             return
         self._refreshing = True
         try:
-            table = query.runs(self.experiment, filter=self.filter_box.value.strip() or None,
-                               tracker=self._tracker, tracking_uri=self.tracking_uri,
-                               missing_ok=True)
-            board = query.rank(table, metric=self._metric, ascending=self.ascending, top=self.top)
+            # The run index answers from memory; a due full re-read runs in the background.
+            table = query.runs_page(self.experiment, filter=self.filter_box.value.strip() or None,
+                                    metric=self._metric, ascending=self.ascending, top=self.top,
+                                    tracker=self._tracker, tracking_uri=self.tracking_uri,
+                                    missing_ok=True, background=True)
+            board = query.rank(table, metric=table.attrs.get("metric", self._metric),
+                               ascending=self.ascending, top=self.top)
         except Exception as error:
             self._say(f"Could not read the runs: {display.short_error(error)}", error=True)
             return

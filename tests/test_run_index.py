@@ -1,0 +1,283 @@
+"""The run index answers the board's questions as MLflow does, and keeps up with the store:
+runs started, finished, deleted, restored or logged by another process; a lost or broken index
+file is rebuilt from MLflow. Real SQLite stores, no timing asserts."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, ViewType
+
+from nbtrack import query
+from nbtrack.errors import NbtrackError
+from nbtrack.run_index import RunIndex
+
+EXPERIMENT = "index"
+START = 1_750_000_000_000
+
+
+def make_run(client, experiment_id, i, status="FINISHED", start_time=None, **extra):
+    """Run ``i``: params C/model/seed, metrics auc (ties), loss (not on every run), tags."""
+    run = client.create_run(experiment_id, start_time=start_time, run_name=f"run-{i}",
+                            tags={"nbtrack.notebook": f"nb{i % 3}.ipynb", "team": ["a", "B"][i % 2]})
+    stamp = int(time.time() * 1000)
+    metrics = [Metric("auc", round(0.5 + (i * 37 % 11) / 20, 2), stamp, 0)]
+    if i % 4 != 1:
+        metrics.append(Metric("loss", 1.0 / (i + 1), stamp, 0))
+    params = [Param("C", str([0.1, 1.0, 10.0][i % 3])), Param("model", ["logreg", "Logit"][i % 2]),
+              Param("seed", str(i))]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params,
+                     tags=[RunTag(k, v) for k, v in extra.items()])
+    if i % 5 == 0:
+        client.log_inputs(run.info.run_id, [DatasetInput(
+            Dataset(name="train", digest=f"d{i % 2}", source_type="code", source="x"),
+            [InputTag("mlflow.data.context", "training")])])
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+@pytest.fixture
+def runs(client):
+    """An experiment of 24 runs: ties in start time and in auc, FAILED and RUNNING ones, one
+    deleted, some without ``loss``, some with a dataset input."""
+    experiment_id = client.create_experiment(EXPERIMENT)
+    ids = []
+    for i in range(24):
+        status = "FAILED" if i % 7 == 3 else "RUNNING" if i == 5 else "FINISHED"
+        # Pairs of runs share a start time: the run id breaks the tie, as in the SQL store.
+        ids.append(make_run(client, experiment_id, i, status=status,
+                            start_time=START + (i // 2) * 1000))
+    client.delete_run(ids[9])
+    return experiment_id, ids
+
+
+def fresh_index(client, experiment_id, **kwargs) -> RunIndex:
+    index = RunIndex(client.tracking_uri, experiment_id, **kwargs)
+    index.refresh()
+    return index
+
+
+FILTERS = [
+    "",
+    "params.C = '1.0'",
+    "params.model LIKE 'log%'",  # case-sensitive, as on SQLite
+    "params.model ILIKE 'log%'",
+    "metrics.auc > 0.8",
+    "metrics.auc >= 0.75 and metrics.loss < 0.2",
+    "metrics.loss != 0.5",
+    "tags.team = 'B'",
+    "tags.`nbtrack.notebook` = 'nb1.ipynb'",
+    "attributes.status = 'FAILED'",
+    "attributes.status != 'FINISHED'",
+    "attributes.run_name = 'run-4'",
+    "attributes.start_time >= 1750000005000",
+    "attributes.run_id IN ({ids})",
+    "tags.team IS NULL",
+    "params.C IS NOT NULL and metrics.auc <= 0.6",
+    "datasets.name = 'train' and datasets.digest = 'd0'",
+    "datasets.context = 'training'",
+]
+ORDERS = [None, ["metrics.auc DESC"], ["metrics.loss ASC"], ["params.C DESC", "metrics.auc ASC"],
+          ["attributes.start_time ASC"], ["tags.team ASC"]]
+
+
+@pytest.mark.parametrize("filter_string", FILTERS)
+def test_search_returns_what_search_runs_returns_in_the_same_order(client, runs, filter_string):
+    experiment_id, ids = runs
+    filter_string = filter_string.format(ids=", ".join(f"'{i}'" for i in ids[::3]))
+    index = fresh_index(client, experiment_id)
+    for order_by in ORDERS:
+        expected = [r.info.run_id for r in client.search_runs(
+            [experiment_id], filter_string=filter_string, order_by=order_by, max_results=1000)]
+        found = [r.run_id for r in index.search(filter_string, order_by=order_by)]
+        assert found == expected, (filter_string, order_by)
+
+
+@pytest.mark.parametrize("metric, ascending, filter_string, top", [
+    (None, False, None, 50),
+    ("auc", False, None, 7),
+    ("auc", True, None, 5),
+    ("loss", True, None, 10),
+    ("loss", False, "params.model = 'logreg'", 4),
+    ("auc", False, "metrics.auc > 100", 5),
+])
+def test_board_page_ranks_exactly_like_rank_over_search_runs(client, runs, metric, ascending,
+                                                             filter_string, top):
+    before = query.rank(query.runs(EXPERIMENT, filter=filter_string), metric=metric,
+                        ascending=ascending, top=top)
+    page = query.runs_page(EXPERIMENT, filter=filter_string, metric=metric, ascending=ascending,
+                           top=top)
+    now = query.rank(page, metric=page.attrs["metric"], ascending=ascending, top=top)
+    pd.testing.assert_frame_equal(now, before)
+    assert now.attrs["metric"] == before.attrs["metric"]
+    if not before.empty:
+        # Every metric of the matching runs is a column (the board's metric dropdown).
+        assert {c for c in page.columns if c.startswith("metrics.")} == {
+            c for c in query.runs(EXPERIMENT, filter=filter_string).columns
+            if c.startswith("metrics.")}
+
+
+def test_leaderboard_and_unknown_metric_behave_as_before(client, runs):
+    board = query.leaderboard(EXPERIMENT, metric="auc", top=3)
+    assert list(board["rank"]) == [1, 2, 3] and "models" in board
+    with pytest.raises(NbtrackError, match="no run has a metric 'nope'"):
+        query.leaderboard(EXPERIMENT, metric="nope")
+
+
+def test_refresh_picks_up_new_runs_metrics_and_status_changes(client, runs):
+    experiment_id, ids = runs
+    index = fresh_index(client, experiment_id)
+    assert len(index) == 23
+
+    new = make_run(client, experiment_id, 100, status="RUNNING")
+    stats = index.refresh()
+    assert stats["mode"] == "changes"
+    held = {s.run_id: s for s in index.summaries()}
+    assert held[new].info.status == "RUNNING" and len(index) == 24
+
+    # Still running: a new metric value shows; then it finishes.
+    client.log_metric(new, "auc", 0.99)
+    index.refresh()
+    assert {s.run_id: s for s in index.summaries()}[new].data.metrics["auc"] == 0.99
+    client.set_terminated(new, status="FAILED")
+    index.refresh()
+    assert {s.run_id: s for s in index.summaries()}[new].info.status == "FAILED"
+
+    # An old run that was running when the index was built finishes later.
+    client.set_terminated(ids[5])
+    index.refresh()
+    assert {s.run_id: s for s in index.summaries()}[ids[5]].info.status == "FINISHED"
+    assert index.search("metrics.auc > 0.98")[0].run_id == new
+
+
+def test_deleted_and_restored_runs_leave_and_rejoin_the_ranking(client, runs):
+    experiment_id, ids = runs
+    index = fresh_index(client, experiment_id)
+    client.delete_run(ids[0])
+    index.refresh()
+    assert ids[0] not in {s.run_id for s in index.summaries()}
+    client.restore_run(ids[0])
+    client.restore_run(ids[9])  # deleted before the index was built
+    index.refresh()
+    held = {s.run_id for s in index.summaries()}
+    assert ids[0] in held and ids[9] in held
+    expected = [r.info.run_id for r in client.search_runs([experiment_id], max_results=1000)]
+    assert [s.run_id for s in index.summaries()] == expected
+
+
+def test_a_run_logged_by_another_process_appears_at_the_next_refresh(client, runs, store):
+    experiment_id, _ = runs
+    before = query.leaderboard(EXPERIMENT, metric="auc")
+    code = (
+        "import mlflow\n"
+        f"mlflow.set_tracking_uri({store!r})\n"
+        f"mlflow.set_experiment({EXPERIMENT!r})\n"
+        "with mlflow.start_run(run_name='from-elsewhere'):\n"
+        "    mlflow.log_metric('auc', 7.0)\n"
+        "    mlflow.log_param('C', '1.0')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+    after = query.leaderboard(EXPERIMENT, metric="auc")
+    assert len(after) == len(before) + 1
+    assert after["run"].iloc[0] == "from-elsewhere"
+    # The other process's index file is the same file: a new process starts from it.
+    index = RunIndex(client.tracking_uri, experiment_id)
+    assert index.refresh()["mode"] == "changes"
+    assert "from-elsewhere" in {s.info.run_name for s in index.summaries()}
+
+
+def test_a_new_process_reads_the_index_file_instead_of_every_run(client, runs):
+    experiment_id, _ = runs
+    first = fresh_index(client, experiment_id)
+    assert first.last_refresh["mode"] == "full" and first.last_refresh["read"] == 24
+    second = RunIndex(client.tracking_uri, experiment_id)
+    stats = second.refresh()
+    assert stats["mode"] == "changes" and stats["changed"] == 0
+    assert [s.run_id for s in second.summaries()] == [s.run_id for s in first.summaries()]
+
+
+def test_missing_corrupt_or_stale_index_file_is_rebuilt_from_mlflow(client, runs):
+    experiment_id, _ = runs
+    expected = [s.run_id for s in fresh_index(client, experiment_id).summaries()]
+    path = RunIndex(client.tracking_uri, experiment_id).path
+
+    path.unlink()
+    index = RunIndex(client.tracking_uri, experiment_id)
+    assert index.refresh()["mode"] == "full"
+    assert [s.run_id for s in index.summaries()] == expected
+
+    path.write_bytes(b"this is not a SQLite file" * 100)
+    index = RunIndex(client.tracking_uri, experiment_id)
+    assert index.refresh()["mode"] == "full"
+    assert [s.run_id for s in index.summaries()] == expected
+
+    with sqlite3.connect(path) as connection:  # nbtrack's own file, not MLflow's
+        connection.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    connection.close()
+    index = RunIndex(client.tracking_uri, experiment_id)
+    assert index.refresh()["mode"] == "full"
+    assert [s.run_id for s in index.summaries()] == expected
+
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE runs SET summary = 'garbage'")
+    connection.close()
+    index = RunIndex(client.tracking_uri, experiment_id)
+    assert index.refresh()["mode"] == "full"
+    assert [s.run_id for s in index.summaries()] == expected
+
+
+def test_changes_only_a_full_read_sees_show_after_a_reconcile(client, runs):
+    experiment_id, ids = runs
+    index = fresh_index(client, experiment_id)
+    # A finished run renamed in the MLflow UI: nothing about it says "changed since" (here the
+    # run ended moments ago, so the look for changes may see it; in general only a full read).
+    client.set_tag(ids[2], "mlflow.runName", "renamed")
+    assert index.refresh(full=True)["mode"] == "full"
+    assert "renamed" in {s.info.run_name for s in index.summaries()}
+
+    # A reconcile that is due runs on its own; on the board's path, in the background.
+    client.set_tag(ids[4], "mlflow.runName", "renamed-again")
+    due = RunIndex(client.tracking_uri, experiment_id, reconcile_seconds=0)
+    due.refresh()  # loads the file and reads everything again (the first look is a full one)
+    client.set_tag(ids[6], "mlflow.runName", "third")
+    assert due.refresh(background=True)["mode"] == "changes"
+    due.wait(timeout=60)
+    assert "third" in {s.info.run_name for s in due.summaries()}
+
+
+def test_bad_filter_is_a_readable_error(client, runs):
+    with pytest.raises(NbtrackError, match="filter 'params.C = = oops' not understood"):
+        query.runs_page(EXPERIMENT, filter="params.C = = oops")
+    with pytest.raises(NbtrackError, match="not understood"):
+        query.leaderboard(EXPERIMENT, filter="metrics.auc > 'high'")
+
+
+def test_missing_experiment(client, store):
+    assert query.runs_page("nothing-here", missing_ok=True).empty
+    with pytest.raises(NbtrackError, match="no experiment named 'nothing-here'"):
+        query.runs_page("nothing-here")
+
+
+def test_index_keeps_working_in_memory_when_its_folder_cannot_be_written(client, runs, tmp_path,
+                                                                         capsys):
+    experiment_id, _ = runs
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    index = RunIndex(client.tracking_uri, experiment_id, folder=blocked / "sub")
+    index.refresh()
+    assert len(index) == 23
+    assert "kept in memory only" in capsys.readouterr().err
+
+
+def test_deleted_runs_stay_out_as_search_runs_leaves_them_out(client, runs):
+    experiment_id, ids = runs
+    index = fresh_index(client, experiment_id)
+    assert ids[9] not in {s.run_id for s in index.search()}
+    deleted = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert [r.info.run_id for r in deleted] == [ids[9]]
