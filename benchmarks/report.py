@@ -422,7 +422,7 @@ def reading(results: dict) -> str:
             parts.append(
                 f"For {biggest} executions of a tiny notebook, `nbtrack run -j 2` took {ours:.1f} s "
                 f"against {others[fastest]:.1f} s for {fastest}"
-                + (": on this machine the parallel sweep does not pay for its own start-up."
+                + (": on this machine the parallel sweep was the slower (the cause was not profiled)."
                    if ours > others[fastest] else "."))
     return " ".join(parts)
 
