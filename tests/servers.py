@@ -142,8 +142,8 @@ class MlflowServer:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            # uvicorn waits for its background job workers; nothing of the tests' is left to save.
-            self.process.wait(timeout=10)
+            # uvicorn waits for its background job workers; the tests' stores are thrown away.
+            self.process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)

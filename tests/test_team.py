@@ -179,18 +179,23 @@ def test_registry_versions_aliases_and_move_records_on_every_store(store_shell, 
     assert tags["nbtrack.alias.champion.previous"] == "1"
 
 
-def test_nbtrack_run_sweep_and_promote_on_every_store(any_store, tmp_path):
+def test_nbtrack_run_and_promote_on_every_store(any_store, tmp_path):
     experiment, model = any_store.name("batch"), any_store.name("swept")
     folder = Path.cwd()
-    write_notebook(folder / "fit.ipynb", ["%load_ext nbtrack", "%%track -n fit\n" + SETUP +
-                                          "clf = LogisticRegression(C=C, max_iter=500).fit(X, y)\n"
-                                          "val_acc = clf.score(X, y)"], parameters="C = 1.0")
-    done = nbtrack_cli("run", "fit.ipynb", "--grid", "C=0.01,1.0", "-j", "2", "-e", experiment,
-                       "-m", "val_acc", "--no-progress", cwd=folder)
+    # One execution (a kernel costs seconds) with two tracked cells; sweeps are test_batch's.
+    write_notebook(folder / "fit.ipynb", [
+        "%load_ext nbtrack", SETUP,
+        "%%track -n small\nclf = LogisticRegression(C=C, max_iter=500).fit(X, y)\n"
+        "val_acc = clf.score(X, y)",
+        "%%track -n large\nbig_C = C * 100\nclf = LogisticRegression(C=big_C, max_iter=500)"
+        ".fit(X, y)\nval_acc = clf.score(X, y)", FLUSH_CELL], parameters="C = 1.0")
+    done = nbtrack_cli("run", "fit.ipynb", "-p", "C=0.01", "-e", experiment, "-m", "val_acc",
+                       "--no-progress", cwd=folder)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = client().search_runs([client().get_experiment_by_name(experiment).experiment_id],
                                 order_by=["metrics.val_acc DESC"])
-    assert sorted(r.data.params["C"] for r in runs) == ["0.01", "1.0"]
+    assert sorted(r.info.run_name for r in runs) == ["large", "small"]
+    assert [r.data.params["C"] for r in runs] == ["0.01", "0.01"]  # injected by -p
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.tags["nbtrack.batch"] == "nbtrack run"
