@@ -580,10 +580,12 @@ def to_frame(runs: list[RunSummary], metrics: list[str] | None = None):
     param_names = list(dict.fromkeys(k for r in runs for k in r.data.params))
     tag_names = list(dict.fromkeys(k for r in runs for k in r.data.tags))
     for run in runs:
-        for name in ("run_id", "experiment_id", "status", "artifact_uri"):
+        for name in info:
             info[name].append(getattr(run.info, name))
-        info["start_time"].append(pd.to_datetime(run.info.start_time, unit="ms", utc=True))
-        info["end_time"].append(pd.to_datetime(run.info.end_time, unit="ms", utc=True))
+    for name in ("start_time", "end_time"):
+        # One conversion for the column; search_runs converts each value, to the same result.
+        info[name] = list(pd.to_datetime(pd.Series(info[name], dtype="float64"), unit="ms",
+                                         utc=True))
     data = dict(info)
     for key in metric_names:
         data[f"metrics.{key}"] = [r.data.metrics.get(key, np.nan) for r in runs]
