@@ -15,7 +15,8 @@ How it stays current (:meth:`RunIndex.refresh`):
 
 - runs that started since the last look, with a margin for clock skew between processes
   (``attributes.start_time >= ...``), and runs that ended since (``attributes.end_time``);
-- every run the index still holds as RUNNING, read again (live metrics, the final status);
+- every run the index holds as RUNNING that started in the last 24 hours, read again (live
+  metrics);
 - the experiment's deleted runs (``ViewType.DELETED_ONLY``), dropped from the ranking; runs the
   index holds as deleted that are no longer, read again (restored);
 - a full reconcile, reading every run again, when the file is missing, unreadable, of another
@@ -46,6 +47,7 @@ DEFAULT_RECONCILE_SECONDS = 600.0
 # Runs other processes start are looked for from this long before the last look: their clocks
 # (another machine's, on a team server) may lag ours.
 CLOCK_SKEW_MS = 120_000
+LIVE_RUN_MS = 24 * 3600 * 1000  # running runs younger than this are read again at each look
 PAGE_SIZE = 1000  # runs per search_runs page
 IDS_PER_QUERY = 100  # run ids per "attributes.run_id IN (...)" filter
 
@@ -397,8 +399,11 @@ class RunIndex:
         since = (self._looked_at or 0) - CLOCK_SKEW_MS
         read = self._search(f"attributes.start_time >= {since}")
         read += self._search(f"attributes.end_time >= {since}")
+        # Live metrics of running runs. Runs left RUNNING for over a day are mostly abandoned
+        # (a killed kernel): they wait for the full read, or show when they end (end_time).
+        live_since = looked_at - LIVE_RUN_MS
         running = [s.run_id for s in self._runs.values() if s.info.status == RUNNING
-                   and not s.deleted]
+                   and not s.deleted and (s.info.start_time or 0) >= live_since]
         deleted_now = {run.info.run_id: run for run in self._search(view=ViewType.DELETED_ONLY)}
         held_deleted = [s.run_id for s in self._runs.values() if s.deleted]
         restored = [run_id for run_id in held_deleted if run_id not in deleted_now]
