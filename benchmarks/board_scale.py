@@ -36,7 +36,7 @@ the index and MLflow's entities live). Times are wall-clock, median of ``--repea
 operations (cold is measured once: it deletes the index). Nothing is asserted about them.
 
     python -m benchmarks.board_scale             # 1,000, 10,000 and 100,000 runs
-    python -m benchmarks.board_scale --quick     # 300 and 1,000 runs, 1 repeat (CI)
+    python -m benchmarks.board_scale --quick     # 100 and 500 runs, 1 repeat (CI)
     python -m benchmarks.board_scale --sizes 1000,10000 --repeats 5
 """
 
@@ -66,7 +66,7 @@ from benchmarks._common import (
 
 NAME = "board_scale"
 SIZES = (1_000, 10_000, 100_000)
-QUICK_SIZES = (300, 1_000)
+QUICK_SIZES = (100, 500)
 REPEATS = 3
 QUICK_REPEATS = 1
 TOP = 50
