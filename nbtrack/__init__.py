@@ -25,6 +25,7 @@ __all__ = [
     "log_param",
     "log_figure",
     "last_run",
+    "flush",
     "runs",
     "leaderboard",
     "load",
@@ -123,13 +124,33 @@ def last_run() -> str | None:
 
     """
     tracker = _tracker()
-    return tracker.last_run_id if tracker is not None else None
+    if tracker is None:
+        return None
+    tracker.flush()
+    return tracker.last_run_id
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait until the runs of this kernel's tracked cells are in the store.
+
+    Tracked cells hand their runs to a background writer and return at once; reading through
+    nbtrack (``runs()``, the board, ``last_run()``) waits for it by itself. Call this before
+    reading with MLflow directly. Returns False if ``timeout`` seconds passed first (the runs
+    then wait in the journal; see ``nbtrack sync``).
+    """
+    tracker = _tracker()
+    return True if tracker is None else tracker.flush(timeout)
 
 
 def unrecorded() -> list:
-    """Records of tracked cells the store did not accept in this kernel (kept, not lost)."""
+    """Records of this kernel's tracked cells the store has not accepted (yet): they wait in
+    the journal and are written when it answers. Waits a few seconds for the writer first.
+    """
     tracker = _tracker()
-    return list(tracker.unrecorded) if tracker is not None else []
+    if tracker is None:
+        return []
+    tracker.flush(timeout=5)
+    return tracker.waiting_records()
 
 
 def runs(experiment: str | None = None, filter: str | None = None, order_by=None):

@@ -69,11 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--alias", default="champion", help="Alias to move (default champion).")
 
     commands.add_parser(
-        "sync", help="Record the runs kept on disk while the store was unavailable.",
-        description="Write the records kept in the journal ($NBTRACK_JOURNAL_DIR, default "
-                    "~/.local/state/nbtrack/journal) to the stores they were meant for, oldest "
-                    "first, keeping their original times; print what was pushed and what is "
-                    "still pending. Exit code 1 while anything is pending.")
+        "sync", help="Record the runs ended kernels left in the journal.",
+        description="Every kernel journals its runs ($NBTRACK_JOURNAL_DIR, default "
+                    "~/.local/state/nbtrack/journal, one folder per kernel) before the store "
+                    "has them. For each kernel that has ended (shut down while the store was "
+                    "away, or killed): write its runs to the stores they were meant for, oldest "
+                    "first, keeping their original times, and end the runs of cells it was "
+                    "running as KILLED. Prints what was pushed and what is still pending; "
+                    "runs of kernels still running are listed, their kernels write them. Exit "
+                    "code 1 while anything is pending.")
 
     _add_rebuild_commands(commands)
 
@@ -168,42 +172,40 @@ def _promote(args) -> int:
 
 
 def _sync(args) -> int:
-    from nbtrack.journal import Journal, replay
+    from nbtrack.journal import KernelJournal, journal_root, kernel_folders, waiting_count
     from nbtrack.recorder import Recorder
+    from nbtrack.writer import recover
 
-    journal = Journal()
-    uris = []
-    for path in journal.pending():
-        try:
-            uri = journal.load(path)[0]
-        except Exception as error:
-            print(f"nbtrack sync: {path} is unreadable ({error}); left in place.", file=sys.stderr)
+    recorders: dict[str, Recorder] = {}
+
+    def recorder_for(uri: str) -> Recorder:
+        return recorders.setdefault(uri, Recorder(uri))
+
+    result = recover(recorder_for)
+    for record, outcome in result.written:
+        print(f"pushed  run '{record.run_name}' ({outcome.run_id}) to {outcome.tracking_uri}")
+    for name, run_id, uri in result.killed:
+        print(f"killed  run '{name}' ({run_id}) in {uri}: its kernel ended while the cell ran")
+    for problem in result.problems:
+        print(f"nbtrack sync: {problem}", file=sys.stderr)
+    live = 0
+    for folder in kernel_folders():
+        journal = KernelJournal.claim(folder)
+        if journal is not None:  # an ended kernel's folder that recover left: still refused
+            journal.close()
             continue
-        if uri not in uris:
-            uris.append(uri)
-    pending = 0
-    for uri in uris:
-        recorder = Recorder(uri)
-        problems: list[str] = []
-
-        def write(_, record, recorder=recorder, problems=problems):
-            outcome = recorder.write(record)
-            problems.extend(outcome.problems)
-            return outcome.run_id
-
-        written, waiting = replay(journal, write, uri)
-        for record, run_id in written:
-            print(f"pushed  run '{record.run_name}' ({run_id}) to {uri}")
-        for problem in problems:
-            print(f"nbtrack sync: {problem}", file=sys.stderr)
-        if waiting:
-            pending += len(waiting)
-            print(f"pending {len(waiting)} run(s) for {uri}: the store still refuses them")
-    if not uris:
-        print(f"nothing to sync: {journal.root} holds no kept runs")
-    elif not pending:
+        count = waiting_count(folder)
+        if count:
+            live += count
+            print(f"waiting {count} run(s) in {folder}: a running kernel writes them itself")
+    if result.waiting:
+        print(f"pending {result.waiting} run(s): the store still refuses them; "
+              "run `nbtrack sync` again when it answers")
+    if not (result.written or result.killed or result.waiting or live):
+        print(f"nothing to sync: {journal_root()} holds no kept runs")
+    elif not (result.waiting or live):
         print("all kept runs are recorded")
-    return EXIT_FAILED if pending else EXIT_OK
+    return EXIT_FAILED if result.waiting or live else EXIT_OK
 
 
 def _ui(args) -> int:

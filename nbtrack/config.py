@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traitlets import Bool, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import Configurable
 
 
@@ -39,6 +39,17 @@ class Nbtrack(Configurable):
         config=True
     )
     summary = Bool(True, help="Print one summary line after each tracked cell.").tag(config=True)
+    background = Bool(
+        True,
+        help="Write runs to the store on a background thread, so cells do not wait for it. "
+        "Batch executions and --register cells wait whatever this says.",
+    ).tag(config=True)
+    wait_seconds = Float(
+        120.0, help="How long a cell that waits for the store (batch, --register) waits at most."
+    ).tag(config=True)
+    drain_seconds = Float(
+        10.0, help="How long a kernel that shuts down waits for queued runs to reach the store."
+    ).tag(config=True)
     max_collection_items = Int(
         20, help="Lists, tuples and dicts longer than this are not recorded as params."
     ).tag(config=True)

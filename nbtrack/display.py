@@ -36,10 +36,14 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
-def summary_line(record: CellRecord, outcome: RunOutcome) -> str:
+def summary_line(record: CellRecord, outcome: RunOutcome | None,
+                 queued_because: str | None = None) -> str:
     """Return the line shown after a tracked cell, e.g.
 
-    ``nbtrack: run 'logreg' FINISHED · 4 params, 2 metrics, 1 figure, model clf · experiment 'demo'``.
+    ``nbtrack: run 'logreg' · 4 params, 2 metrics, 1 figure, model clf · experiment 'demo'``.
+
+    ``outcome`` is None while the run is on its way to the store (the usual case: the background
+    writer has it); ``queued_because`` then says why the store is not taking runs right now.
     """
     counts = record.summary_counts()
     parts = [
@@ -47,28 +51,37 @@ def summary_line(record: CellRecord, outcome: RunOutcome) -> str:
         _plural(counts["metrics"], "metric"),
         _plural(counts["figures"], "figure"),
     ]
-    if outcome.model_uris:
-        parts.append("model " + ", ".join(outcome.model_uris))
-    missing = [m.name for m in record.models if m.name not in outcome.model_uris]
-    if missing and outcome.run_id is not None:
-        parts.append("model " + ", ".join(missing) + " NOT logged")
+    if outcome is None:
+        if record.models:
+            parts.append("model " + ", ".join(m.name for m in record.models))
+    else:
+        if outcome.model_uris:
+            parts.append("model " + ", ".join(outcome.model_uris))
+        missing = [m.name for m in record.models if m.name not in outcome.model_uris]
+        if missing and outcome.run_id is not None:
+            parts.append("model " + ", ".join(missing) + " NOT logged")
     if counts["datasets"]:
         parts.append(_plural(counts["datasets"], "dataset"))
     status = "" if record.status == FINISHED else f" {record.status}"
-    where = f"experiment '{outcome.experiment}'"
-    if outcome.run_id is None:
-        head = f"run '{record.run_name}'{status} NOT recorded"
+    where = f"experiment '{record.experiment}'"
+    if outcome is None:
+        head = f"run '{record.run_name}'{status}"
+    elif outcome.run_id is None or outcome.retry:
+        head = f"run '{record.run_name}'{status} queued"
     else:
         head = f"run '{record.run_name}'{status} ({outcome.run_id[:8]})"
     line = f"{PREFIX} {head} · {', '.join(parts)} · {where}"
     hidden = record.tags.get("nbtrack.hidden_state")
     if hidden:  # the saved notebook would not rebuild this run: say so where it is seen
         line += " · hidden state: " + (hidden if len(hidden) <= 300 else hidden[:300] + "...")
-    if outcome.registered:
+    if outcome is not None and outcome.registered:
         line += f" · registered {outcome.registered}"
+    if queued_because:
+        line += " · queued: the store is not answering, the run waits in the journal"
     return line
 
 
-def show_summary(record: CellRecord, outcome: RunOutcome) -> None:
+def show_summary(record: CellRecord, outcome: RunOutcome | None,
+                 queued_because: str | None = None) -> None:
     """Print the summary line for a tracked cell."""
-    print(summary_line(record, outcome), flush=True)
+    print(summary_line(record, outcome, queued_because), flush=True)

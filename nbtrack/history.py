@@ -197,6 +197,14 @@ def _loads(node: ast.AST) -> list[str]:
                     local |= _stores(inner)
         elif isinstance(sub, ast.comprehension):
             local |= {n.id for n in ast.walk(sub.target) if isinstance(n, ast.Name)}
+        # Bound by the statement before its body reads them: `for i in ...`, `with ... as f`,
+        # `except E as err`.
+        elif isinstance(sub, (ast.For, ast.AsyncFor)):
+            local |= {n.id for n in ast.walk(sub.target) if isinstance(n, ast.Name)}
+        elif isinstance(sub, ast.withitem) and sub.optional_vars is not None:
+            local |= {n.id for n in ast.walk(sub.optional_vars) if isinstance(n, ast.Name)}
+        elif isinstance(sub, ast.ExceptHandler) and sub.name:
+            local.add(sub.name)
     loads = [sub.id for sub in ast.walk(node)
              if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and sub.id not in local]
     return list(dict.fromkeys(loads))

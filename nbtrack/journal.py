@@ -1,22 +1,41 @@
-"""Records the store did not accept, kept on disk until it does.
+"""The on-disk journal: every record is written here before the store sees it.
 
-One file per record under the journal folder (``$NBTRACK_JOURNAL_DIR``, default
-``~/.local/state/nbtrack/journal``), named so that listing the folder gives the order the cells
-ran in. Each file holds the tracking URI the record was meant for and the record itself (its model
-objects included), pickled. ``nbtrack sync`` and the next tracked cell that reaches the store
-replay them in order; a replayed run keeps its original start and end times.
+Each kernel that tracks a cell owns one folder under the journal root (``$NBTRACK_JOURNAL_DIR``,
+default ``~/.local/state/nbtrack/journal``; one folder per kernel, named host-pid-start). The
+kernel holds an exclusive lock on the folder's ``owner.lock`` for as long as it lives; the operating
+system drops the lock when the process ends, however it ends (SIGKILL included), which is how a
+later kernel or ``nbtrack sync`` tells a dead kernel's journal from a live one's.
+
+In a kernel's folder, named so that listing it gives the order the cells ran in:
+
+``<start>-<seq>.record``
+    a record waiting for the store: the tracking URI it is meant for and the record, pickled.
+    Deleted once the store has all of it.
+``<start>-<seq>.progress``
+    for a record being written: the run id it got and the parts already written, so a write cut
+    short is resumed, not duplicated.
+``<start>-<seq>.begun``
+    a tracked cell that started and has not ended. Left behind by a kernel that died in the middle
+    of a cell: its run is then ended (or created) as KILLED.
+
+Records are pickles: they hold the user's fitted models. Files are written to a temporary name and
+renamed, so a reader never sees half a file. Nothing here talks to MLflow.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import pickle
+import socket
 import time
-import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nbtrack.record import CellRecord
+
+LOCK_NAME = "owner.lock"
 
 
 def journal_root() -> Path:
@@ -28,70 +47,175 @@ def journal_root() -> Path:
     return Path(state) / "nbtrack" / "journal"
 
 
-class Journal:
-    """The records waiting for a store, oldest first."""
+@dataclass(frozen=True)
+class Entry:
+    """One record in a journal: where it is, and the bytes it was written from."""
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root is not None else journal_root()
+    path: Path
+    tracking_uri: str
+    data: bytes
 
-    def keep(self, record: CellRecord, tracking_uri: str) -> Path:
-        """Write a record to disk (atomically) and return where it went."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        name = f"{record.start_time_ms:015d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.record"
-        target = self.root / name
-        partial = target.with_suffix(".partial")
+    def record(self) -> CellRecord:
+        """A fresh copy of the record (its models and data independent of the user's objects)."""
+        return pickle.loads(self.data)["record"]
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, target)
+
+
+class KernelJournal:
+    """The journal folder of one kernel, locked for as long as the kernel lives."""
+
+    def __init__(self, folder: Path, lock_handle) -> None:
+        self.folder = folder
+        self._lock = lock_handle
+        self._sequence = 0
+
+    @classmethod
+    def create(cls, root: Path | None = None) -> KernelJournal:
+        """Make and lock a new folder for this process."""
+        root = Path(root) if root is not None else journal_root()
+        name = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000)}"
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = _try_lock(folder)
+        if handle is None:  # cannot happen for a fresh name, unless the pid and ms repeat
+            raise OSError(f"journal folder {folder} is locked by another process")
+        return cls(folder, handle)
+
+    @classmethod
+    def claim(cls, folder: Path) -> KernelJournal | None:
+        """Take over the folder of a kernel that has ended; None while that kernel lives."""
+        handle = _try_lock(folder)
+        return None if handle is None else cls(folder, handle)
+
+    def _name(self, start_time_ms: int, suffix: str) -> Path:
+        self._sequence += 1
+        return self.folder / f"{start_time_ms:015d}-{os.getpid()}-{self._sequence:06d}{suffix}"
+
+    # -- records ------------------------------------------------------------------------------
+
+    def keep(self, record: CellRecord, tracking_uri: str) -> Entry:
+        """Write a record to disk; return it as an entry for the writer."""
         payload = {"tracking_uri": tracking_uri, "record": record}
         try:
-            data = pickle.dumps(payload)
+            data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # an estimator that cannot be pickled: keep everything else
             payload["record"] = replace(record, models=())
-            data = pickle.dumps(payload)
-        partial.write_bytes(data)
-        os.replace(partial, target)
+            data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        target = self._name(record.start_time_ms, ".record")
+        _write_atomically(target, data)
+        return Entry(target, tracking_uri, data)
+
+    def records(self) -> list[Entry]:
+        """The records still waiting, oldest first (unreadable files are skipped and listed by
+        :meth:`unreadable`).
+        """
+        entries = []
+        for path in sorted(self.folder.glob("*.record")):
+            try:
+                data = path.read_bytes()
+                uri = pickle.loads(data)["tracking_uri"]
+            except Exception:
+                continue
+            entries.append(Entry(path, uri, data))
+        return entries
+
+    def unreadable(self) -> list[Path]:
+        """Record files that cannot be read back (left in place for a person to look at)."""
+        bad = []
+        for path in sorted(self.folder.glob("*.record")):
+            try:
+                pickle.loads(path.read_bytes())["tracking_uri"]
+            except Exception:
+                bad.append(path)
+        return bad
+
+    def progress(self, entry: Entry) -> dict:
+        """What was already written for ``entry``: ``{"run_id": ..., "done": [...]}``."""
+        path = entry.path.with_suffix(".progress")
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def save_progress(self, entry: Entry, progress: dict) -> None:
+        """Remember what was written for ``entry``."""
+        _write_atomically(entry.path.with_suffix(".progress"), json.dumps(progress).encode())
+
+    def discard(self, entry: Entry) -> None:
+        """Forget a record the store now has."""
+        entry.path.with_suffix(".progress").unlink(missing_ok=True)
+        entry.path.unlink(missing_ok=True)
+
+    # -- cells that began ---------------------------------------------------------------------
+
+    def begun(self, start_time_ms: int, facts: dict) -> Path:
+        """Note that a tracked cell started (its run name, experiment, URI, source...)."""
+        target = self._name(start_time_ms, ".begun")
+        _write_atomically(target, json.dumps(facts).encode())
         return target
 
-    def pending(self, tracking_uri: str | None = None) -> list[Path]:
-        """Files of records still waiting (for ``tracking_uri`` only, when given), oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = sorted(self.root.glob("*.record"))
-        if tracking_uri is None:
-            return found
-        return [path for path in found if self._uri(path) == tracking_uri]
+    def unfinished(self) -> list[tuple[Path, dict]]:
+        """Cells that began and never ended, oldest first."""
+        found = []
+        for path in sorted(self.folder.glob("*.begun")):
+            try:
+                found.append((path, json.loads(path.read_text())))
+            except (OSError, ValueError):
+                found.append((path, {}))
+        return found
 
-    def load(self, path: Path) -> tuple[str, CellRecord]:
-        """The tracking URI and the record kept in ``path``."""
-        payload = pickle.loads(path.read_bytes())
-        return payload["tracking_uri"], payload["record"]
+    @staticmethod
+    def ended(path: Path | None) -> None:
+        """The cell noted at ``path`` ended (its record, if any, is kept separately)."""
+        if path is not None:
+            path.unlink(missing_ok=True)
 
-    def discard(self, path: Path) -> None:
-        """Forget a record the store now has."""
-        path.unlink(missing_ok=True)
+    # -- the end ------------------------------------------------------------------------------
 
-    def _uri(self, path: Path) -> str | None:
-        try:
-            return self.load(path)[0]
-        except Exception:  # unreadable: listed under every URI, so sync reports it
-            return None
+    def is_empty(self) -> bool:
+        """Whether nothing is waiting in the folder."""
+        return not any(self.folder.glob("*.record")) and not any(self.folder.glob("*.begun"))
+
+    def close(self) -> None:
+        """Release the folder; remove it when nothing waits in it."""
+        if self.is_empty():
+            for leftover in self.folder.iterdir():
+                if leftover.name != LOCK_NAME:
+                    leftover.unlink(missing_ok=True)
+            (self.folder / LOCK_NAME).unlink(missing_ok=True)
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
 
 
-def replay(journal: Journal, write, tracking_uri: str | None = None,
-           max_seconds: float | None = None) -> tuple[list[tuple[CellRecord, str]], list[Path]]:
-    """Write waiting records in order with ``write(uri, record) -> run_id or None``; stop at the
-    first the store still refuses (order matters). Returns (written, still waiting).
-    """
-    started = time.monotonic()
-    written = []
-    waiting = journal.pending(tracking_uri)
-    while waiting:
-        if max_seconds is not None and time.monotonic() - started > max_seconds:
-            break
-        path = waiting[0]
-        uri, record = journal.load(path)
-        run_id = write(uri, record)
-        if run_id is None:
-            break
-        journal.discard(path)
-        written.append((record, run_id))
-        waiting.pop(0)
-    return written, waiting
+def _try_lock(folder: Path):
+    """An open, exclusively locked handle on ``folder``'s lock file, or None if held elsewhere."""
+    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held open as the lock itself
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def kernel_folders(root: Path | None = None) -> list[Path]:
+    """Every kernel's journal folder under the root, oldest first by name."""
+    root = Path(root) if root is not None else journal_root()
+    if not root.is_dir():
+        return []
+    return sorted(path for path in root.iterdir() if path.is_dir())
+
+
+def waiting_count(folder: Path) -> int:
+    """How many records wait in a kernel's folder (read without taking it over)."""
+    return sum(1 for _ in folder.glob("*.record"))

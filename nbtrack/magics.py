@@ -8,6 +8,7 @@ own, untouched. Everything else happens in :mod:`nbtrack.session`, which knows n
 
 from __future__ import annotations
 
+import base64
 import re
 import shlex
 import sys
@@ -15,10 +16,8 @@ from pathlib import Path
 
 import IPython
 from IPython.core.error import UsageError
-from IPython.core.formatters import BaseFormatter
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import ObjectName, Unicode
 
 from nbtrack import display
 from nbtrack.errors import BadOptionError
@@ -64,28 +63,30 @@ def _tags(pairs: list[str] | None) -> dict[str, str]:
     return tags
 
 
-class _FigureTap(BaseFormatter):
-    """A display formatter that sees every matplotlib figure the shell displays and adds nothing
-    to the output (it returns None), so what the cell shows is unchanged.
+class _FigureTap:
+    """Stands in for the shell's ``display_formatter.format``: every matplotlib figure the shell
+    displays passes here with the PNG the display made of it, which is what nbtrack logs, so a
+    figure is rendered once. What the display shows is returned unchanged.
     """
 
-    format_type = Unicode("application/vnd.nbtrack.figure-tap")
-    print_method = ObjectName("_nbtrack_figure_tap_")
-
-    def __init__(self, tracker: Tracker, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, tracker: Tracker, format_method) -> None:
         self._tracker = tracker
+        self._format = format_method
 
-    def __call__(self, obj) -> None:
-        # Not a registered printer: matplotlib-inline removes every formatter's Figure printer
-        # when it configures itself (on the first pyplot import), so the type is checked here.
+    def __call__(self, obj, *args, **kwargs):
+        result = self._format(obj, *args, **kwargs)
+        # Checked by name: importing matplotlib here would slow every display down.
         if any(cls.__name__ == "Figure" and cls.__module__ == "matplotlib.figure"
                for cls in type(obj).__mro__):
             try:
-                self._tracker.figure_shown(obj)
+                data = result[0] if isinstance(result, tuple) and result else None
+                png = data.get("image/png") if isinstance(data, dict) else None
+                if isinstance(png, str):  # matplotlib-inline hands it over base64-encoded
+                    png = base64.b64decode(png)
+                self._tracker.figure_shown(obj, png if isinstance(png, bytes) else None)
             except Exception as error:  # a figure nbtrack cannot read must not change the display
                 display.warn(f"figure not logged: {display.short_error(error)}")
-        return None
+        return result
 
 
 class _LineEndWatch:
@@ -117,7 +118,7 @@ class TrackMagics(Magics):
         self._tracked_info = None
         self._tracked_count = None  # execution count of the tracked cell running now
         self._line_watch: _LineEndWatch | None = None
-        self._figure_tap = _FigureTap(tracker, parent=shell.display_formatter)
+        self._figure_tap = _FigureTap(tracker, shell.display_formatter.format)
 
     # -- magics ------------------------------------------------------------------------------
 
@@ -314,7 +315,7 @@ class TrackMagics(Magics):
         shell.input_transformers_cleanup.append(self.strip_track_line)
         shell.events.register("pre_run_cell", self.pre_run_cell)
         shell.events.register("post_run_cell", self.post_run_cell)
-        shell.display_formatter.formatters[self._figure_tap.format_type] = self._figure_tap
+        shell.display_formatter.format = self._figure_tap
 
     def uninstall(self) -> None:
         """Remove every hook :meth:`install` registered."""
@@ -327,5 +328,7 @@ class TrackMagics(Magics):
                 shell.events.unregister(event, callback)
             except ValueError:
                 pass  # already gone: unregistering twice is harmless
-        shell.display_formatter.formatters.pop(self._figure_tap.format_type, None)
+        if shell.display_formatter.__dict__.get("format") is self._figure_tap:
+            del shell.display_formatter.__dict__["format"]
+        self.tracker.close()
 

@@ -12,6 +12,10 @@ def default_experiment() -> str:
     return resolve_experiment(None, "", Path.cwd())
 
 
+# How long a read waits for the kernel's queued runs to reach the store.
+READ_WAIT_SECONDS = 30.0
+
+
 def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri=None,
          missing_ok=False):
     """The experiment's runs as a DataFrame, as ``mlflow.search_runs`` returns them.
@@ -23,6 +27,9 @@ def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri
 
     from nbtrack.errors import NbtrackError
 
+    if tracker is not None:
+        # Read your writes: the kernel's runs still on their way to the store get there first.
+        tracker.flush(timeout=READ_WAIT_SECONDS)
     if experiment is None:
         if tracker is not None:
             experiment = tracker.experiment_for(None, Path.cwd())

@@ -6,6 +6,7 @@ the recorder turns it into MLflow calls. Nothing here imports MLflow or IPython.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,14 +15,27 @@ FAILED = "FAILED"
 KILLED = "KILLED"
 
 
-@dataclass(frozen=True)
-class MetricPoint:
-    """One point of a metric series logged with ``nbtrack.log_metric``."""
+@dataclass
+class Series:
+    """The points of one metric logged with ``nbtrack.log_metric``, in the order they came.
+
+    Kept as typed arrays (8 bytes a number) rather than an object per point, so a training loop
+    can log millions of points cheaply.
+    """
 
     key: str
-    value: float
-    step: int
-    timestamp_ms: int
+    steps: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))
+    timestamps_ms: array = field(default_factory=lambda: array("q"))
+
+    def add(self, value: float, step: int, timestamp_ms: int) -> None:
+        """Append one point."""
+        self.steps.append(step)
+        self.values.append(value)
+        self.timestamps_ms.append(timestamp_ms)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,7 @@ class CellRecord:
     status: str
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    series: tuple[MetricPoint, ...] = ()
+    series: tuple[Series, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: tuple[Artifact, ...] = ()
     models: tuple[ModelCapture, ...] = ()
@@ -78,7 +92,7 @@ class CellRecord:
         figures = sum(1 for a in self.artifacts if a.path.startswith("figures/"))
         return {
             "params": len(self.params),
-            "metrics": len(self.metrics) + len({p.key for p in self.series} - set(self.metrics)),
+            "metrics": len(self.metrics) + len({s.key for s in self.series} - set(self.metrics)),
             "figures": figures,
             "models": len(self.models),
             "datasets": len(self.datasets),
@@ -95,3 +109,5 @@ class RunOutcome:
     model_uris: dict[str, str] = field(default_factory=dict)
     registered: str | None = None  # "name vN"
     problems: tuple[str, ...] = ()
+    # The store refused part of the run for now (down, locked, not writable): write it again later.
+    retry: bool = False

@@ -8,16 +8,22 @@ comes back with ``run_id=None`` so the caller can keep the record.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import tempfile
+import threading
 import warnings
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 
 from nbtrack import registry
 from nbtrack.display import short_error as _short
 from nbtrack.errors import StoreError
 from nbtrack.record import CellRecord, RunOutcome
+
+_OPENING = threading.Lock()
 
 # MLflow's per-call limits for log_batch (mlflow.utils.validation).
 PARAMS_TAGS_PER_BATCH = 100
@@ -48,7 +54,10 @@ class Recorder:
 
         uri = self.tracking_uri
         if self._client is None or self._client.tracking_uri != uri:
-            self._client = MlflowClient(tracking_uri=uri)
+            # Opening a new SQLite store creates and migrates its tables: two threads doing it
+            # at once (the writer and the recovery of ended kernels) would trip over each other.
+            with _OPENING, _store_creation_lock(uri):
+                self._client = MlflowClient(tracking_uri=uri)
             self._experiment_ids.clear()
         return self._client
 
@@ -103,65 +112,121 @@ class Recorder:
             mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
         return run_id
 
-    def write(self, record: CellRecord) -> RunOutcome:
-        """Write one record as one run. Never raises: what fails is listed in ``problems``."""
-        with quiet_mlflow():
-            return self._write(record)
+    def write(self, record: CellRecord, progress: dict | None = None,
+              save_progress=None) -> RunOutcome:
+        """Write one record as one run. Never raises: what fails is listed in ``problems``.
 
-    def _write(self, record: CellRecord) -> RunOutcome:
+        ``progress`` says which parts an earlier attempt already wrote (they are skipped), and is
+        updated and handed to ``save_progress`` after each part, so an attempt cut short resumes.
+        The outcome's ``retry`` is set when the store refused a part for now (unreachable,
+        locked, artifact location not writable): the caller keeps the record and tries again.
+        """
+        with quiet_mlflow():
+            return self._write(record, {} if progress is None else progress,
+                               save_progress or (lambda state: None))
+
+    def _write(self, record: CellRecord, progress: dict, save_progress) -> RunOutcome:
         problems: list[str] = []
         uri = "<unknown store>"
         try:
             uri = self.tracking_uri
             client = self.client
-            run_id = record.run_id
+            run_id = progress.get("run_id") or record.run_id
             if run_id is None:
                 run_id = client.create_run(
                     self.experiment_id(record.experiment),
                     start_time=record.start_time_ms,
                     run_name=record.run_name,
                 ).info.run_id
+                progress["run_id"] = run_id
+                save_progress(progress)
         except Exception as error:
             return RunOutcome(
                 run_id=None,
                 experiment=record.experiment,
                 tracking_uri=uri,
                 problems=(
-                    f"run '{record.run_name}' not recorded: the MLflow store at {uri} did not "
+                    f"run '{record.run_name}' not recorded yet: the MLflow store at {uri} did not "
                     f"accept it ({_short(error)}).",
                 ),
+                retry=True,
             )
+        done = progress.setdefault("done", [])
+        model_uris: dict[str, str] = progress.setdefault("models", {})
+        refused: list[str] = []
 
-        def attempt(what: str, step) -> object:
-            try:
-                return step()
-            except Exception as error:
-                problems.append(f"{what} of run '{record.run_name}' not recorded: {_short(error)}")
+        def attempt(part: str, what: str, step) -> object:
+            if part in done:
                 return None
+            try:
+                result = step()
+            except Exception as error:
+                if _store_refused(error):
+                    refused.append(f"{what} of run '{record.run_name}' not written yet: "
+                                   f"{_short(error)}")
+                    return None
+                problems.append(f"{what} of run '{record.run_name}' not recorded: {_short(error)}")
+            else:
+                if not refused:  # parts after a refused one are written again next time
+                    done.append(part)
+                    save_progress(progress)
+                return result
+            return None
 
-        attempt("params, metrics and tags", lambda: self._log_values(client, run_id, record))
+        attempt("values", "params, metrics and tags",
+                lambda: self._log_values(client, run_id, record))
         if record.artifacts:
-            attempt("artifacts", lambda: self._log_artifacts(client, run_id, record))
-        for data in record.datasets:
-            attempt(f"dataset {data.name!r}", lambda data=data: self._log_dataset(client, run_id, data))
-        model_uris: dict[str, str] = {}
-        if record.models:
-            model_uris = attempt("models", lambda: self._log_models(run_id, record, problems)) or {}
-        registered = None
-        if record.register_as:
-            registered = attempt(
-                f"registration as {record.register_as!r}",
-                lambda: self._register(record, model_uris, run_id, problems),
-            )
-        attempt("run status", lambda: self._finish(client, run_id, record))
+            attempt("artifacts", "artifacts", lambda: self._log_artifacts(client, run_id, record))
+        for index, data in enumerate(record.datasets):
+            attempt(f"dataset-{index}", f"dataset {data.name!r}",
+                    lambda data=data: self._log_dataset(client, run_id, data))
+        for model in record.models:
+            def log(model=model):
+                model_uris[model.name] = self._log_model(run_id, record, model)
+            attempt(f"model-{model.name}", f"model {model.name!r}", log)
+        registered = progress.get("registered")
+        if record.register_as and not refused:
+            def register():
+                progress["registered"] = self._register(record, model_uris, run_id, problems)
+            attempt("register", f"registration as {record.register_as!r}", register)
+            registered = progress.get("registered")
+        if not refused:
+            attempt("finish", "run status", lambda: self._finish(client, run_id, record))
         return RunOutcome(
             run_id=run_id,
             experiment=record.experiment,
             tracking_uri=uri,
-            model_uris=model_uris,
+            model_uris=dict(model_uris),
             registered=registered,
-            problems=tuple(problems),
+            problems=tuple(refused or problems),
+            retry=bool(refused),
         )
+
+    def record_killed(self, facts: dict, reason: str) -> str:
+        """End the run of a cell whose kernel died (or create it, if it was never opened) as
+        KILLED, with the reason in a tag and the cell's source. Returns the run id.
+        """
+        from mlflow.entities import RunTag
+
+        with quiet_mlflow():
+            client = self.client
+            run_id = facts.get("run_id")
+            if run_id:
+                if client.get_run(run_id).info.status != "RUNNING":
+                    return run_id  # its cell's record already ended it
+            else:
+                tags = dict(facts.get("tags") or {})
+                tags["mlflow.note.content"] = "```python\n" + str(facts.get("source", "")) + "\n```"
+                run_id = client.create_run(
+                    self.experiment_id(facts["experiment"]),
+                    start_time=facts.get("start_time_ms"),
+                    run_name=facts.get("run_name"),
+                    tags=tags,
+                ).info.run_id
+                client.log_text(run_id, str(facts.get("source", "")), "cell/source.py")
+            client.log_batch(run_id, tags=[RunTag("nbtrack.killed_reason", reason[:500])])
+            client.set_terminated(run_id, status="KILLED")
+        return run_id
 
     def execution_runs(self, experiment: str, execution_id: str) -> list:
         """The runs one batch execution made (tag ``nbtrack.execution``)."""
@@ -206,7 +271,9 @@ class Recorder:
         metrics = [
             Metric(key, value, record.end_time_ms, 0) for key, value in record.metrics.items()
         ]
-        metrics += [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in record.series]
+        for series in record.series:
+            metrics += map(Metric, repeat(series.key), series.values, series.timestamps_ms,
+                           series.steps)
         param_entities = [Param(k, v) for k, v in params.items()]
         tags = [RunTag(k, v) for k, v in record.tags.items()]
         for start in range(0, max(len(param_entities), len(tags), 1), PARAMS_TAGS_PER_BATCH):
@@ -243,29 +310,34 @@ class Recorder:
             run_id, datasets=[DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, data.context)])]
         )
 
-    def _log_models(self, run_id: str, record: CellRecord, problems: list[str]) -> dict[str, str]:
-        import mlflow
+    def _log_model(self, run_id: str, record: CellRecord, model) -> str:
+        """Log one estimator with MLflow's sklearn flavor as a model of the run; return its URI.
+
+        The logged model is created here, in the run's experiment, and handed to log_model: the
+        writer runs on a thread of its own, where MLflow has no active run, and its default
+        experiment may be one the user chose for their own runs since.
+        """
         import mlflow.sklearn
 
-        uris: dict[str, str] = {}
+        client = self.client
+        run = client.get_run(run_id)
+        logged = client.create_logged_model(
+            run.info.experiment_id, name=model.name, source_run_id=run_id,
+            params=dict(run.data.params),
+        )
         # MLflow saves scikit-learn models with skops: loading them elsewhere needs it too.
         requirements = mlflow.sklearn.get_default_pip_requirements(include_skops=True)
-        with _active_run(run_id):
-            for model in record.models:
-                try:
-                    info = mlflow.sklearn.log_model(
-                        model.estimator,
-                        name=model.name,
-                        input_example=model.input_example,
-                        # Inferring requirements starts a subprocess that takes seconds.
-                        pip_requirements=requirements,
-                        skops_trusted_types=_trusted_types(model.estimator),
-                    )
-                except Exception as error:
-                    problems.append(f"model {model.name!r} not logged: {_short(error)}")
-                    continue
-                uris[model.name] = info.model_uri
-        return uris
+        info = mlflow.sklearn.log_model(
+            model.estimator,
+            name=model.name,
+            input_example=model.input_example,
+            # Inferring requirements starts a subprocess that takes seconds.
+            pip_requirements=requirements,
+            skops_trusted_types=_trusted_types(model.estimator),
+            model_id=logged.model_id,
+            run_id=run_id,
+        )
+        return info.model_uri
 
     def _register(self, record, model_uris, run_id: str, problems: list[str]) -> str | None:
         if not model_uris:
@@ -284,12 +356,69 @@ class Recorder:
         return f"{record.register_as} v{version.version}"
 
     def _finish(self, client, run_id: str, record: CellRecord) -> None:
-        import mlflow
-
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
-            mlflow.end_run(status=record.status)
         client.set_terminated(run_id, status=record.status, end_time=record.end_time_ms)
+
+
+@contextmanager
+def _store_creation_lock(uri: str):
+    """Across processes, one at a time opens a SQLite store: opening a new one creates its
+    tables, and eight kernels of a sweep doing that at once make MLflow's migrations collide.
+    The lock file lives in the journal root, not beside the user's database.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+    import hashlib
+
+    from nbtrack.journal import journal_root
+
+    try:
+        root = journal_root()
+        root.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        handle = open(root / f".opening-{name}.lock", "a+")  # noqa: SIM115 - the lock itself
+    except OSError:  # no journal folder: open without the lock, as MLflow alone would
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
+
+
+def _store_refused(error: BaseException) -> bool:
+    """Whether ``error`` means the store cannot take the write now (as opposed to refusing this
+    value for good): unreachable, timed out, locked, overloaded, or out of disk or permission for
+    artifacts. Such writes are kept and tried again.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        name = type(error).__name__
+        text = str(error).lower()
+        if isinstance(error, (ConnectionError, TimeoutError, sqlite3.OperationalError)):
+            return True
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS,
+                                                          errno.EPERM, errno.EDQUOT,
+                                                          errno.ENOTDIR):
+            return True
+        if name in ("OperationalError", "ConnectionError", "Timeout", "ReadTimeout",
+                    "ConnectTimeout", "MaxRetryError", "NewConnectionError"):
+            return True
+        if name == "MlflowException":
+            code = str(getattr(error, "error_code", ""))
+            if code in ("TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED",
+                        "DEADLINE_EXCEEDED"):
+                return True
+            if any(hint in text for hint in ("max retries exceeded", "database is locked",
+                                              "connection refused", "timed out",
+                                              "unable to open database", "bad gateway",
+                                              "service unavailable")):
+                return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _trusted_types(estimator) -> list[str] | None:
@@ -311,9 +440,17 @@ def _trusted_types(estimator) -> list[str] | None:
 def quiet_mlflow():
     """Keep MLflow's own info logs and warnings out of the user's cell output while nbtrack
     writes (what goes wrong is reported by nbtrack, in one line).
+
+    On nbtrack's own threads (the writer, store opening, recovery) nothing global changes, since
+    the user's code runs meanwhile: what those threads log or warn is dropped by a filter that
+    looks at the thread's name.
     """
     import mlflow  # noqa: F401 - its import sets its loggers' levels: set ours after it
 
+    if threading.current_thread().name.startswith(THREAD_PREFIX):
+        quiet_mlflow_threads()
+        yield
+        return
     logger = logging.getLogger("mlflow")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -323,6 +460,34 @@ def quiet_mlflow():
             yield
     finally:
         logger.setLevel(level)
+
+
+# Every thread nbtrack starts is named so; see quiet_mlflow.
+THREAD_PREFIX = "nbtrack-"
+
+
+class _NotFromNbtrackThreads(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.threadName.startswith(THREAD_PREFIX)
+
+
+_FILTER = _NotFromNbtrackThreads()
+
+
+def quiet_mlflow_threads() -> None:
+    """Drop MLflow's log records and Python warnings emitted on nbtrack's threads (idempotent)."""
+    for handler in logging.getLogger("mlflow").handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
+    if not getattr(warnings.showwarning, "_nbtrack", False):
+        shown = warnings.showwarning
+
+        def showwarning(*args, **kwargs):
+            if not threading.current_thread().name.startswith(THREAD_PREFIX):
+                shown(*args, **kwargs)
+
+        showwarning._nbtrack = True
+        warnings.showwarning = showwarning
 
 
 @contextmanager
@@ -341,28 +506,3 @@ def _experiment_of(experiment_id: str):
         yield
     finally:
         fluent._active_experiment_id = chosen
-
-
-class _active_run:
-    """Make ``run_id`` MLflow's active run for fluent calls, unless it already is."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.started = False
-
-    def __enter__(self):
-        import mlflow
-
-        active = mlflow.active_run()
-        if active is None or active.info.run_id != self.run_id:
-            experiment_id = mlflow.MlflowClient().get_run(self.run_id).info.experiment_id
-            with _experiment_of(experiment_id):
-                mlflow.start_run(run_id=self.run_id, nested=active is not None)
-            self.started = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.started:
-            import mlflow
-
-            mlflow.end_run()

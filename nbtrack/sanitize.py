@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 
 from nbtrack.capture.values import is_finite
+from nbtrack.record import Series
 
 MAX_KEY_LENGTH = 250  # MAX_ENTITY_KEY_LENGTH
 MAX_PARAM_VALUE_LENGTH = 6000  # MAX_PARAM_VAL_LENGTH
@@ -69,6 +70,28 @@ def metrics(raw: dict[str, float], warn: Warn) -> dict[str, float]:
             warn(f"metric {name!r} not logged: its value is {value}.")
             continue
         clean[fixed] = value
+    return clean
+
+
+def series(raw: list[Series], warn: Warn) -> list[Series]:
+    """Sanitize series keys; drop NaN and infinite points, saying how many."""
+    clean = []
+    for one in raw:
+        fixed = key(one.key, "metric", warn)
+        if fixed is None:
+            continue
+        finite = [i for i, value in enumerate(one.values) if is_finite(value)]
+        if len(finite) < len(one.values):
+            warn(f"metric {one.key!r}: {len(one.values) - len(finite)} NaN or infinite points "
+                 "not logged.")
+            kept = Series(fixed)
+            for i in finite:
+                kept.add(one.values[i], one.steps[i], one.timestamps_ms[i])
+            one = kept
+        elif fixed != one.key:
+            one = Series(fixed, one.steps, one.values, one.timestamps_ms)
+        if len(one):
+            clean.append(one)
     return clean
 
 

@@ -11,7 +11,7 @@ import os
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,9 @@ from nbtrack.record import (
     KILLED,
     Artifact,
     CellRecord,
-    MetricPoint,
     ModelCapture,
     RunOutcome,
+    Series,
 )
 
 # Names IPython itself binds in the user namespace: never params, metrics or data.
@@ -88,8 +88,10 @@ class _ActiveCell:
     names_before: frozenset[str]
     figures: FigureCollector
     run_id: str | None = None
+    tracking_uri: str | None = None
+    begun_path: Path | None = None
     explicit_params: dict[str, Any] = field(default_factory=dict)
-    series: list[MetricPoint] = field(default_factory=list)
+    series: dict[str, Series] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -116,7 +118,10 @@ class Tracker:
         self.configured_experiment: str = ""
         self.unrecorded: list[CellRecord] = []
         self._previous_runs: dict[str, str] = {}
-        self._journal = None
+        self._writer = None
+        self._recorders: dict[str, Any] = {}
+        self._recovery = None
+        self._store_open = None
         # Called after each tracked cell (boards refresh themselves); weak, so a board that is
         # gone from the notebook does not keep being refreshed.
         self._after_run: list = []
@@ -177,6 +182,42 @@ class Tracker:
                                if syntax.uses_mlflow else "it is recorded when the cell ends")
                 display.warn(f"could not open run '{active.run_name}' before the cell "
                              f"({_short(error)}); {consequence}.")
+        try:
+            self._note_begun(active)
+        except Exception as error:
+            display.warn(f"cell not noted in the journal ({_short(error)}); should the kernel die "
+                         "during it, no run will say so.")
+
+    def _note_begun(self, active: _ActiveCell) -> None:
+        """Journal the cell's start, so a kernel dying during it still leaves a (KILLED) run."""
+        from nbtrack.writer import begun_facts
+
+        active.tracking_uri = self.tracking_uri()
+        redactor = Redactor()
+        redactor.add_from_environment(self.environ)
+        redactor.add_from_source(active.cell.raw_source)
+        facts = begun_facts(active.tracking_uri, active.experiment, active.run_name,
+                            active.started_ms, self._opening_tags(active),
+                            redactor.redact(active.cell.raw_source), active.run_id)
+        active.begun_path = self.writer.journal.begun(active.started_ms, facts)
+
+    def preload(self) -> None:
+        """Import MLflow on a background thread (it takes seconds), so the first tracked cell
+        does not wait for it and loading the extension stays instant.
+        """
+        import threading
+
+        from nbtrack.recorder import quiet_mlflow_threads
+
+        def load() -> None:
+            quiet_mlflow_threads()  # its import warnings would land in the user's cell
+            try:
+                import mlflow  # noqa: F401
+            except Exception:  # reported by the first tracked cell, which needs it
+                pass
+            quiet_mlflow_threads()
+
+        threading.Thread(target=load, name="nbtrack-import-mlflow", daemon=True).start()
 
     def _opening_tags(self, active: _ActiveCell) -> dict[str, str]:
         """Tags a run gets when it is opened before its cell runs: enough to find and explain
@@ -193,7 +234,12 @@ class Tracker:
         return tags
 
     def end(self, namespace: Mapping[str, Any], error: BaseException | None) -> RunOutcome | None:
-        """Finish the running tracked cell: capture, record, summarize. Never raises."""
+        """Finish the running tracked cell: capture, journal, summarize. Never raises.
+
+        The record is on disk when this returns; the store gets it from the background writer.
+        Returns the outcome when the record was written before returning (batch executions and
+        ``--register`` wait for the store), else None.
+        """
         active, self.active = self.active, None
         if active is None:
             return None
@@ -208,64 +254,190 @@ class Tracker:
             record = self._minimal_record(active, error, ended_ms)
         for problem in active.problems:
             display.warn(problem)
-        outcome = self.recorder.write(record)
-        for problem in outcome.problems:
-            display.warn(problem)
-        if outcome.run_id is None:
-            self._keep(record, outcome.tracking_uri)
-        else:
-            self._replay_kept(outcome.tracking_uri)
-            self.last_run_id = outcome.run_id
-            self._previous_runs[record.tags.get("nbtrack.cell", "")] = outcome.run_id
+        if record.run_id is not None:
+            self._end_fluent_run(record)
+        outcome = None
+        try:
+            outcome = self._submit(record, active)
+        except Exception as error:  # a bug of ours: the cell must not pay for it
+            display.warn(f"run '{record.run_name}' not recorded: {_short(error)}")
+            self.unrecorded.append(record)
         if self.settings.summary:
-            display.show_summary(record, outcome)
-        self._notify_after_run()
+            refusal = self._writer.refusal if self._writer is not None else None
+            display.show_summary(record, outcome, queued_because=refusal if outcome is None else None)
         return outcome
 
+    def _submit(self, record: CellRecord, active: _ActiveCell) -> RunOutcome | None:
+        from nbtrack.journal import Entry
+
+        writer = self.writer
+        uri = active.tracking_uri or self.tracking_uri()
+        try:
+            entry = writer.journal.keep(record, uri)
+        except Exception as error:  # disk full, folder not writable: write from memory
+            import pickle
+
+            display.warn(f"run '{record.run_name}' could not be written to the journal in "
+                         f"{writer.journal.folder} ({_short(error)}); it is recorded from memory "
+                         "and lost if this kernel dies first.")
+            entry = Entry(None, uri, pickle.dumps({"tracking_uri": uri, "record": record}))
+        writer.journal.ended(active.begun_path)
+        self._store_open.wait(timeout=self.settings.wait_seconds)
+        writer.submit(entry)
+        if not (self._waits_for_store(record)):
+            return None
+        if not writer.flush(timeout=self.settings.wait_seconds):
+            return None
+        return writer.outcomes.pop(entry.path, None)
+
+    def _waits_for_store(self, record: CellRecord) -> bool:
+        """Whether the cell waits for its run to reach the store before it returns: in batch
+        executions (the notebook's outputs and the store then agree when the execution ends)
+        and for ``--register`` (the summary names the new version).
+        """
+        if record.register_as or not self.settings.background:
+            return True
+        if self.environ.get("NBTRACK_WAIT_FOR_STORE", "").lower() in ("1", "true", "yes"):
+            return True
+        return bool(self.environ.get("NBTRACK_EXECUTION_ID") or lineage.batch_runner(self.environ))
+
+    def _end_fluent_run(self, record: CellRecord) -> None:
+        """The run opened before the cell is MLflow's active run in this thread: end it here, so
+        the user's next ``mlflow.start_run()`` is not nested in it. The writer finishes it.
+        """
+        import sys
+
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is None:
+            return
+        try:
+            run = mlflow.active_run()
+            if run is not None and run.info.run_id == record.run_id:
+                from nbtrack.recorder import quiet_mlflow
+
+                with quiet_mlflow():
+                    mlflow.end_run(status=record.status)
+        except Exception as error:
+            display.warn(f"run '{record.run_name}' left active in MLflow: {_short(error)}")
+
+    # -- the store, in the background --------------------------------------------------------
+
+    def tracking_uri(self) -> str:
+        """The store tracked cells write to now (a relative SQLite path made absolute)."""
+        from nbtrack.query import absolute_tracking_uri
+
+        return absolute_tracking_uri()
+
+    def recorder_for(self, tracking_uri: str):
+        """The recorder writing to ``tracking_uri`` (one per store, made on first use)."""
+        recorder = self._recorders.get(tracking_uri)
+        if recorder is None:
+            if self._recorder is not None and self._recorder.tracking_uri == tracking_uri:
+                recorder = self._recorder
+            else:
+                from nbtrack.recorder import Recorder
+
+                recorder = Recorder(tracking_uri)
+            self._recorders[tracking_uri] = recorder
+        return recorder
+
     @property
-    def journal(self):
-        """Where records the store did not accept wait (see nbtrack.journal)."""
-        if self._journal is None:
-            from nbtrack.journal import Journal
+    def writer(self):
+        """The background writer of this kernel, with its journal (made on first use)."""
+        if self._writer is None:
+            import atexit
 
-            self._journal = Journal()
-        return self._journal
+            from nbtrack.journal import KernelJournal
+            from nbtrack.writer import BackgroundWriter
 
-    def _keep(self, record: CellRecord, tracking_uri: str) -> None:
-        self.unrecorded.append(record)
-        try:
-            path = self.journal.keep(record, tracking_uri)
-        except Exception as error:
-            display.warn(f"run '{record.run_name}' could not be kept on disk either "
-                         f"({_short(error)}); it stays in this kernel as nbtrack.unrecorded().")
+            journal = KernelJournal.create()
+            self._writer = BackgroundWriter(journal, self.recorder_for, on_written=self._written,
+                                            prepare=self._with_supersedes)
+            atexit.register(self.close)
+            self._open_store(self.tracking_uri())
+            self._start_recovery(journal.folder)
+        return self._writer
+
+    def _open_store(self, tracking_uri: str) -> None:
+        """Open the store on a thread while the first tracked cell runs: a new SQLite store
+        creates its tables then, which takes seconds and must not be cut short by a kernel
+        that exits right after its last cell (see :meth:`end`).
+        """
+        import threading
+
+        self._store_open = threading.Event()
+
+        def run() -> None:
+            try:
+                from nbtrack.recorder import quiet_mlflow
+
+                with quiet_mlflow():  # a new store's "Creating initial MLflow database tables"
+                    _ = self.recorder_for(tracking_uri).client
+            except Exception:  # the writer reports a store it cannot open
+                pass
+            finally:
+                self._store_open.set()
+
+        threading.Thread(target=run, name="nbtrack-open-store", daemon=True).start()
+
+    def _start_recovery(self, own_folder: Path) -> None:
+        """Write, on a thread of its own, what kernels that have ended left in their journals."""
+        import threading
+
+        from nbtrack.writer import recover
+
+        def run() -> None:
+            try:
+                result = recover(self.recorder_for, skip=own_folder)
+            except Exception as error:
+                display.warn(f"journals of ended kernels not recovered: {_short(error)}")
+                return
+            if result.written or result.killed:
+                killed = (f"; {len(result.killed)} run(s) they were running marked KILLED"
+                          if result.killed else "")
+                display.info(f"recorded {len(result.written)} run(s) that ended kernels left "
+                             f"in the journal{killed}.")
+
+        self._recovery = threading.Thread(target=run, name="nbtrack-recovery", daemon=True)
+        self._recovery.start()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every tracked cell's run is in the store; False if ``timeout`` ran out."""
+        if self._writer is None:
+            return True
+        return self._writer.flush(timeout)
+
+    def waiting_records(self) -> list[CellRecord]:
+        """Records not in the store yet: queued for the writer, or kept in memory only."""
+        waiting = list(self.unrecorded)
+        if self._writer is not None:
+            waiting += [entry.record() for entry in self._writer.queued()]
+        return waiting
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain the writer (bounded by ``timeout`` or the ``drain_seconds`` setting) and release
+        the journal; what the store did not take stays on disk for ``nbtrack sync``.
+        """
+        writer, self._writer = self._writer, None
+        if writer is None:
             return
-        display.warn(f"run '{record.run_name}' is kept in {path}; the next tracked cell that "
-                     "reaches the store records it, or run `nbtrack sync`.")
+        left = writer.close(self.settings.drain_seconds if timeout is None else timeout)
+        if left:
+            display.warn(f"{left} run(s) not in the store yet stay in the journal at "
+                         f"{writer.journal.folder}; `nbtrack sync` writes them.")
 
-    def _replay_kept(self, tracking_uri: str) -> None:
-        """The store answers again: record what was kept for it, oldest first (bounded)."""
-        from nbtrack.journal import replay
+    def _with_supersedes(self, record: CellRecord) -> CellRecord:
+        """Tag a re-run of a cell with the run it supersedes (the cell's previous run here)."""
+        previous = self._previous_runs.get(record.tags.get("nbtrack.cell", ""))
+        if not previous or "nbtrack.supersedes" in record.tags:
+            return record
+        return replace(record, tags={**record.tags, "nbtrack.supersedes": previous})
 
-        try:
-            written, waiting = replay(
-                self.journal, lambda uri, record: self._write_kept(record), tracking_uri,
-                max_seconds=10)
-        except Exception as error:
-            display.warn(f"runs kept on disk not replayed: {_short(error)}")
-            return
-        if written:
-            done = {(r.start_time_ms, r.run_name) for r, _ in written}
-            self.unrecorded = [r for r in self.unrecorded
-                               if (r.start_time_ms, r.run_name) not in done]
-            names = ", ".join(f"'{r.run_name}'" for r, _ in written)
-            display.info(f"recorded {len(written)} run(s) kept while the store was unavailable: "
-                         f"{names}" + (f"; {len(waiting)} still waiting" if waiting else ""))
-
-    def _write_kept(self, record: CellRecord) -> str | None:
-        outcome = self.recorder.write(record)
-        for problem in outcome.problems:
-            display.warn(problem)
-        return outcome.run_id
+    def _written(self, record: CellRecord, outcome: RunOutcome) -> None:
+        """The writer put a run in the store (called on its thread)."""
+        self.last_run_id = outcome.run_id
+        self._previous_runs[record.tags.get("nbtrack.cell", "")] = outcome.run_id
+        self._notify_after_run()
 
     def on_run_recorded(self, method) -> None:
         """Call the bound ``method`` after each tracked cell, while its object lives."""
@@ -290,16 +462,22 @@ class Tracker:
 
     def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
         """Add one point to a metric series of the running tracked cell."""
-        active = self._require_active(f"log_metric({key!r})")
+        active = self.active
         if active is None:
+            self._require_active(f"log_metric({key!r})")
             return
-        number = metric_number(value)
-        if number is None:
-            display.warn(f"metric {key!r} not logged: {type(value).__name__} is not a number.")
-            return
-        if step is None:
-            step = sum(1 for p in active.series if p.key == key)
-        active.series.append(MetricPoint(str(key), number, int(step), now_ms()))
+        kind = type(value)
+        if kind is float or kind is int:  # the common case, kept short: loops call this a lot
+            number = float(value)
+        else:
+            number = metric_number(value)
+            if number is None:
+                display.warn(f"metric {key!r} not logged: {kind.__name__} is not a number.")
+                return
+        series = active.series.get(key)
+        if series is None:
+            series = active.series[key] = Series(str(key))
+        series.add(number, len(series) if step is None else int(step), int(time.time() * 1000))
 
     def log_param(self, key: str, value: Any) -> None:
         """Record a param for the running tracked cell; it wins over a detected one."""
@@ -329,11 +507,11 @@ class Tracker:
         if active is not None:
             active.figures.add(figure, label=name)
 
-    def figure_shown(self, figure: Any) -> None:
-        """Called when the shell displays a matplotlib figure."""
+    def figure_shown(self, figure: Any, png: bytes | None = None) -> None:
+        """Called when the shell displays a matplotlib figure (``png``: as the display drew it)."""
         active = self.active
         if active is not None and active.options.figures and self.settings.figures:
-            active.figures.add(figure)
+            active.figures.add(figure, png=png)
 
     def _require_active(self, call: str) -> _ActiveCell | None:
         if self.active is None:
@@ -405,9 +583,7 @@ class Tracker:
             trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             artifacts.append(Artifact("error/traceback.txt", redactor.redact(trace).encode()))
 
-        series = tuple(
-            p for p in active.series if sanitize.metrics({p.key: p.value}, warn) == {p.key: p.value}
-        )
+        series = tuple(sanitize.series(list(active.series.values()), warn))
         return CellRecord(
             experiment=active.experiment,
             run_name=active.run_name,
@@ -568,9 +744,6 @@ class Tracker:
             tags["nbtrack.cell_id"] = cell.cell_id
         if cell.execution_count is not None:
             tags["nbtrack.execution_count"] = str(cell.execution_count)
-        previous = self._previous_runs.get(identity)
-        if previous:
-            tags["nbtrack.supersedes"] = previous
         folder = active.notebook.parent if active.notebook else cell.cwd
         git = lineage.git_state(folder)
         if "commit" in git:

@@ -58,6 +58,9 @@ class Shell:
 
     def runs(self, experiment: str | None = None):
         """All runs of the experiment (default: the only one), oldest first."""
+        import nbtrack
+
+        nbtrack.flush()  # runs reach the store from a background writer
         if experiment is None:
             experiments = [e for e in self.client.search_experiments() if e.name != "Default"]
             assert len(experiments) == 1, [e.name for e in experiments]
@@ -116,6 +119,10 @@ def run_notebook(path: Path, cwd: Path, env: dict[str, str] | None = None, timeo
     saved = dict(os.environ)
     # Kernels draw figures the way Jupyter does (inline), not with the tests' own Agg backend.
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    # Each tracked cell waits for its run to reach the store, so the test can read the store as
+    # soon as the kernel is gone (a kernel manager kills a kernel that takes over 5 s to exit;
+    # runs it had not written by then would wait in its journal).
+    os.environ.setdefault("NBTRACK_WAIT_FOR_STORE", "1")
     os.environ.update(env or {})
     try:
         NotebookClient(

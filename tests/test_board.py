@@ -180,6 +180,9 @@ def test_compare_shows_params_metrics_diffs_histories_and_figures(shell):
 def test_board_refreshes_itself_after_each_tracked_cell(board, shell):
     assert len(board.runs) == 3
     shell.ok("%%track -e board -n later\nval_acc = float(0.5)")
+    import nbtrack
+
+    nbtrack.flush()  # the board redraws once the background writer has stored the run
     assert len(board.runs) == 4 and "later" in list(board.runs["run"])
 
 
@@ -220,6 +223,7 @@ def test_nbtrack_leaderboard_api_and_empty_experiment(shell):
     assert len(board.runs) == 0
     assert "no runs yet" in board.static_html()
     shell.ok("%%track -e nothing-here\nscore = float(2)")
+    nbtrack.flush()  # the board redraws once the background writer has stored the run
     assert len(board.runs) == 1
     board.refresh()
     assert list(board.runs["score"]) == [2.0]

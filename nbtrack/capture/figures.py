@@ -32,16 +32,20 @@ class FigureCollector:
         """Remember which pyplot figures were open before the cell, so they are not the cell's."""
         self._open_before = {id(figure) for figure in _open_figures()}
 
-    def add(self, figure: Any, label: str | None = None) -> None:
-        """Render a figure as it looks now (called when it is displayed, or by log_figure)."""
+    def add(self, figure: Any, label: str | None = None, png: bytes | None = None) -> None:
+        """Keep a figure as it looks now (called when it is displayed, or by log_figure).
+
+        ``png`` is the image the display already drew; without it the figure is rendered here.
+        """
         self._seen.add(id(figure))
-        try:
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=self._dpi, bbox_inches="tight")
-        except Exception as error:  # a figure that cannot render must not break the cell
-            self.problems.append(f"figure not logged: it could not be rendered ({error!r})")
-            return
-        png = buffer.getvalue()
+        if png is None:
+            try:
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format="png", dpi=self._dpi, bbox_inches="tight")
+            except Exception as error:  # a figure that cannot render must not break the cell
+                self.problems.append(f"figure not logged: it could not be rendered ({error!r})")
+                return
+            png = buffer.getvalue()
         digest = hashlib.sha1(png).hexdigest()
         if digest in self._digests:  # shown twice unchanged (display(fig), then the inline flush)
             return

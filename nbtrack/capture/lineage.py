@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -86,15 +87,23 @@ def git_state(folder: Path) -> dict[str, str]:
 
 def package_versions(modules: Mapping[str, Any] = sys.modules) -> dict[str, str]:
     """Versions of the key packages the kernel has imported, plus Python's."""
-    versions = {"python": platform.python_version()}
-    for distribution, module in KEY_PACKAGES.items():
-        # mlflow and nbtrack write every run, whether the kernel imported them yet or not.
-        if module in modules or distribution in ("mlflow", "nbtrack"):
-            try:
-                versions[distribution] = importlib.metadata.version(distribution)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return versions
+    # mlflow and nbtrack write every run, whether the kernel imported them yet or not.
+    imported = frozenset(distribution for distribution, module in KEY_PACKAGES.items()
+                         if module in modules or distribution in ("mlflow", "nbtrack"))
+    return dict(_versions_of(imported))
+
+
+@functools.lru_cache(maxsize=64)
+def _versions_of(distributions: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    # Reading package metadata takes milliseconds a package, and a package a kernel has
+    # imported keeps its version for the kernel's life: read once.
+    versions = [("python", platform.python_version())]
+    for distribution in sorted(distributions):
+        try:
+            versions.append((distribution, importlib.metadata.version(distribution)))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return tuple(versions)
 
 
 def history_text(entries: Iterable[tuple[int, str]], redactor: Redactor) -> str:
@@ -155,12 +164,23 @@ def current_user(environ: Mapping[str, str] = os.environ) -> str:
 
 
 def _credentials_user(environ: Mapping[str, str]) -> str | None:
+    home = environ.get("HOME") or os.path.expanduser("~")
+    path = os.path.join(home, ".mlflow", "credentials")
+    try:
+        changed = os.stat(path).st_mtime_ns
+    except OSError:  # no credentials file
+        return None
+    return _user_in_credentials(path, changed)
+
+
+@functools.lru_cache(maxsize=8)
+def _user_in_credentials(path: str, changed: int) -> str | None:
+    # Cached by the file's modification time: every tracked cell asks.
     import configparser
 
-    home = environ.get("HOME") or os.path.expanduser("~")
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read(os.path.join(home, ".mlflow", "credentials"))
+        parser.read(path)
     except (configparser.Error, UnicodeDecodeError):  # MLflow itself would refuse the file
         return None
     return parser.get("mlflow", "mlflow_tracking_username", fallback=None) or None

@@ -1,0 +1,350 @@
+"""Never lose a run, never make the cell wait (issue 6): the journal, the background writer,
+recovery of ended kernels, and the store failing in the ways stores fail.
+
+Faults are real: a file where the store's folder should be, another process holding SQLite's
+write lock, a file where the artifact folder should be, a kernel killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+
+def sync(env=None):
+    return subprocess.run([sys.executable, "-m", "nbtrack", "sync"], capture_output=True,
+                          text=True, env=dict(env or os.environ), timeout=300)
+
+
+def runs_by_name(uri: str, experiment: str) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    return {r.data.tags["mlflow.runName"]: r for r in client.search_runs([found.experiment_id])}
+
+
+def journal_files(root: Path, pattern: str) -> list[Path]:
+    return sorted(root.glob(f"*/{pattern}"))
+
+
+def test_cells_return_before_the_store_has_the_run_and_reads_wait_for_it(shell):
+    import nbtrack
+
+    shell.ok("import nbtrack")
+    shell.ok("%%track -e fast -n one\nlr = 0.1\nloss = lr * 3")
+    shell.ok("%%track -e fast -n two\nlr = 0.2\nloss = lr * 3")
+    table = nbtrack.runs("fast")  # reading through nbtrack waits for the writer
+    assert sorted(table["tags.mlflow.runName"]) == ["one", "two"]
+    assert nbtrack.flush(timeout=60)
+    assert nbtrack.unrecorded() == []
+    two = shell.client.get_run(nbtrack.last_run())
+    assert two.data.tags["mlflow.runName"] == "two" and two.info.status == "FINISHED"
+    assert two.data.params == {"lr": "0.2"}
+
+
+def test_store_away_at_first_then_back_gets_every_run_in_order_with_original_times(
+        shell, tmp_path, monkeypatch, capsys):
+    import nbtrack
+
+    # A file where the store's folder should be: neither SQLite nor MLflow can open the store.
+    (tmp_path / "not-yet").write_text("in the way")
+    missing = tmp_path / "not-yet" / "mlflow.db"
+    uri = f"sqlite:///{missing}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = shell.run("%%track -e kept -n offline\nrate = 0.5\nscore = rate * 2\nscore")
+    assert result.success and result.result == 1.0
+    queued = nbtrack.unrecorded()
+    assert [r.run_name for r in queued] == ["offline"]
+    started = queued[0].start_time_ms
+    err = capsys.readouterr().err
+    assert "run 'offline' not recorded yet" in err and "queued in" in err
+    shell.ok("%%track -e kept -n second\nb = 2")
+    assert "queued: the store is not answering" in capsys.readouterr().out
+    assert len(journal_files(tmp_path / "journal", "*.record")) == 2
+
+    missing.parent.unlink()  # the store is back: the writer's next attempt gets through
+    assert nbtrack.flush(timeout=120)
+    assert "the store answers again" in capsys.readouterr().out
+    runs = runs_by_name(uri, "kept")
+    assert set(runs) == {"offline", "second"}
+    assert runs["offline"].info.start_time == started
+    assert runs["offline"].info.start_time < runs["second"].info.start_time
+    assert runs["offline"].data.params["rate"] == "0.5"
+    assert runs["offline"].data.metrics["score"] == 1.0
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    assert journal_files(tmp_path / "journal", "*.record") == []
+
+
+def test_sync_writes_what_a_kernel_that_shut_down_left(shell, tmp_path, monkeypatch):
+    (tmp_path / "later").write_text("in the way")
+    missing = tmp_path / "later" / "mlflow.db"
+    uri = f"sqlite:///{missing}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    shell.ok("%config Nbtrack.drain_seconds = 1")
+    shell.ok("%%track -e kept -n first\na = 1")
+    shell.ok("%%track -e kept -n second\nb = 2")
+    # While the kernel lives, its own writer owns the runs: sync only lists them.
+    alive = sync()
+    assert alive.returncode == 1 and "a running kernel writes them itself" in alive.stdout
+    shell.ip.run_line_magic("unload_ext", "nbtrack")  # the kernel shuts down, store still away
+
+    still = sync()
+    assert still.returncode == 1
+    assert "pending 2 run(s): the store still refuses them" in still.stdout
+    missing.parent.unlink()
+    done = sync()
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("pushed  run 'first'") and lines[1].startswith("pushed  run 'second'")
+    assert lines[-1] == "all kept runs are recorded"
+    assert sync().stdout.strip().startswith("nothing to sync")
+    assert set(runs_by_name(uri, "kept")) == {"first", "second"}
+    shell.ip.run_line_magic("load_ext", "nbtrack")  # for the fixture's teardown
+
+
+def hold_write_lock(database: Path, seconds: float, ready: threading.Event) -> None:
+    """Fault: another process takes SQLite's write lock on the store and keeps it."""
+    code = (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)\n"
+        "db.execute('BEGIN EXCLUSIVE')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+        "db.execute('ROLLBACK')\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(database), str(seconds)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    ready.set()
+    process.wait(timeout=seconds + 60)
+
+
+def test_sqlite_locked_by_another_process_for_ten_seconds(shell, store, capsys):
+    import nbtrack
+
+    shell.ok("import nbtrack")
+    shell.ok("%%track -e locked -n before\nx = 1")  # the store exists, with its tables
+    assert nbtrack.flush(timeout=60)
+    database = Path(store[len("sqlite:///"):])
+    ready = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(database, 10, ready))
+    holder.start()
+    assert ready.wait(30)
+    for index in range(3):
+        result = shell.run(f"%%track -e locked -n during-{index}\nscore = {index} + 0.5\nscore")
+        assert result.success and result.result == index + 0.5
+    holder.join()
+    assert nbtrack.flush(timeout=180)
+    runs = runs_by_name(store, "locked")
+    assert set(runs) == {"before", "during-0", "during-1", "during-2"}
+    for index in range(3):
+        run = runs[f"during-{index}"]
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["score"] == index + 0.5
+    assert sqlite3.connect(database).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_artifact_location_not_writable_keeps_the_run_until_it_is(shell, store, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    import nbtrack
+
+    blocker = tmp_path / "artifacts-here"
+    blocker.write_text("a file where the artifact folder should be")
+    client = MlflowClient(tracking_uri=store)
+    client.create_experiment("art", artifact_location=f"file://{blocker}/store")
+    shell.ok("import nbtrack\nimport matplotlib.pyplot as plt")
+    shell.ok("%%track -e art -n figure\nfig = plt.figure()\nplt.plot([1, 2, 3])\n"
+             "for step in range(3):\n    nbtrack.log_metric('loss', 1.0 / (step + 1))\n"
+             "plt.show()")
+    assert not nbtrack.flush(timeout=5)  # the artifacts cannot be written: the run waits
+    err = capsys.readouterr().err
+    assert "artifacts of run 'figure' not written yet" in err and "queued in" in err
+    assert len(journal_files(tmp_path / "journal", "*.record")) == 1
+    assert len(journal_files(tmp_path / "journal", "*.progress")) == 1
+
+    blocker.unlink()
+    assert nbtrack.flush(timeout=120)
+    run = runs_by_name(store, "art")["figure"]
+    assert run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == [
+        "figures/01-figure.png"]
+    # The values were written once, before the artifacts failed, and not again after.
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [
+        1.0, 0.5, 1.0 / 3]
+    assert journal_files(tmp_path / "journal", "*.record") == []
+
+
+def test_a_long_series_reaches_the_store_point_for_point(shell, store):
+    import nbtrack
+
+    shell.ok("import nbtrack")
+    shell.ok("%%track -e series -n loop\n"
+             "for step in range(20_000):\n"
+             "    nbtrack.log_metric('loss', 1.0 / (step + 1), step=step)\n"
+             "    if step % 1000 == 0:\n"
+             "        nbtrack.log_metric('lr', 0.1 * 0.9 ** (step // 1000))\n")
+    assert nbtrack.flush(timeout=300)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    run_id = nbtrack.last_run()
+    loss = client.get_metric_history(run_id, "loss")
+    assert len(loss) == 20_000
+    assert sorted((m.step, m.value) for m in loss)[:3] == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+    lr = sorted(client.get_metric_history(run_id, "lr"), key=lambda m: m.step)
+    assert [m.step for m in lr] == list(range(20))
+
+
+# -- a kernel killed in the middle of a tracked cell ------------------------------------------
+
+def killed_kernel(tmp_path: Path, env: dict[str, str]) -> None:
+    """Start a real kernel, track one cell, start a second that sleeps, SIGKILL the kernel."""
+    from jupyter_client.manager import start_new_kernel
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        for code in ("%load_ext nbtrack",
+                     "%%track -e crash -n finished\nalpha = 0.5\nscore = alpha * 2",
+                     "import nbtrack\nnbtrack.flush(60)"):
+            reply = client.execute_interactive(code, timeout=120)
+            assert reply["content"]["status"] == "ok", reply["content"]
+        client.execute("%%track -e crash -n dies\nimport time\nseed = 7\ntime.sleep(600)")
+        journal = Path(env["NBTRACK_JOURNAL_DIR"])
+        deadline = time.monotonic() + 60
+        while not journal_files(journal, "*.begun") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert journal_files(journal, "*.begun"), "the sleeping cell never started"
+        os.kill(manager.provisioner.process.pid, signal.SIGKILL)
+        manager.provisioner.process.wait(timeout=30)
+    finally:
+        client.stop_channels()
+        manager.cleanup_resources()
+
+
+@pytest.fixture
+def kernel_env(tmp_path, store):
+    return {"MLFLOW_TRACKING_URI": store, "NBTRACK_JOURNAL_DIR": str(tmp_path / "journal"),
+            "MPLBACKEND": "Agg"}
+
+
+def test_sigkill_mid_cell_then_nbtrack_sync_marks_the_run_killed(tmp_path, store, kernel_env):
+    killed_kernel(tmp_path, kernel_env)
+    before = runs_by_name(store, "crash")
+    assert set(before) == {"finished"}  # the dead cell never reached the store
+
+    done = sync()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "killed  run 'dies'" in done.stdout
+    runs = runs_by_name(store, "crash")
+    assert runs["finished"].info.status == "FINISHED"
+    dies = runs["dies"]
+    assert dies.info.status == "KILLED"
+    assert "kernel died" in dies.data.tags["nbtrack.killed_reason"]
+    assert "time.sleep(600)" in dies.data.tags["mlflow.note.content"]
+    assert journal_files(tmp_path / "journal", "*") == []
+
+
+def test_sigkill_mid_cell_then_the_next_kernel_recovers_it(tmp_path, store, kernel_env, shell):
+    killed_kernel(tmp_path, kernel_env)
+    shell.ok("%%track -e crash -n next\ny = 2")  # the first tracked cell starts recovery
+    import nbtrack
+
+    tracker = nbtrack._tracker()
+    tracker._recovery.join(timeout=120)
+    assert nbtrack.flush(timeout=60)
+    runs = runs_by_name(store, "crash")
+    assert {name: run.info.status for name, run in runs.items()} == {
+        "finished": "FINISHED", "dies": "KILLED", "next": "FINISHED"}
+
+
+# -- many writers on one SQLite store ---------------------------------------------------------
+
+WRITER_CELLS = [
+    "%load_ext nbtrack",
+    "%%track -n fit\n"
+    "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport nbtrack\n"
+    "lr = 0.01 * (index + 1)\nepochs = 20\n"
+    "for epoch in range(epochs):\n    nbtrack.log_metric('loss', 1.0 / (epoch + 1 + index))\n"
+    "score = index * 10 + 0.5\n"
+    "fig = plt.figure()\nplt.plot(range(epochs))\nplt.savefig('/dev/null', format='png')",
+]
+
+
+def writer_notebook(folder: Path) -> Path:
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    parameters = nbformat.v4.new_code_cell("index = 0")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, *[nbformat.v4.new_code_cell(c) for c in WRITER_CELLS]]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "writer.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def assert_complete(store: str, experiment: str, indexes: range) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id])
+    scores = sorted(r.data.metrics.get("score") for r in runs)
+    assert scores == [index * 10 + 0.5 for index in indexes]
+    for run in runs:
+        assert run.info.status == "FINISHED", run.data.tags.get("nbtrack.error")
+        index = int(run.data.params["index"])
+        assert run.data.params["epochs"] == "20" and run.data.metrics["score"] == index * 10 + 0.5
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 20
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"cell", "figures", "lineage"} <= artifacts, artifacts
+
+
+def test_eight_executions_at_once_with_nbtrack_run_j_8(tmp_path, store):
+    notebook = writer_notebook(tmp_path / "project")
+    done = subprocess.run(
+        [sys.executable, "-m", "nbtrack", "run", str(notebook), "--grid",
+         "index=" + ",".join(str(i) for i in range(8)), "-j", "8", "-e", "eight", "--no-progress"],
+        cwd=notebook.parent, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_complete(store, "eight", range(8))
+
+
+def test_eight_nbconvert_processes_at_once(tmp_path, store):
+    notebook = writer_notebook(tmp_path / "project")
+    env = {**os.environ, "MLFLOW_EXPERIMENT_NAME": "nbconvert-eight"}
+    processes = []
+    for index in range(8):
+        copy = notebook.with_name(f"writer-{index}.ipynb")
+        copy.write_text(notebook.read_text().replace("index = 0", f"index = {index}"))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+             "--output", f"done-{index}.ipynb", str(copy)],
+            cwd=copy.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for process in processes:
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, output[-3000:]
+    for index in range(8):
+        executed = (notebook.parent / f"done-{index}.ipynb").read_text()
+        assert '"output_type": "error"' not in executed
+    assert_complete(store, "nbconvert-eight", range(8))
