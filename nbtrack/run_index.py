@@ -48,7 +48,7 @@ DEFAULT_RECONCILE_SECONDS = 600.0
 # (another machine's, on a team server) may lag ours.
 CLOCK_SKEW_MS = 120_000
 LIVE_RUN_MS = 24 * 3600 * 1000  # running runs younger than this are read again at each look
-PAGE_SIZE = 1000  # runs per search_runs page
+PAGE_SIZE = 10_000  # runs per search_runs page, as mlflow.search_runs reads them
 IDS_PER_QUERY = 100  # run ids per "attributes.run_id IN (...)" filter
 
 INFO_FIELDS = ("run_id", "run_name", "experiment_id", "user_id", "status", "start_time",
@@ -132,13 +132,13 @@ class RunSummary:
     shaped like ``mlflow.entities.Run`` as far as MLflow's filter and the board read it.
     """
 
-    __slots__ = ("info", "data", "inputs", "_record")
+    __slots__ = ("info", "data", "inputs", "_datasets")
 
     def __init__(self, record: dict):
-        self._record = record
+        self._datasets = record.get("datasets", [])
         self.info = _Info(record["info"])
         self.data = _Data(record["metrics"], record["params"], record["tags"])
-        self.inputs = _Inputs(record.get("datasets", []))
+        self.inputs = _Inputs(self._datasets)
 
     @classmethod
     def from_run(cls, run) -> RunSummary:
@@ -165,13 +165,19 @@ class RunSummary:
         """True for a run in MLflow's trash (``search_runs`` leaves it out)."""
         return self.info.lifecycle_stage == DELETED
 
+    def record(self) -> dict:
+        """The summary as plain values (what the index file stores, as JSON)."""
+        return {"info": {name: getattr(self.info, name) for name in INFO_FIELDS},
+                "metrics": self.data.metrics, "params": self.data.params,
+                "tags": self.data.tags, "datasets": self._datasets}
+
     def to_json(self) -> str:
         """The summary as stored in the index file."""
-        return json.dumps(self._record, separators=(",", ":"))
+        return json.dumps(self.record(), separators=(",", ":"))
 
     def same_as(self, other: RunSummary) -> bool:
         """True when both summaries hold the same values."""
-        return json.dumps(self._record, sort_keys=True) == json.dumps(other._record,
+        return json.dumps(self.record(), sort_keys=True) == json.dumps(other.record(),
                                                                      sort_keys=True)
 
 
@@ -455,10 +461,12 @@ class RunIndex:
                             "experiment_id": self.experiment_id}
                 if any(meta.get(key) != value for key, value in expected.items()):
                     raise IndexUnusable(f"made for {meta}")
-                runs = {}
-                for run_id, text in connection.execute("SELECT run_id, summary FROM runs"):
-                    runs[run_id] = RunSummary(json.loads(text))
-                self._runs = runs
+                texts = [text for (text,) in connection.execute("SELECT summary FROM runs")]
+                # One document: the decoder then shares the key strings ("val_auc", ...) of
+                # every run, where a loads() a run would keep a copy of each in each run.
+                records = json.loads("[" + ",".join(texts) + "]")
+                del texts
+                self._runs = {r["info"]["run_id"]: RunSummary(r) for r in records}
                 self._ordered = None
                 self._looked_at = int(meta["looked_at"]) if meta.get("looked_at") else None
                 self._reconciled_at = (int(meta["reconciled_at"]) if meta.get("reconciled_at")
