@@ -58,6 +58,12 @@ class Recorder:
             # at once (the writer and the recovery of ended kernels) would trip over each other.
             with _OPENING, _store_creation_lock(uri):
                 self._client = MlflowClient(tracking_uri=uri)
+            # On a tracking server MLflow writes "View run ... at: URL" to stdout as a run ends;
+            # from the writer's thread that line would land in whatever cell runs then, and
+            # nbtrack's own summary line names the run already. Only this client is quieted.
+            tracking = getattr(self._client, "_tracking_client", None)
+            if tracking is not None and hasattr(tracking, "_log_url"):
+                tracking._log_url = lambda run_id: None
             self._experiment_ids.clear()
         return self._client
 

@@ -348,3 +348,37 @@ def test_eight_nbconvert_processes_at_once(tmp_path, store):
         executed = (notebook.parent / f"done-{index}.ipynb").read_text()
         assert '"output_type": "error"' not in executed
     assert_complete(store, "nbconvert-eight", range(8))
+
+
+# -- a tracking server that dies and comes back -----------------------------------------------
+
+def test_tracking_server_killed_and_restarted_mid_session(shell, tmp_path, monkeypatch, capsys):
+    from servers import sqlite_http_server
+
+    import nbtrack
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = sqlite_http_server(folder).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast, nbtrack retries
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        shell.ok("%%track -e served -n up\nscore = float(1.5)")
+        assert nbtrack.flush(timeout=120)
+        os.killpg(server.process.pid, signal.SIGKILL)  # fault: the server dies mid-session
+        server.process.wait(timeout=30)
+        for name, value in (("down-1", 2.5), ("down-2", 3.5)):
+            result = shell.run(f"%%track -e served -n {name}\nscore = float({value})\nscore")
+            assert result.success and result.result == value
+        assert not nbtrack.flush(timeout=3)
+        assert "queued in" in capsys.readouterr().err
+        server.start()  # same port, same store: the queued runs go in, in order
+        assert nbtrack.flush(timeout=180)
+        runs = runs_by_name(server.url, "served")
+        assert {name: run.data.metrics.get("score") for name, run in runs.items()} == {
+            "up": 1.5, "down-1": 2.5, "down-2": 3.5}
+        assert all(run.info.status == "FINISHED" for run in runs.values())
+        assert runs["down-1"].info.start_time < runs["down-2"].info.start_time
+    finally:
+        server.stop()
