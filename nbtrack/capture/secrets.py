@@ -5,6 +5,7 @@ redacted from every text nbtrack logs (source, history, notebook snapshot, param
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -85,27 +86,8 @@ class Redactor:
 
     def add_from_source(self, source: str) -> None:
         """Remember string literals the source assigns to secret names, as keys or keywords."""
-        try:
-            tree = ast.parse(source)
-        except (SyntaxError, ValueError):
-            return
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Assign) and _is_str(node.value):
-                for target in node.targets:
-                    if _target_is_secret(target):
-                        self.add(node.value.value)
-            elif isinstance(node, ast.AnnAssign) and node.value is not None and _is_str(node.value):
-                if _target_is_secret(node.target):
-                    self.add(node.value.value)
-            elif isinstance(node, ast.Dict):
-                for key, value in zip(node.keys, node.values, strict=False):
-                    if _is_str(key) and is_secret_name(key.value) and _is_str(value):
-                        self.add(value.value)
-            elif isinstance(node, ast.keyword) and node.arg and is_secret_name(node.arg):
-                if _is_str(node.value):
-                    self.add(node.value.value)
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-                self._add_url_passwords(node.value)
+        for secret in secrets_in_source(source):
+            self.add(secret)
 
     def redact(self, text: str) -> str:
         """Return text with every known secret and every URL password replaced."""
@@ -115,6 +97,35 @@ class Redactor:
                 self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
             text = self._pattern.sub(REDACTED, text)
         return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
+
+
+# Each tracked cell reads the kernel's whole history for secrets: parse each source once.
+@functools.lru_cache(maxsize=4096)
+def secrets_in_source(source: str) -> tuple[str, ...]:
+    """String literals ``source`` assigns to secret names (as keys or keywords too), and
+    passwords inside URLs it holds.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and _is_str(node.value):
+            found += [node.value.value for target in node.targets if _target_is_secret(target)]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None and _is_str(node.value):
+            if _target_is_secret(node.target):
+                found.append(node.value.value)
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=False):
+                if _is_str(key) and is_secret_name(key.value) and _is_str(value):
+                    found.append(value.value)
+        elif isinstance(node, ast.keyword) and node.arg and is_secret_name(node.arg):
+            if _is_str(node.value):
+                found.append(node.value.value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "://" in node.value:
+            found += [match.group("pw") for match in _URL_PASSWORD.finditer(node.value)]
+    return tuple(found)
 
 
 def _is_str(node: ast.AST | None) -> bool:
