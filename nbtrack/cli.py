@@ -89,10 +89,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# How long `nbtrack runs` waits for running kernels to write the runs they have queued.
+KERNEL_WAIT_SECONDS = 10.0
+
+
+def _wait_for_running_kernels(limit: float = KERNEL_WAIT_SECONDS) -> None:
+    """Read your writes from a shell too: give running kernels' background writers a moment to
+    store the runs of cells that just ended; say so when some are still on their way.
+    """
+    import time
+
+    from nbtrack.journal import KernelJournal, kernel_folders, waiting_count
+
+    def queued() -> int:
+        count = 0
+        for folder in kernel_folders():
+            journal = KernelJournal.claim(folder)
+            if journal is not None:  # an ended kernel's: `nbtrack sync` is for those
+                journal.close()
+                continue
+            count += waiting_count(folder)
+        return count
+
+    deadline = time.monotonic() + limit
+    waiting = queued()
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.2)
+        waiting = queued()
+    if waiting:
+        print(f"nbtrack: {waiting} run(s) of running kernels are not in the store yet and not "
+              "shown (the store is slow or away; they are written when it answers).",
+              file=sys.stderr)
+
+
 def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table",
                  filter=None, title=None) -> None:
     from nbtrack import query
 
+    _wait_for_running_kernels()
     board = query.leaderboard(experiment=experiment, metric=metric, ascending=ascending, top=top,
                               filter=filter)
     if fmt == "csv":

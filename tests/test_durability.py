@@ -382,3 +382,21 @@ def test_tracking_server_killed_and_restarted_mid_session(shell, tmp_path, monke
         assert runs["down-1"].info.start_time < runs["down-2"].info.start_time
     finally:
         server.stop()
+
+
+def test_nbtrack_runs_in_a_shell_sees_a_run_a_kernel_has_just_queued(shell, store):
+    import nbtrack
+
+    shell.ok("%%track -e fresh -n first\nx = float(1)")
+    assert nbtrack.flush(timeout=60)
+    database = Path(store[len("sqlite:///"):])
+    ready = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(database, 5, ready))
+    holder.start()
+    assert ready.wait(30)
+    shell.ok("%%track -e fresh -n just-ended\nx = float(2)")  # queued behind the lock
+    shown = subprocess.run([sys.executable, "-m", "nbtrack", "runs", "-e", "fresh", "--format",
+                            "csv"], capture_output=True, text=True, timeout=300)
+    holder.join()
+    assert shown.returncode == 0, shown.stderr
+    assert "just-ended" in shown.stdout and "first" in shown.stdout
