@@ -400,3 +400,29 @@ def test_nbtrack_runs_in_a_shell_sees_a_run_a_kernel_has_just_queued(shell, stor
     holder.join()
     assert shown.returncode == 0, shown.stderr
     assert "just-ended" in shown.stdout and "first" in shown.stdout
+
+
+def test_normal_kernel_shutdown_drains_the_queue(tmp_path, store, kernel_env):
+    from jupyter_client.manager import start_new_kernel
+
+    saved = dict(os.environ)
+    os.environ.update(kernel_env)
+    os.environ.pop("NBTRACK_WAIT_FOR_STORE", None)  # the interactive default: cells do not wait
+    try:
+        manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        for code in ("%load_ext nbtrack",
+                     *[f"%%track -e drain -n cell-{i}\nscore = float({i})" for i in range(4)]):
+            reply = client.execute_interactive(code, timeout=120)
+            assert reply["content"]["status"] == "ok", reply["content"]
+        manager.shutdown_kernel(now=False)  # no flush: the kernel's exit drains the queue
+    finally:
+        client.stop_channels()
+        manager.cleanup_resources()
+    runs = runs_by_name(store, "drain")
+    assert {name: run.data.metrics.get("score") for name, run in runs.items()} == {
+        f"cell-{i}": float(i) for i in range(4)}
+    assert journal_files(tmp_path / "journal", "*.record") == []
