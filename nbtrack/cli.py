@@ -257,7 +257,13 @@ def _ui(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``nbtrack`` command line; return its exit code."""
+    import logging
+
     args = _parser().parse_args(argv)
+    # A command's output is its own: not MLflow's note that it is creating a new store's tables.
+    # (Set on these loggers only, in this process: executed notebooks keep MLflow's levels.)
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if args.command == "run":
             return _run(args)

@@ -339,8 +339,13 @@ def test_eight_nbconvert_processes_at_once(tmp_path, store):
         copy.write_text(notebook.read_text().replace("index = 0", f"index = {index}"))
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-             "--output", f"done-{index}.ipynb", str(copy)],
+             "--ExecutePreprocessor.startup_timeout=300", "--output", f"done-{index}.ipynb",
+             str(copy)],
             cwd=copy.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        # Kernels launched in the same instant can pick the same free ports (jupyter_client
+        # chooses them before the kernel binds them): start them a moment apart. They still all
+        # run at once, each takes far longer than this.
+        time.sleep(1.5)
     for process in processes:
         output, _ = process.communicate(timeout=900)
         assert process.returncode == 0, output[-3000:]
