@@ -16,7 +16,9 @@ kept (same run ids in the same order; for the filter, the same set of runs):
     ``nbtrack runs`` do: the run index (:mod:`nbtrack.run_index`) brought up to date from MLflow,
     then ranked and filtered in memory;
 ``MlflowClient.search_runs``
-    ``order_by=["metrics.<m> DESC"], max_results=50`` (the filter as ``filter_string``);
+    ``order_by=["metrics.<m> DESC"], max_results=50`` (the filter as ``filter_string``), in a
+    child process stopped after ``--client-timeout`` seconds (SQLite orders 100,000 runs by a
+    metric in many minutes); once stopped at a size it is not asked that size's other questions;
 ``mlflow.search_runs``
     every matching run into a DataFrame, then sorted by pandas as the board did before the index.
 
@@ -48,6 +50,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -248,7 +251,32 @@ def check_store(uri: str, size: int, answers: dict) -> list[str]:
     return problems
 
 
-def measure_size(size: int, repeats: int, memory: bool) -> tuple[list[dict], list[str]]:
+def client_in_child(uri: str, metric: str, ascending: bool, filter_string: str | None,
+                    timeout: float) -> tuple[float | None, list[str] | None]:
+    """:func:`ask_client` in a child process, stopped after ``timeout`` seconds (at 100,000 runs
+    SQLite takes many minutes to order by a metric); (None, None) when stopped."""
+    question = json.dumps([uri, metric, ascending, filter_string])
+    try:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.board_scale", "--child", question],
+                              cwd=REPO, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return None, None
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer["seconds"], answer["ids"]
+
+
+def _child(question: str) -> int:
+    uri, metric, ascending, filter_string = json.loads(question)
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=uri).search_experiments()  # imports and engine outside the clock
+    seconds, ids = timed(ask_client, uri, metric, ascending, filter_string)
+    print(json.dumps({"seconds": seconds, "ids": ids}))
+    return 0
+
+
+def measure_size(size: int, repeats: int, memory: bool,
+                 client_timeout: float = 300.0) -> tuple[list[dict], list[str]]:
     """Every tool's answer to every question at one size: rows and problems found."""
     from mlflow import MlflowClient
 
@@ -262,6 +290,7 @@ def measure_size(size: int, repeats: int, memory: bool) -> tuple[list[dict], lis
     index_file = RunIndex(uri, experiment_id).path
     rows, problems, reference = [], [], {}
     baseline_repeats = repeats if size <= 10_000 else 1
+    client_stopped = ""
 
     def keep(operation, tool, samples, answer, expected):
         if answer != expected:
@@ -282,12 +311,25 @@ def measure_size(size: int, repeats: int, memory: bool) -> tuple[list[dict], lis
         reference[operation] = answer
         keep(operation, FLUENT, samples, answer, answer)
         print(f"  {size:,} runs, {operation}: {FLUENT} {median(samples):.2f} s", flush=True)
+        if client_stopped:
+            rows.append({"size": size, "operation": operation, "tool": CLIENT, "seconds": None,
+                         "note": f"not asked: {client_stopped}"})
+            continue
         samples = []
         for _ in range(baseline_repeats):
-            seconds, answer = timed(ask_client, uri, metric, ascending, filter_string)
+            seconds, answer = client_in_child(uri, metric, ascending, filter_string,
+                                              client_timeout)
+            if seconds is None:
+                client_stopped = f"the first page took over {client_timeout:g} s"
+                rows.append({"size": size, "operation": operation, "tool": CLIENT,
+                             "seconds": None, "note": f"stopped after {client_timeout:g} s"})
+                print(f"  {size:,} runs, {operation}: {CLIENT} stopped after "
+                      f"{client_timeout:.0f} s", flush=True)
+                break
             samples.append(seconds)
-        keep(operation, CLIENT, samples, answer, reference[operation])
-        print(f"  {size:,} runs, {operation}: {CLIENT} {median(samples):.2f} s", flush=True)
+        if samples:
+            keep(operation, CLIENT, samples, answer, reference[operation])
+            print(f"  {size:,} runs, {operation}: {CLIENT} {median(samples):.2f} s", flush=True)
 
     # nbtrack: cold (no index file, a new process), warm (the file, a new process), then the
     # board's other questions from the index in memory.
@@ -325,7 +367,9 @@ def measure_size(size: int, repeats: int, memory: bool) -> tuple[list[dict], lis
         for operation, metric, ascending, filter_string in OPERATIONS[1:]:
             found[(operation, NBTRACK)] = peak_memory(ask_nbtrack, uri, metric, ascending,
                                                       filter_string)[0]
-        found[("first page", CLIENT)] = peak_memory(ask_client, uri, "val_auc", False, None)[0]
+        if not client_stopped:
+            found[("first page", CLIENT)] = peak_memory(ask_client, uri, "val_auc", False,
+                                                        None)[0]
         found[("first page", FLUENT)] = peak_memory(ask_fluent, uri, "val_auc", False, None)[0]
         for row in rows:
             peak = found.get((row["operation"], row["tool"]))
@@ -354,12 +398,17 @@ def report(results: dict) -> str:
               "memory (MB)"]
     lines = []
     for row in rows:
+        if row["seconds"] is None:
+            lines.append([f"{row['size']:,}", row["operation"], row["tool"], row.get("note", "-"),
+                          "", "", ""])
+            continue
         question = "first page" if row["operation"].startswith("first page") else row["operation"]
         ratios = []
         for tool in (CLIENT, FLUENT):
             base = next((r for r in rows if r["size"] == row["size"] and r["tool"] == tool
                          and r["operation"] == question), None)
-            if base is None or row["tool"] != NBTRACK or row["seconds"] <= 0:
+            if (base is None or base["seconds"] is None or row["tool"] != NBTRACK
+                    or row["seconds"] <= 0):
                 ratios.append("")
             else:
                 ratio = base["seconds"] / row["seconds"]
@@ -380,7 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"samples of each warm operation (default {REPEATS})")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
+    parser.add_argument("--client-timeout", type=float, default=300.0,
+                        help="seconds MlflowClient.search_runs may take for one question; it is "
+                             "not asked the others at that size once it runs over (default 300)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.child)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else (
         QUICK_SIZES if args.quick else SIZES)
     repeats = args.repeats or (QUICK_REPEATS if args.quick else REPEATS)
@@ -399,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in sizes:
             print(f"{size:,} runs", flush=True)
-            rows, found = measure_size(size, repeats, memory=not args.no_memory)
+            rows, found = measure_size(size, repeats, memory=not args.no_memory,
+                                       client_timeout=args.client_timeout)
             results["rows"] += rows
             problems += found
     finally:
@@ -411,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ[key] = value
     results["load_average_1min"]["end"] = load_average()
     results["verification"] = {"ok": not problems, "problems": problems,
-                               "answers_compared": len(results["rows"])}
+                               "answers_compared": sum(1 for r in results["rows"]
+                                                       if r["seconds"] is not None)}
     print(report(results))
     for problem in problems:
         print(f"NOT VERIFIED: {problem}", file=sys.stderr)
