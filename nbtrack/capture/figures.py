@@ -24,20 +24,22 @@ class FigureCollector:
         self._dpi = dpi
         self._images: list[tuple[str, bytes]] = []
         self._digests: set[str] = set()
-        self._seen: set[int] = set()
-        self._open_before: set[int] = set()
+        # Figures by id(), with the figure itself kept alive until the cell ends: a figure the
+        # cell closed could otherwise be collected and its id() reused by a new one.
+        self._seen: dict[int, Any] = {}
+        self._open_before: dict[int, Any] = {}
         self.problems: list[str] = []
 
     def start(self) -> None:
         """Remember which pyplot figures were open before the cell, so they are not the cell's."""
-        self._open_before = {id(figure) for figure in _open_figures()}
+        self._open_before = {id(figure): figure for figure in _open_figures()}
 
     def add(self, figure: Any, label: str | None = None, png: bytes | None = None) -> None:
         """Keep a figure as it looks now (called when it is displayed, or by log_figure).
 
         ``png`` is the image the display already drew; without it the figure is rendered here.
         """
-        self._seen.add(id(figure))
+        self._seen[id(figure)] = figure
         if png is None:
             try:
                 buffer = io.BytesIO()
