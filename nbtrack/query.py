@@ -291,17 +291,18 @@ def figure_images(run_id: str, tracking_uri=None) -> list[tuple[str, bytes]]:
     return found
 
 
-def absolute_tracking_uri() -> str:
-    """MLflow's tracking URI with a relative SQLite path made absolute.
+def absolute_tracking_uri(uri: str | None = None) -> str:
+    """MLflow's tracking URI (or ``uri``) with a relative SQLite path made absolute.
 
     A kernel runs in its notebook's folder; a relative ``sqlite:///mlflow.db`` would otherwise
     open a different store there than the one the calling process reads.
     """
     import os
 
-    import mlflow
+    if uri is None:
+        import mlflow
 
-    uri = mlflow.get_tracking_uri()
+        uri = mlflow.get_tracking_uri()
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + os.path.abspath(uri[len(prefix):])

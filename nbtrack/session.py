@@ -324,8 +324,17 @@ class Tracker:
 
     def tracking_uri(self) -> str:
         """The store tracked cells write to now (a relative SQLite path made absolute)."""
+        import sys
+
         from nbtrack.query import absolute_tracking_uri
 
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is None or getattr(mlflow.__spec__, "_initializing", False):
+            # MLflow is still being imported in the background (nobody can have called its
+            # set_tracking_uri yet): the environment says where, without waiting for it.
+            configured = self.environ.get("MLFLOW_TRACKING_URI")
+            if configured:
+                return absolute_tracking_uri(configured)
         return absolute_tracking_uri()
 
     def recorder_for(self, tracking_uri: str):
