@@ -183,15 +183,15 @@ class KernelJournal:
 
     def close(self) -> None:
         """Release the folder; remove it when nothing waits in it."""
-        if self.is_empty():
-            for leftover in self.folder.iterdir():
-                if leftover.name != LOCK_NAME:
-                    leftover.unlink(missing_ok=True)
-            (self.folder / LOCK_NAME).unlink(missing_ok=True)
-            try:
+        try:
+            if self.is_empty():
+                for leftover in self.folder.iterdir():
+                    if leftover.name != LOCK_NAME:
+                        leftover.unlink(missing_ok=True)
+                (self.folder / LOCK_NAME).unlink(missing_ok=True)
                 self.folder.rmdir()
-            except OSError:
-                pass
+        except OSError:  # already gone (its parent was removed), or not ours to remove
+            pass
         if self._lock is not None:
             self._lock.close()  # closing the file drops the lock
             self._lock = None

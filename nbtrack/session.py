@@ -430,7 +430,11 @@ class Tracker:
         writer, self._writer = self._writer, None
         if writer is None:
             return
-        left = writer.close(self.settings.drain_seconds if timeout is None else timeout)
+        try:
+            left = writer.close(self.settings.drain_seconds if timeout is None else timeout)
+        except Exception as error:  # at exit too: never a traceback of ours
+            display.warn(f"journal not closed cleanly: {_short(error)}")
+            return
         if left:
             display.warn(f"{left} run(s) not in the store yet stay in the journal at "
                          f"{writer.journal.folder}; `nbtrack sync` writes them.")
