@@ -198,6 +198,19 @@ class IndexUnusable(Exception):
     """The index file cannot be used as it is (corrupt, other schema, other store): rebuild it."""
 
 
+# Runs this process has just written. A run written late, with its original times (a journal
+# replayed after the store was away), starts and ends before the incremental read's window, so
+# the next incremental read of its experiment looks these up by id.
+_WRITTEN: dict[str, set[str]] = {}
+_WRITTEN_LOCK = threading.Lock()
+
+
+def note_written(tracking_uri: str, run_id: str) -> None:
+    """Tell the indexes of this process that ``run_id`` was written to ``tracking_uri``."""
+    with _WRITTEN_LOCK:
+        _WRITTEN.setdefault(absolute_uri(tracking_uri), set()).add(run_id)
+
+
 class RunIndex:
     """The summaries of one experiment's runs, kept current from MLflow.
 
@@ -413,7 +426,14 @@ class RunIndex:
         deleted_now = {run.info.run_id: run for run in self._search(view=ViewType.DELETED_ONLY)}
         held_deleted = [s.run_id for s in self._runs.values() if s.deleted]
         restored = [run_id for run_id in held_deleted if run_id not in deleted_now]
-        read += self._by_ids(running + restored)
+        with _WRITTEN_LOCK:
+            noted = sorted(_WRITTEN.get(self.tracking_uri, ()))
+        by_id = self._by_ids(running + restored + noted)
+        read += by_id
+        if noted:  # those of other experiments wait for those experiments' indexes
+            with _WRITTEN_LOCK:
+                _WRITTEN.get(self.tracking_uri, set()).difference_update(
+                    run.info.run_id for run in by_id)
         read += [run for run_id, run in deleted_now.items()
                  if run_id not in self._runs or not self._runs[run_id].deleted]
         changed = []

@@ -450,6 +450,9 @@ class Tracker:
         """The writer put a run in the store (called on its thread)."""
         self.last_run_id = outcome.run_id
         self._previous_runs[record.tags.get("nbtrack.cell", "")] = outcome.run_id
+        from nbtrack import run_index
+
+        run_index.note_written(outcome.tracking_uri, outcome.run_id)
         self._notify_after_run()
 
     def on_run_recorded(self, method) -> None:

@@ -431,3 +431,25 @@ def test_normal_kernel_shutdown_drains_the_queue(tmp_path, store, kernel_env):
     assert {name: run.data.metrics.get("score") for name, run in runs.items()} == {
         f"cell-{i}": float(i) for i in range(4)}
     assert journal_files(tmp_path / "journal", "*.record") == []
+
+
+def test_a_run_written_late_with_its_original_times_reaches_the_board_index(store):
+    # A queued run is written with the times its cell ran, maybe long before the index's last
+    # look: the writer notes it, and the next incremental read fetches it by id.
+    from mlflow import MlflowClient
+
+    from nbtrack import run_index
+
+    client = MlflowClient(tracking_uri=store)
+    experiment_id = client.create_experiment("late")
+    index = run_index.RunIndex(store, experiment_id)
+    index.refresh()
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    run = client.create_run(experiment_id, start_time=hour_ago, run_name="replayed")
+    client.log_metric(run.info.run_id, "score", 1.0, timestamp=hour_ago)
+    client.set_terminated(run.info.run_id, end_time=hour_ago + 1000)
+    index.refresh(full=False)
+    assert [s.run_id for s in index.summaries()] == []  # outside the incremental window
+    run_index.note_written(store, run.info.run_id)
+    index.refresh(full=False)
+    assert [s.run_id for s in index.summaries()] == [run.info.run_id]
