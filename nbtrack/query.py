@@ -27,9 +27,7 @@ def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri
 
     from nbtrack.errors import NbtrackError
 
-    if tracker is not None:
-        # Read your writes: the kernel's runs still on their way to the store get there first.
-        tracker.flush(timeout=READ_WAIT_SECONDS)
+    _read_your_writes(tracker)
     if experiment is None:
         if tracker is not None:
             experiment = tracker.experiment_for(None, Path.cwd())
@@ -142,7 +140,7 @@ def _read_your_writes(tracker) -> None:
     """Let the kernel's runs still on their way to the store get there (when writes are queued)."""
     flush = getattr(tracker, "flush", None)
     if flush is not None:
-        flush(timeout=30.0)
+        flush(timeout=READ_WAIT_SECONDS)
 
 
 def leaderboard(experiment=None, metric=None, ascending=False, top=50, tracker=None,
