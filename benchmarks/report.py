@@ -103,9 +103,19 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
             found.append((name, "not measured", f"board_scale results have no nbtrack rows at "
                           f"{BOARD_SIZE:,} runs"))
         else:
-            slow = [r for r in rows if r["seconds"] >= BOARD_TARGET_S]
-            detail = "; ".join(f"{r['operation']} {r['seconds']:.2f} s" for r in rows)
-            found.append((name, "met" if not slow else "NOT met", detail))
+            # The first look ever at an experiment builds its index by reading every run once,
+            # as search_runs does; the target is met or not on the looks after that, and the
+            # one-time cost is stated next to it rather than hidden.
+            cold = [r for r in rows if "cold" in str(r["operation"])]
+            warm = [r for r in rows if r not in cold]
+            slow = [r for r in warm if r["seconds"] >= BOARD_TARGET_S]
+            detail = "; ".join(f"{r['operation']} {r['seconds']:.2f} s" for r in warm)
+            status = "met" if warm and not slow else "NOT met"
+            if cold:
+                detail += (f"; the first look before the index exists reads every run once: "
+                           f"{cold[0]['seconds']:.2f} s (NOT under 1 s)")
+                status += " once the index exists"
+            found.append((name, status, detail))
     return found
 
 

@@ -209,17 +209,25 @@ def test_a_long_series_reaches_the_store_point_for_point(shell, store):
 
 # -- a kernel killed in the middle of a tracked cell ------------------------------------------
 
-def killed_kernel(tmp_path: Path, env: dict[str, str]) -> None:
-    """Start a real kernel, track one cell, start a second that sleeps, SIGKILL the kernel."""
+def start_kernel(cwd: Path, env: dict[str, str]):
+    """A real kernel (manager, client) started with ``env`` on top of this environment, without
+    NBTRACK_WAIT_FOR_STORE: cells return before the store has their runs, as interactively.
+    """
     from jupyter_client.manager import start_new_kernel
 
     saved = dict(os.environ)
     os.environ.update(env)
+    os.environ.pop("NBTRACK_WAIT_FOR_STORE", None)
     try:
-        manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+        return start_new_kernel(kernel_name="python3", cwd=str(cwd))
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def killed_kernel(tmp_path: Path, env: dict[str, str]) -> None:
+    """Start a real kernel, track one cell, start a second that sleeps, SIGKILL the kernel."""
+    manager, client = start_kernel(tmp_path, env)
     try:
         for code in ("%load_ext nbtrack",
                      "%%track -e crash -n finished\nalpha = 0.5\nscore = alpha * 2",
@@ -408,16 +416,7 @@ def test_nbtrack_runs_in_a_shell_sees_a_run_a_kernel_has_just_queued(shell, stor
 
 
 def test_normal_kernel_shutdown_drains_the_queue(tmp_path, store, kernel_env):
-    from jupyter_client.manager import start_new_kernel
-
-    saved = dict(os.environ)
-    os.environ.update(kernel_env)
-    os.environ.pop("NBTRACK_WAIT_FOR_STORE", None)  # the interactive default: cells do not wait
-    try:
-        manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    manager, client = start_kernel(tmp_path, kernel_env)
     try:
         for code in ("%load_ext nbtrack",
                      *[f"%%track -e drain -n cell-{i}\nscore = float({i})" for i in range(4)]):
