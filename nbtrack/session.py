@@ -359,7 +359,15 @@ class Tracker:
             from nbtrack.journal import KernelJournal
             from nbtrack.writer import BackgroundWriter
 
-            journal = KernelJournal.create()
+            try:
+                journal = KernelJournal.create()
+            except OSError as error:  # e.g. a read-only home: keep journaling, somewhere else
+                import tempfile
+
+                fallback = Path(tempfile.gettempdir()) / f"nbtrack-journal-{os.getuid()}"
+                journal = KernelJournal.create(fallback)
+                display.warn(f"the journal folder is not writable ({_short(error)}); runs are "
+                             f"journaled in {fallback} instead (set NBTRACK_JOURNAL_DIR).")
             self._writer = BackgroundWriter(journal, self.recorder_for, on_written=self._written,
                                             prepare=self._with_supersedes)
             atexit.register(self.close)

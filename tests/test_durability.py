@@ -452,3 +452,18 @@ def test_a_run_written_late_with_its_original_times_reaches_the_board_index(stor
     run_index.note_written(store, run.info.run_id)
     index.refresh(full=False)
     assert [s.run_id for s in index.summaries()] == [run.info.run_id]
+
+
+def test_unwritable_journal_folder_falls_back_and_the_run_is_recorded(shell, tmp_path, monkeypatch,
+                                                                       capsys):
+    import nbtrack
+
+    blocked = tmp_path / "journal-file"
+    blocked.write_text("a file where the journal folder should be")
+    monkeypatch.setenv("NBTRACK_JOURNAL_DIR", str(blocked / "journal"))
+    result = shell.run("%%track -e fallback -n kept\nscore = float(3)\nscore")
+    assert result.success and result.result == 3.0
+    assert "the journal folder is not writable" in capsys.readouterr().err
+    assert nbtrack.flush(timeout=60)
+    assert runs_by_name(os.environ["MLFLOW_TRACKING_URI"], "fallback")["kept"].data.metrics == {
+        "score": 3.0}
