@@ -3,6 +3,7 @@ loaded, and a real kernel through nbclient."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -105,6 +106,10 @@ def shell(store, client):
 
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    # IPython registers each shell's atexit_operations (a reset with a full gc.collect): with a
+    # shell per test that keeps every test's namespace alive and makes pytest's exit take minutes.
+    atexit.unregister(ip.atexit_operations)
+    ip.history_manager.end_session()
     InteractiveShell.clear_instance()
     sys.modules.get("matplotlib.pyplot") and sys.modules["matplotlib.pyplot"].close("all")
 
