@@ -47,6 +47,20 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class FigureSnapshot:
+    """A figure the cell opened and never displayed, to store as a PNG at ``path``.
+
+    The figure is pickled when the cell ends (a copy, as it looked then, costing a few
+    milliseconds) and drawn to PNG by the recorder, off the cell's time: drawing even a small figure
+    takes tens of milliseconds. ``dpi`` is the resolution to draw it at (None: the figure's own).
+    """
+
+    path: str
+    pickled_figure: bytes
+    dpi: float | None = None
+
+
+@dataclass(frozen=True)
 class ModelCapture:
     """A fitted estimator the cell bound, with a small sample of what it was fitted on.
 
@@ -80,7 +94,7 @@ class CellRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     series: tuple[Series, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
-    artifacts: tuple[Artifact, ...] = ()
+    artifacts: tuple[Artifact | FigureSnapshot, ...] = ()
     models: tuple[ModelCapture, ...] = ()
     datasets: tuple[DataCapture, ...] = ()
     register_as: str | None = None

@@ -14,6 +14,7 @@ import sqlite3
 import tempfile
 import threading
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 from nbtrack import registry
 from nbtrack.display import short_error as _short
 from nbtrack.errors import StoreError
-from nbtrack.record import CellRecord, RunOutcome
+from nbtrack.record import CellRecord, FigureSnapshot, RunOutcome, Series
 
 _OPENING = threading.Lock()
 
@@ -167,7 +168,7 @@ class Recorder:
             try:
                 result = step()
             except Exception as error:
-                if _store_refused(error):
+                if store_refused(error):
                     refused.append(f"{what} of run '{record.run_name}' not written yet: "
                                    f"{_short(error)}")
                     return None
@@ -182,7 +183,8 @@ class Recorder:
         attempt("values", "params, metrics and tags",
                 lambda: self._log_values(client, run_id, record))
         if record.artifacts:
-            attempt("artifacts", "artifacts", lambda: self._log_artifacts(client, run_id, record))
+            attempt("artifacts", "artifacts",
+                    lambda: self._log_artifacts(client, run_id, record, problems))
         for index, data in enumerate(record.datasets):
             attempt(f"dataset-{index}", f"dataset {data.name!r}",
                     lambda data=data: self._log_dataset(client, run_id, data))
@@ -208,11 +210,12 @@ class Recorder:
             retry=bool(refused),
         )
 
-    def record_killed(self, facts: dict, reason: str) -> str:
+    def record_killed(self, facts: dict, reason: str, series: Sequence[Series] = ()) -> str:
         """End the run of a cell whose kernel died (or create it, if it was never opened) as
-        KILLED, with the reason in a tag and the cell's source. Returns the run id.
+        KILLED, with the reason in a tag, the cell's source, and the ``series`` points it had
+        logged by then. Returns the run id.
         """
-        from mlflow.entities import RunTag
+        from mlflow.entities import Metric, RunTag
 
         with quiet_mlflow():
             client = self.client
@@ -231,6 +234,10 @@ class Recorder:
                 ).info.run_id
                 client.log_text(run_id, str(facts.get("source", "")), "cell/source.py")
             client.log_batch(run_id, tags=[RunTag("nbtrack.killed_reason", reason[:500])])
+            metrics = [metric for points in series for metric in map(
+                Metric, repeat(points.key), points.values, points.timestamps_ms, points.steps)]
+            for start in range(0, len(metrics), METRICS_PER_BATCH):
+                client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
             client.set_terminated(run_id, status="KILLED")
         return run_id
 
@@ -291,12 +298,19 @@ class Recorder:
         for start in range(0, len(metrics), METRICS_PER_BATCH):
             client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
 
-    def _log_artifacts(self, client, run_id: str, record: CellRecord) -> None:
+    def _log_artifacts(self, client, run_id: str, record: CellRecord,
+                       problems: list[str]) -> None:
         with tempfile.TemporaryDirectory(prefix="nbtrack-") as folder:
             for artifact in record.artifacts:
+                if isinstance(artifact, FigureSnapshot):
+                    content = _render(artifact, record, problems)
+                    if content is None:
+                        continue
+                else:
+                    content = artifact.content
                 target = Path(folder, *artifact.path.split("/"))
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(artifact.content)
+                target.write_bytes(content)
             client.log_artifacts(run_id, folder)
 
     def _log_dataset(self, client, run_id: str, data) -> None:
@@ -394,7 +408,47 @@ def _store_creation_lock(uri: str):
         handle.close()
 
 
-def _store_refused(error: BaseException) -> bool:
+def leave_active_run(run_id: str) -> None:
+    """End MLflow's active run ``run_id`` in this thread the way ``mlflow.end_run()`` does, but
+    without its call to the store: the background writer sets the run's status, in order with
+    the rest of its record. A store that is down must not hold the cell here, and end_run would
+    also print the run's URL into the cell's output.
+    """
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+    from mlflow.tracking import fluent
+
+    stack = getattr(fluent, "_active_run_stack", None)
+    last = getattr(fluent, "_last_active_run_id", None)
+    if stack is None or last is None:  # an MLflow whose fluent state nbtrack does not know
+        import mlflow
+
+        with quiet_mlflow():
+            mlflow.end_run()
+        return
+    runs = stack.get()
+    if not runs or runs[-1].info.run_id != run_id:
+        return
+    MLFLOW_RUN_ID.unset()
+    runs.pop()
+    last.set(run_id)
+    monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(run_id, None)
+    if monitor is not None:
+        monitor.finish()
+
+
+def _render(snapshot: FigureSnapshot, record: CellRecord, problems: list[str]) -> bytes | None:
+    """The PNG of a figure the cell left undisplayed, or None (and a problem) if it cannot be drawn."""
+    from nbtrack.capture.figures import render_snapshot
+
+    try:
+        return render_snapshot(snapshot)
+    except Exception as error:  # a figure that cannot be drawn must not cost the run its other files
+        problems.append(f"figure {snapshot.path} of run '{record.run_name}' not recorded: it could "
+                        f"not be rendered ({_short(error)})")
+        return None
+
+
+def store_refused(error: BaseException) -> bool:
     """Whether ``error`` means the store cannot take the write now (as opposed to refusing this
     value for good): unreachable, timed out, locked, overloaded, or out of disk or permission for
     artifacts. Such writes are kept and tried again.

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from matplotlib.artist import Artist
 
 SETUP = """
 import numpy as np
@@ -519,3 +520,71 @@ def test_users_set_experiment_does_not_stop_models_or_their_own_calls(shell, cap
         pass
     assert mlflow.get_experiment(own.info.experiment_id).name == "my-own-experiment"
     assert run.data.tags["nbtrack.version.mlflow"]
+
+
+class ExplodingArtist(Artist):
+    """A fault injected on purpose: an artist that pickles like any other and raises when drawn."""
+
+    def draw(self, renderer):
+        raise RuntimeError("cannot draw this on purpose")
+
+
+def test_undisplayed_figure_is_drawn_later_from_a_copy_taken_when_the_cell_ended():
+    """The figure's PNG is drawn off the cell's time, from a copy: changing the figure after
+    the cell does not change what was logged, and the copy never becomes a pyplot figure.
+    """
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from nbtrack.capture.figures import FigureCollector, render_snapshot
+    from nbtrack.record import FigureSnapshot
+
+    collector = FigureCollector()
+    collector.start()
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1, 2], [2, 0, 1])
+    ax.set_title("as the cell left it")
+    expected = io.BytesIO()
+    fig.savefig(expected, format="png", bbox_inches="tight")
+    collector.finish()
+    ax.plot([0, 2], [0, 2])  # a later cell changes the figure
+    ax.set_title("changed afterwards")
+    figures_before = plt.get_fignums()
+    [snapshot] = collector.artifacts()
+    assert isinstance(snapshot, FigureSnapshot)
+    assert snapshot.path == "figures/01-as-the-cell-left-it.png"
+    assert render_snapshot(snapshot) == expected.getvalue()
+    assert plt.get_fignums() == figures_before
+    plt.close(fig)
+
+
+def test_undisplayed_figures_reach_the_store_even_when_they_cannot_be_copied(shell):
+    shell.ok("import matplotlib.pyplot as plt\nfrom matplotlib.ticker import FuncFormatter")
+    shell.ok("%%track -e exp -n unpicklable\nfig, ax = plt.subplots()\nax.plot([1, 2])\n"
+             "ax.xaxis.set_major_formatter(FuncFormatter(lambda x, pos: f'<{x}>'))\n"
+             "ax.set_title('lambda ticks')")
+    run_id = shell.last().info.run_id
+    assert shell.artifact_paths(run_id, "figures") == ["figures/01-lambda-ticks.png"]
+    local = shell.client.download_artifacts(run_id, "figures/01-lambda-ticks.png")
+    with open(local, "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_figure_that_cannot_be_drawn_is_named_and_the_rest_of_the_run_kept(shell, capsys):
+    import nbtrack
+
+    shell.ip.user_ns["Exploding"] = ExplodingArtist
+    shell.ok("import matplotlib.pyplot as plt")
+    result = shell.ok("%%track -e exp -n broken-figure\nfig = plt.figure()\n"
+                      "fig.add_artist(Exploding())\nvalue = 41 + 1\nvalue")
+    assert result.result == 42
+    nbtrack.flush()
+    run = shell.last()
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["value"] == 42
+    assert shell.artifact_paths(run.info.run_id, "figures") == []
+    assert "cell/source.py" in shell.artifact_paths(run.info.run_id)
+    err = capsys.readouterr().err
+    assert "figure figures/01-figure.png of run 'broken-figure' not recorded" in err
+    assert "cannot draw this on purpose" in err

@@ -1,20 +1,24 @@
 """Matplotlib figures a tracked cell shows, as PNG bytes.
 
 Figures are caught when they are displayed (the inline backend shows and closes them at the end of
-the cell, ``plt.show()`` in a loop shows each one at once), and any figure the cell opened but never
-displayed (a non-inline backend, a terminal) is caught when the cell ends. matplotlib is never
-imported here unless the user's code already did.
+the cell, ``plt.show()`` in a loop shows each one at once), and the PNG the display drew is kept, so
+a figure is rendered once. Any figure the cell opened but never displayed (a non-inline backend, a
+terminal) is caught when the cell ends and kept as a pickled copy, which the recorder draws to PNG
+later, on its own thread (:func:`render_snapshot`). matplotlib is never imported here unless the
+user's code already did.
 """
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import io
+import pickle
 import re
 import sys
 from typing import Any
 
-from nbtrack.record import Artifact
+from nbtrack.record import Artifact, FigureSnapshot
 
 
 class FigureCollector:
@@ -22,7 +26,7 @@ class FigureCollector:
 
     def __init__(self, dpi: float | None = None) -> None:
         self._dpi = dpi
-        self._images: list[tuple[str, bytes]] = []
+        self._images: list[tuple[str, bytes | FigureSnapshot]] = []
         self._digests: set[str] = set()
         # Figures by id(), with the figure itself kept alive until the cell ends: a figure the
         # cell closed could otherwise be collected and its id() reused by a new one.
@@ -55,17 +59,64 @@ class FigureCollector:
         self._images.append((_slug(label) if label else _figure_label(figure), png))
 
     def finish(self) -> None:
-        """Catch figures the cell opened and never displayed."""
+        """Catch figures the cell opened and never displayed, as copies to draw later (or drawn
+        now, for a figure that cannot be copied).
+        """
         for figure in _open_figures():
             if id(figure) not in self._open_before and id(figure) not in self._seen:
-                self.add(figure)
+                try:
+                    pickled = _pickle_figure(figure)
+                except Exception:  # e.g. a lambda tick formatter: draw it now instead
+                    self.add(figure)
+                    continue
+                self._seen[id(figure)] = figure
+                self._images.append((_figure_label(figure), FigureSnapshot("", pickled, self._dpi)))
 
-    def artifacts(self) -> list[Artifact]:
-        """Return the figures as PNG artifacts under ``figures/``."""
-        return [
-            Artifact(f"figures/{index:02d}-{label}.png", png)
-            for index, (label, png) in enumerate(self._images, start=1)
-        ]
+    def artifacts(self) -> list[Artifact | FigureSnapshot]:
+        """Return the figures as PNG artifacts under ``figures/`` (copies still to be drawn as
+        :class:`FigureSnapshot`).
+        """
+        found: list[Artifact | FigureSnapshot] = []
+        for index, (label, image) in enumerate(self._images, start=1):
+            path = f"figures/{index:02d}-{label}.png"
+            if isinstance(image, FigureSnapshot):
+                found.append(FigureSnapshot(path, image.pickled_figure, image.dpi))
+            else:
+                found.append(Artifact(path, image))
+        return found
+
+
+def render_snapshot(snapshot: FigureSnapshot) -> bytes:
+    """Draw a pickled figure to PNG bytes, as the collector would have drawn the live figure.
+
+    The copy belongs to no pyplot window, so drawing it on another thread leaves the user's
+    figures alone. rcParams read at draw time are the ones in force when it is drawn.
+    """
+    figure = pickle.loads(snapshot.pickled_figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=snapshot.dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _pickle_figure(figure: Any) -> bytes:
+    """The figure pickled without its pyplot registration.
+
+    matplotlib marks a pickled pyplot figure to be re-registered with pyplot when unpickled,
+    which would open a new pyplot figure on the recorder's thread; the mark is dropped.
+    """
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = copyreg.dispatch_table.copy()
+    pickler.dispatch_table[type(figure)] = _reduce_unregistered
+    pickler.dump(figure)
+    return buffer.getvalue()
+
+
+def _reduce_unregistered(figure: Any):
+    reduced = figure.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    state = dict(reduced[2])
+    state.pop("_restore_to_pylab", None)
+    return (*reduced[:2], state, *reduced[3:])
 
 
 def _open_figures() -> list[Any]:
