@@ -17,6 +17,10 @@ In a kernel's folder, named so that listing it gives the order the cells ran in:
 ``<start>-<seq>.begun``
     a tracked cell that started and has not ended. Left behind by a kernel that died in the middle
     of a cell: its run is then ended (or created) as KILLED.
+``<start>-<seq>.series``
+    beside a ``.begun`` file: the points the running cell has logged with ``nbtrack.log_metric``,
+    appended about once a second while it runs, so a kernel that dies in the middle of a training
+    loop leaves the curve up to that moment; the KILLED run gets them.
 
 Records are pickles: they hold the user's fitted models. Files are written to a temporary name and
 renamed, so a reader never sees half a file. Nothing here talks to MLflow.
@@ -29,11 +33,13 @@ import json
 import os
 import pickle
 import socket
+import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nbtrack.record import CellRecord
+from nbtrack.record import CellRecord, Series
 
 LOCK_NAME = "owner.lock"
 
@@ -173,6 +179,7 @@ class KernelJournal:
     def ended(path: Path | None) -> None:
         """The cell noted at ``path`` ended (its record, if any, is kept separately)."""
         if path is not None:
+            path.with_suffix(SPOOL_SUFFIX).unlink(missing_ok=True)
             path.unlink(missing_ok=True)
 
     # -- the end ------------------------------------------------------------------------------
@@ -195,6 +202,75 @@ class KernelJournal:
         if self._lock is not None:
             self._lock.close()  # closing the file drops the lock
             self._lock = None
+
+
+SPOOL_SUFFIX = ".series"
+_FRAME_LENGTH = struct.Struct("<Q")
+
+
+class SeriesSpool:
+    """The points of a running cell's series, appended to ``<begun>.series`` as they come.
+
+    Each :meth:`write` appends the points logged since the last one, a frame per series: a
+    length, then the pickled key and the raw bytes of its steps, values and timestamps. A kernel
+    killed halfway through a write leaves a short last frame, which :func:`read_spool` ignores.
+    The file is flushed to the operating system, not synced: it is there to outlive the kernel's
+    process, which the system's page cache does.
+    """
+
+    def __init__(self, begun_path: Path) -> None:
+        self.path = begun_path.with_suffix(SPOOL_SUFFIX)
+        self._file = None
+        self._written: dict[str, int] = {}
+
+    def write(self, series: Mapping[str, Series]) -> None:
+        """Append the points not written yet."""
+        frames = []
+        for key, points in series.items():
+            start, end = self._written.get(key, 0), len(points)
+            if end > start:
+                frame = pickle.dumps((key, points.steps[start:end].tobytes(),
+                                      points.values[start:end].tobytes(),
+                                      points.timestamps_ms[start:end].tobytes()),
+                                     protocol=pickle.HIGHEST_PROTOCOL)
+                frames += [_FRAME_LENGTH.pack(len(frame)), frame]
+                self._written[key] = end
+        if frames:
+            if self._file is None:
+                self._file = open(self.path, "ab")  # noqa: SIM115 - appended to while the cell runs
+            self._file.write(b"".join(frames))
+            self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (it stays on disk until the cell's record is kept)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_spool(begun_path: Path) -> list[Series]:
+    """The series a cell had logged when its kernel last wrote them (empty if none)."""
+    try:
+        data = begun_path.with_suffix(SPOOL_SUFFIX).read_bytes()
+    except OSError:
+        return []
+    found: dict[str, Series] = {}
+    offset = 0
+    while offset + _FRAME_LENGTH.size <= len(data):
+        (length,) = _FRAME_LENGTH.unpack_from(data, offset)
+        frame = data[offset + _FRAME_LENGTH.size : offset + _FRAME_LENGTH.size + length]
+        if len(frame) < length:  # cut short by the kernel's death
+            break
+        offset += _FRAME_LENGTH.size + length
+        try:
+            key, steps, values, timestamps = pickle.loads(frame)
+        except Exception:
+            break
+        series = found.setdefault(key, Series(key))
+        series.steps.frombytes(steps)
+        series.values.frombytes(values)
+        series.timestamps_ms.frombytes(timestamps)
+    return list(found.values())
 
 
 def _try_lock(folder: Path):

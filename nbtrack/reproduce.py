@@ -9,6 +9,7 @@ through :mod:`nbtrack.batch` like any ``nbtrack run``. Nothing here imports MLfl
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 import shlex
@@ -63,7 +64,10 @@ class Verdict:
 # -- reading a run's lineage --------------------------------------------------------------------
 
 
-def saved_cells(snapshot: bytes | None) -> list[tuple[int, str]] | None:
+# Each tracked cell compares the kernel's history with the saved notebook, which mostly has not
+# changed since the last cell: parse a snapshot once.
+@functools.lru_cache(maxsize=4)
+def saved_cells(snapshot: bytes | None) -> tuple[tuple[int, str], ...] | None:
     """The code cells of a notebook snapshot as ``(cell number, source)``, numbered from 1 among
     all cells; None when there is no snapshot or it cannot be read.
     """
@@ -75,8 +79,8 @@ def saved_cells(snapshot: bytes | None) -> list[tuple[int, str]] | None:
         notebook = nbformat.reads(snapshot.decode(), as_version=4)
     except Exception:  # not JSON, not a notebook: as if there were none
         return None
-    return [(number, cell.source) for number, cell in enumerate(notebook.cells, start=1)
-            if cell.cell_type == "code"]
+    return tuple((number, cell.source) for number, cell in enumerate(notebook.cells, start=1)
+                 if cell.cell_type == "code")
 
 
 def entries_of(facts: RunFacts) -> list[history.Entry]:

@@ -11,9 +11,10 @@ import os
 import time
 import traceback
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbtrack import display, sanitize
 from nbtrack.capture import datasets, estimators, lineage
@@ -35,6 +36,13 @@ from nbtrack.record import (
 )
 
 # Names IPython itself binds in the user namespace: never params, metrics or data.
+# How often a running cell's nbtrack.log_metric points are appended to the journal.
+SPOOL_INTERVAL_MS = 1000
+# git answers in milliseconds; a repository on a hung network mount must not hold the cell.
+GIT_WAIT_SECONDS = 5
+if TYPE_CHECKING:
+    from nbtrack.journal import SeriesSpool
+
 _SHELL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 
 
@@ -90,6 +98,10 @@ class _ActiveCell:
     run_id: str | None = None
     tracking_uri: str | None = None
     begun_path: Path | None = None
+    git: Future | None = None  # the repository's state, read on a thread while the cell runs
+    spool: SeriesSpool | None = None  # the series so far, on disk, for a kernel that dies
+    spooled_ms: int = 0  # when the series were last spooled (or the cell started)
+    spool_failed: bool = False
     explicit_params: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Series] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -163,6 +175,11 @@ class Tracker:
             names_before=frozenset(namespace),
             figures=collector,
         )
+        active.spooled_ms = active.started_ms
+        try:
+            active.git = lineage.git_state_soon(notebook.parent if notebook else cell.cwd)
+        except RuntimeError:  # no new threads while the interpreter shuts down
+            active.git = None
         self.active = active
         batch_execution = bool(self.environ.get("NBTRACK_EXECUTION_ID"))
         if (syntax.uses_mlflow and not syntax.starts_own_run) or batch_execution:
@@ -243,6 +260,8 @@ class Tracker:
         active, self.active = self.active, None
         if active is None:
             return None
+        if active.spool is not None:
+            active.spool.close()
         ended_ms = now_ms()
         try:
             record = self._build_record(active, namespace, error, ended_ms)
@@ -313,10 +332,9 @@ class Tracker:
         try:
             run = mlflow.active_run()
             if run is not None and run.info.run_id == record.run_id:
-                from nbtrack.recorder import quiet_mlflow
+                from nbtrack.recorder import leave_active_run
 
-                with quiet_mlflow():
-                    mlflow.end_run(status=record.status)
+                leave_active_run(record.run_id)
         except Exception as error:
             display.warn(f"run '{record.run_name}' left active in MLflow: {_short(error)}")
 
@@ -501,7 +519,26 @@ class Tracker:
         series = active.series.get(key)
         if series is None:
             series = active.series[key] = Series(str(key))
-        series.add(number, len(series) if step is None else int(step), int(time.time() * 1000))
+        timestamp_ms = int(time.time() * 1000)
+        series.add(number, len(series) if step is None else int(step), timestamp_ms)
+        if timestamp_ms - active.spooled_ms >= SPOOL_INTERVAL_MS:
+            self._spool(active, timestamp_ms)
+
+    def _spool(self, active: _ActiveCell, now: int) -> None:
+        """Append the series logged so far to the journal, beside the cell's ``.begun`` note."""
+        active.spooled_ms = now
+        if active.begun_path is None or active.spool_failed:
+            return
+        try:
+            if active.spool is None:
+                from nbtrack.journal import SeriesSpool
+
+                active.spool = SeriesSpool(active.begun_path)
+            active.spool.write(active.series)
+        except Exception as error:  # disk full, say: the points are still in memory
+            display.warn(f"metric series not saved to the journal ({_short(error)}); should the "
+                         "kernel die during this cell, the points logged so far are lost.")
+            active.spool_failed = True  # do not try (and warn) again for this cell
 
     def log_param(self, key: str, value: Any) -> None:
         """Record a param for the running tracked cell; it wins over a detected one."""
@@ -592,15 +629,16 @@ class Tracker:
             artifacts.append(
                 Artifact("lineage/history.py", lineage.history_text(entries, redactor).encode())
             )
-        if settings.notebook_snapshot and active.notebook is not None and active.notebook.exists():
+        snapshot = None
+        if active.notebook is not None and (settings.notebook_snapshot or settings.history):
             snapshot = lineage.notebook_snapshot(active.notebook, redactor)
-            if snapshot is not None:
-                artifacts.append(Artifact(f"lineage/{active.notebook.name}", snapshot))
+        if settings.notebook_snapshot and snapshot is not None:
+            artifacts.append(Artifact(f"lineage/{active.notebook.name}", snapshot))
 
         status = _status(error)
         tags = self._tags(active, error, redactor)
         if settings.history:
-            hidden = _hidden_state(active, redactor, warn)
+            hidden = _hidden_state(active, redactor, snapshot, warn)
             if hidden:
                 tags["nbtrack.hidden_state"] = hidden
         if error is not None and status == FAILED:
@@ -768,8 +806,7 @@ class Tracker:
             tags["nbtrack.cell_id"] = cell.cell_id
         if cell.execution_count is not None:
             tags["nbtrack.execution_count"] = str(cell.execution_count)
-        folder = active.notebook.parent if active.notebook else cell.cwd
-        git = lineage.git_state(folder)
+        git = _git_state(active)
         if "commit" in git:
             tags["mlflow.source.git.commit"] = git["commit"]
         for key in ("dirty", "branch"):
@@ -793,6 +830,16 @@ class Tracker:
         return tags
 
 
+def _git_state(active: _ActiveCell) -> dict[str, str]:
+    """The git state read while the cell ran (or now, if that could not be started)."""
+    if active.git is None:
+        return lineage.git_state(active.notebook.parent if active.notebook else active.cell.cwd)
+    try:
+        return active.git.result(timeout=GIT_WAIT_SECONDS)
+    except Exception:  # git hung or failed: the run goes without its commit
+        return {}
+
+
 def _status(error: BaseException | None) -> str:
     if error is None:
         return FINISHED
@@ -801,7 +848,7 @@ def _status(error: BaseException | None) -> str:
     return FAILED
 
 
-def _hidden_state(active: _ActiveCell, redactor: Redactor, warn) -> str:
+def _hidden_state(active: _ActiveCell, redactor: Redactor, snapshot: bytes | None, warn) -> str:
     """What the kernel's history shows that the saved notebook does not (cells run out of order,
     edited after they ran, names no saved cell defines), one line; "" when nothing.
     """
@@ -810,12 +857,9 @@ def _hidden_state(active: _ActiveCell, redactor: Redactor, warn) -> str:
         from nbtrack.reproduce import saved_cells
 
         cell = active.cell
-        entries = [history.Entry(count, redactor.redact(source))
+        entries = [history.Entry(count, redactor.redact_cached(source))
                    for count, source in (*cell.history, (cell.execution_count or 0, cell.raw_source))]
-        saved = None
-        if active.notebook is not None and active.notebook.exists():
-            saved = saved_cells(lineage.notebook_snapshot(active.notebook, redactor))
-        return history.summary(history.find(entries, saved))
+        return history.summary(history.find(entries, saved_cells(snapshot)))
     except Exception as error:  # a check of ours must not cost the cell its run
         warn(f"hidden notebook state not checked: {_short(error)}")
         return ""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nbtrack import display
 from nbtrack.display import short_error as _short
-from nbtrack.journal import Entry, KernelJournal, kernel_folders
+from nbtrack.journal import Entry, KernelJournal, kernel_folders, read_spool
 from nbtrack.record import CellRecord, RunOutcome
 
 # Pauses between attempts while the store refuses: quick at first, then every half minute.
@@ -104,7 +104,7 @@ def _recover_folder(journal: KernelJournal, recorder_for, result: Recovery, on_w
         reason = (f"the kernel died (pid {facts.get('pid', '?')} on {facts.get('host', '?')}) "
                   "while this cell was running; recorded by nbtrack afterwards")
         try:
-            run_id = recorder_for(uri).record_killed(facts, reason)
+            run_id = recorder_for(uri).record_killed(facts, reason, read_spool(path))
         except Exception as error:
             result.problems.append(f"run '{facts.get('run_name')}' of an ended kernel not marked "
                                    f"KILLED yet: {_short(error)}")

@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,30 +59,46 @@ def notebook_path(environ: Mapping[str, str], namespace: Mapping[str, Any], cwd:
     return None
 
 
+def git_state_soon(folder: Path) -> Future:
+    """:func:`git_state` on a background thread, started now: git takes milliseconds a call,
+    which the cell's own run time then hides. The future's result is the state.
+    """
+    global _git_pool
+    if _git_pool is None:
+        _git_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbtrack-git")
+    return _git_pool.submit(git_state, folder)
+
+
+_git_pool: ThreadPoolExecutor | None = None
+
+
 def git_state(folder: Path) -> dict[str, str]:
     """Return the commit, dirty flag and branch of the repository holding ``folder`` (empty if none)."""
     if git_root(folder) is None:
         return {}
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=folder, capture_output=True, text=True, timeout=5
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if not commit:
+    # One git call, its output read in one blocking read: this runs on a thread beside the
+    # user's cell, and every extra process and wake-up would take the interpreter from it.
+    try:
+        done = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain=v2", "--branch",
+             "--untracked-files=no"],
+            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
         return {}
-    state = {"commit": commit}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    if status is not None:
-        state["dirty"] = "true" if status else "false"
-    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if done.returncode != 0:
+        return {}
+    headers = dict(line[2:].split(" ", 1) for line in done.stdout.splitlines()
+                   if line.startswith("# ") and " " in line[2:])
+    commit = headers.get("branch.oid", "")
+    if not commit or commit == "(initial)":  # no commit yet
+        return {}
+    state = {"commit": commit,
+             "dirty": "true" if any(not line.startswith("#") for line in done.stdout.splitlines())
+             else "false"}
+    branch = headers.get("branch.head")
     if branch:
-        state["branch"] = branch
+        state["branch"] = "HEAD" if branch == "(detached)" else branch
     return state
 
 
@@ -108,16 +125,31 @@ def _versions_of(distributions: frozenset[str]) -> tuple[tuple[str, str], ...]:
 
 def history_text(entries: Iterable[tuple[int, str]], redactor: Redactor) -> str:
     """The kernel's execution history as one Python file, each entry headed ``# In[n]:``."""
-    parts = [f"# In[{count}]:\n{source.rstrip()}\n" for count, source in entries if source.strip()]
-    return redactor.redact("\n".join(parts))
+    # Entry by entry: the same texts come back cell after cell, and their redaction is kept.
+    parts = [f"# In[{count}]:\n{redactor.redact_cached(source).rstrip()}\n"
+             for count, source in entries if source.strip()]
+    return "\n".join(parts)
 
 
 def notebook_snapshot(path: Path, redactor: Redactor) -> bytes | None:
     """A copy of the saved notebook with secrets redacted, or None when it cannot be read."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    # Reading, validating and redacting a notebook takes milliseconds, and most cells run
+    # without the notebook being saved in between: keep the last copy while the file is unchanged.
+    return _notebook_snapshot(os.fspath(path), status.st_mtime_ns, status.st_size, redactor.key())
+
+
+@functools.lru_cache(maxsize=4)
+def _notebook_snapshot(path: str, mtime_ns: int, size: int,
+                       secrets: frozenset[str]) -> bytes | None:
     import nbformat
 
+    redactor = Redactor(secrets)
     try:
-        notebook = nbformat.read(os.fspath(path), as_version=nbformat.NO_CONVERT)
+        notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     except Exception:  # unreadable, not JSON, not a notebook: lineage goes on without it
         return None
     for cell in notebook.get("cells", []):

@@ -50,11 +50,8 @@ class Redactor:
 
     def add_from_environment(self, environ: Mapping[str, str] = os.environ) -> None:
         """Remember the values of environment variables whose names mark secrets."""
-        for name, value in environ.items():
-            if is_secret_name(name):
-                self.add(value)
-            for match in _URL_PASSWORD.finditer(value):
-                self.add(match.group("pw"))
+        for secret in _environment_secrets(tuple(environ.items())):
+            self.add(secret)
 
     def add_from_namespace(self, namespace: Mapping[str, Any]) -> None:
         """Remember secret-named strings in a namespace, and secret-named keys inside its dicts."""
@@ -89,6 +86,16 @@ class Redactor:
         for secret in secrets_in_source(source):
             self.add(secret)
 
+    def key(self) -> frozenset[str]:
+        """What this redactor hides: two redactors with equal keys redact alike."""
+        return frozenset(self._secrets)
+
+    def redact_cached(self, text: str) -> str:
+        """:meth:`redact`, remembered: each tracked cell redacts the kernel's whole history,
+        which is the same texts cell after cell.
+        """
+        return _redact_cached(self.key(), text)
+
     def redact(self, text: str) -> str:
         """Return text with every known secret and every URL password replaced."""
         if self._secrets:
@@ -97,6 +104,22 @@ class Redactor:
                 self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
             text = self._pattern.sub(REDACTED, text)
         return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
+
+
+# Every tracked cell reads the environment for secrets, and it seldom changes between cells.
+@functools.lru_cache(maxsize=2)
+def _environment_secrets(items: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    found: list[str] = []
+    for name, value in items:
+        if is_secret_name(name):
+            found.append(value)
+        found += [match.group("pw") for match in _URL_PASSWORD.finditer(value)]
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=4096)
+def _redact_cached(secrets: frozenset[str], text: str) -> str:
+    return Redactor(secrets).redact(text)
 
 
 # Each tracked cell reads the kernel's whole history for secrets: parse each source once.
