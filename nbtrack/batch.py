@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,9 @@ from nbtrack.errors import BadOptionError, NotebookError
 
 OK, FAILED, KILLED = "ok", "FAILED", "KILLED"
 _EXIT_FAILED, _EXIT_KILLED = 1, 3
+# How long an execution's last steps (attaching the executed notebook, ending a dead kernel's
+# runs) wait for a store that is down or locked, like a tracked cell in a batch execution.
+STORE_WAIT_SECONDS = 120.0
 
 
 def parse_value(text: str):
@@ -132,7 +136,9 @@ class Execution:
 
 @dataclass(frozen=True)
 class ExecutionResult:
-    """How an execution ended: ``ok``, ``FAILED`` or ``KILLED``, with a one-line reason."""
+    """How an execution ended: ``ok``, ``FAILED`` or ``KILLED``, with a one-line reason (for
+    ``ok``: what nbtrack could not do afterwards, if anything).
+    """
 
     execution: Execution
     status: str
@@ -200,7 +206,8 @@ def _execute_in_process(execution: Execution, tracking_uri: str) -> ExecutionRes
                           capture_output=True, text=True)
     reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
     if done.returncode == 0:
-        return ExecutionResult(execution, OK)
+        notes = [line.strip() for line in done.stderr.splitlines() if line.startswith("nbtrack: ")]
+        return ExecutionResult(execution, OK, "; ".join(notes))
     status = KILLED if done.returncode == _EXIT_KILLED else FAILED
     return ExecutionResult(execution, status, reason or f"exit code {done.returncode}")
 
@@ -237,18 +244,45 @@ def _worker(request: dict) -> int:
     reason = redactor.redact(reason)
     store = recorder.Recorder()
     if code == _EXIT_KILLED:
-        store.end_running_runs(request["experiment"], request["execution_id"], reason)
+        _when_store_answers(
+            lambda: store.end_running_runs(request["experiment"], request["execution_id"], reason),
+            "runs the dead kernel left RUNNING not ended (`nbtrack sync` ends them later)")
     if output.exists():
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="nbtrack-") as folder:
             redacted = _redacted_copy(output, Path(folder), redactor)
             if redacted is not None:
-                store.attach_to_execution(request["experiment"], request["execution_id"],
-                                          redacted, "notebook")
+                _when_store_answers(
+                    lambda: store.attach_to_execution(request["experiment"],
+                                                      request["execution_id"], redacted,
+                                                      "notebook"),
+                    f"executed notebook not attached to its runs; it is at {output}")
     if reason:
         print(reason, file=sys.stderr)
     return code
+
+
+def _when_store_answers(step: Callable[[], object], failed: str) -> None:
+    """Run ``step``, a write to the store; while the store refuses for now (down, restarting,
+    locked), try again for up to STORE_WAIT_SECONDS. The execution's outcome does not depend on
+    it: what could not be done is said in one line on stderr.
+    """
+    from nbtrack.display import short_error
+    from nbtrack.recorder import store_refused
+
+    deadline = time.monotonic() + STORE_WAIT_SECONDS
+    pause = 0.5
+    while True:
+        try:
+            step()
+            return
+        except Exception as error:
+            if not store_refused(error) or time.monotonic() + pause > deadline:
+                print(f"nbtrack: {failed} ({short_error(error)})", file=sys.stderr)
+                return
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
 
 
 def _redactor(notebook: Path):

@@ -172,7 +172,8 @@ def _run(args) -> int:
         point = ", ".join(f"{k}={v}" for k, v in result.execution.parameters.items())
         where = result.execution.output
         if result.status == batch.OK:
-            print(f"ok      {where}" + (f"  ({point})" if point else ""))
+            print(f"ok      {where}" + (f"  ({point})" if point else "")
+                  + (f": {result.reason}" if result.reason else ""))
         else:
             failed += 1
             print(f"{result.status:<7} {where}" + (f"  ({point})" if point else "")

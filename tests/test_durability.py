@@ -2,7 +2,8 @@
 recovery of ended kernels, and the store failing in the ways stores fail.
 
 Faults are real: a file where the store's folder should be, another process holding SQLite's
-write lock, a file where the artifact folder should be, a kernel killed with SIGKILL.
+write lock, a file where the artifact folder should be, a kernel killed with SIGKILL, a tracking
+server killed mid-session and mid-sweep. One is injected: a full disk (see its test).
 """
 
 from __future__ import annotations
@@ -186,6 +187,51 @@ def test_artifact_location_not_writable_keeps_the_run_until_it_is(shell, store, 
     assert journal_files(tmp_path / "journal", "*.record") == []
 
 
+def test_artifact_location_full_keeps_the_run_until_there_is_room(shell, store, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A full disk is injected (a fake, on purpose: filling a real disk is not something a test
+    may do to the machine): MLflow's local artifact repository raises ENOSPC, as copying onto a
+    full file system does, until the test frees the "space".
+    """
+    import errno
+
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    import nbtrack
+
+    disk_full = threading.Event()
+    disk_full.set()
+    log_artifacts = LocalArtifactRepository.log_artifacts
+
+    def full_disk_log_artifacts(self, local_dir, artifact_path=None):
+        if disk_full.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.artifact_dir)
+        return log_artifacts(self, local_dir, artifact_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", full_disk_log_artifacts)
+    client = MlflowClient(tracking_uri=store)
+    shell.ok("import nbtrack\nimport matplotlib.pyplot as plt")
+    result = shell.ok("%%track -e full -n figure\nfig = plt.figure()\nplt.plot([1, 2, 3])\n"
+                      "score = 3 / 4\nscore")
+    assert result.result == 0.75  # the cell itself is untouched
+    assert not nbtrack.flush(timeout=5)
+    err = capsys.readouterr().err
+    assert "artifacts of run 'figure' not written yet" in err
+    assert "No space left on device" in err and "queued in" in err
+    assert len(journal_files(tmp_path / "journal", "*.record")) == 1
+
+    disk_full.clear()  # room again
+    assert nbtrack.flush(timeout=120)
+    run = runs_by_name(store, "full")["figure"]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["score"] == 0.75
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == [
+        "figures/01-figure.png"]
+    assert "cell/source.py" in [a.path for a in client.list_artifacts(run.info.run_id, "cell")]
+    assert journal_files(tmp_path / "journal", "*.record") == []
+
+
 def test_a_long_series_reaches_the_store_point_for_point(shell, store):
     import nbtrack
 
@@ -209,6 +255,35 @@ def test_a_long_series_reaches_the_store_point_for_point(shell, store):
 
 # -- a kernel killed in the middle of a tracked cell ------------------------------------------
 
+def test_series_spool_gives_back_every_point_once_and_ignores_a_frame_cut_short(tmp_path):
+    import struct
+
+    from nbtrack.journal import SeriesSpool, read_spool
+    from nbtrack.record import Series
+
+    begun = tmp_path / "000000000001000-1-000001.begun"
+    series = {"loss": Series("loss")}
+    spool = SeriesSpool(begun)
+    for step in range(5):
+        series["loss"].add(1.0 / (step + 1), step, 1_000 + step)
+    spool.write(series)
+    series["acc"] = Series("acc")
+    series["acc"].add(0.5, 0, 2_000)
+    for step in range(5, 8):
+        series["loss"].add(1.0 / (step + 1), step, 1_000 + step)
+    spool.write(series)
+    spool.write(series)  # nothing new: nothing written
+    spool.close()
+    with open(spool.path, "ab") as file:  # a kernel killed in the middle of a write
+        file.write(struct.pack("<Q", 4_000) + b"only the start of a frame")
+    back = {points.key: points for points in read_spool(begun)}
+    assert list(back["loss"].steps) == list(range(8))
+    assert list(back["loss"].values) == [1.0 / (step + 1) for step in range(8)]
+    assert list(back["loss"].timestamps_ms) == [1_000 + step for step in range(8)]
+    assert (list(back["acc"].steps), list(back["acc"].values)) == ([0], [0.5])
+    assert read_spool(tmp_path / "no-such.begun") == []
+
+
 def start_kernel(cwd: Path, env: dict[str, str]):
     """A real kernel (manager, client) started with ``env`` on top of this environment, without
     NBTRACK_WAIT_FOR_STORE: cells return before the store has their runs, as interactively.
@@ -225,8 +300,16 @@ def start_kernel(cwd: Path, env: dict[str, str]):
         os.environ.update(saved)
 
 
+DYING_CELL = ("%%track -e crash -n dies\nimport time\nimport nbtrack\nseed = 7\n"
+              "for step in range(60_000):  # ten minutes\n"
+              "    nbtrack.log_metric('loss', 1.0 / (step + 1), step=step)\n"
+              "    time.sleep(0.01)")
+
+
 def killed_kernel(tmp_path: Path, env: dict[str, str]) -> None:
-    """Start a real kernel, track one cell, start a second that sleeps, SIGKILL the kernel."""
+    """Start a real kernel, track one cell, start a second that trains (logging a point every
+    10 ms), SIGKILL the kernel once the journal holds some of those points.
+    """
     manager, client = start_kernel(tmp_path, env)
     try:
         for code in ("%load_ext nbtrack",
@@ -234,12 +317,15 @@ def killed_kernel(tmp_path: Path, env: dict[str, str]) -> None:
                      "import nbtrack\nnbtrack.flush(60)"):
             reply = client.execute_interactive(code, timeout=120)
             assert reply["content"]["status"] == "ok", reply["content"]
-        client.execute("%%track -e crash -n dies\nimport time\nseed = 7\ntime.sleep(600)")
+        client.execute(DYING_CELL)
         journal = Path(env["NBTRACK_JOURNAL_DIR"])
         deadline = time.monotonic() + 60
-        while not journal_files(journal, "*.begun") and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not any(
+                path.stat().st_size > 0 for path in journal_files(journal, "*.series")):
             time.sleep(0.2)
-        assert journal_files(journal, "*.begun"), "the sleeping cell never started"
+        assert journal_files(journal, "*.begun"), "the training cell never started"
+        assert journal_files(journal, "*.series"), "no points reached the journal"
+        time.sleep(1.5)  # a second spool at least
         os.kill(manager.provisioner.process.pid, signal.SIGKILL)
         manager.provisioner.process.wait(timeout=30)
     finally:
@@ -266,7 +352,14 @@ def test_sigkill_mid_cell_then_nbtrack_sync_marks_the_run_killed(tmp_path, store
     dies = runs["dies"]
     assert dies.info.status == "KILLED"
     assert "kernel died" in dies.data.tags["nbtrack.killed_reason"]
-    assert "time.sleep(600)" in dies.data.tags["mlflow.note.content"]
+    assert "time.sleep(0.01)" in dies.data.tags["mlflow.note.content"]
+    # The curve up to (about a second before) the kill: every point once, in order, exact.
+    from mlflow import MlflowClient
+
+    loss = sorted((m.step, m.value) for m in
+                  MlflowClient(tracking_uri=store).get_metric_history(dies.info.run_id, "loss"))
+    assert len(loss) >= 100
+    assert loss == [(step, 1.0 / (step + 1)) for step in range(len(loss))]
     assert journal_files(tmp_path / "journal", "*") == []
 
 
@@ -394,6 +487,81 @@ def test_tracking_server_killed_and_restarted_mid_session(shell, tmp_path, monke
         assert all(run.info.status == "FINISHED" for run in runs.values())
         assert runs["down-1"].info.start_time < runs["down-2"].info.start_time
     finally:
+        server.stop()
+
+
+def sweep_notebook(folder: Path) -> Path:
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    parameters = nbformat.v4.new_code_cell("index = 0")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell("%load_ext nbtrack"),
+                      nbformat.v4.new_code_cell("%%track -n point\nimport time\ntime.sleep(2)\n"
+                                                "lr = 0.01 * (index + 1)\nscore = index * 10 + 0.5")]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sweep.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_tracking_server_killed_and_restarted_in_the_middle_of_a_sweep(tmp_path):
+    """`nbtrack run` over six points while the server is SIGKILLed after the first runs and
+    restarted some seconds later: every execution succeeds, and the store ends with exactly six
+    finished runs, one per point, each with its own values.
+    """
+    from mlflow import MlflowClient
+    from servers import sqlite_http_server
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = sqlite_http_server(folder).start()
+    notebook = sweep_notebook(tmp_path / "project")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url,
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+           "NBTRACK_JOURNAL_DIR": str(tmp_path / "journal")}
+    env.pop("NBTRACK_WAIT_FOR_STORE", None)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "nbtrack", "run", str(notebook), "--grid", "index=0,1,2,3,4,5",
+         "-e", "served-sweep", "--no-progress"],
+        cwd=notebook.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = MlflowClient(tracking_uri=server.url)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and sweep.poll() is None:
+            experiment = client.get_experiment_by_name("served-sweep")
+            if experiment is not None and len(client.search_runs([experiment.experiment_id])) >= 2:
+                break
+            time.sleep(0.5)
+        assert sweep.poll() is None, "the sweep ended before the server could be killed"
+        os.killpg(server.process.pid, signal.SIGKILL)  # fault: the server dies mid-sweep
+        server.process.wait(timeout=30)
+        time.sleep(15)  # long enough for an execution to meet the dead server
+        server.start()  # same port, same store
+        output, _ = sweep.communicate(timeout=900)
+        assert sweep.returncode == 0, output[-4000:]
+        # At least one execution met the dead server (and said so in its cell), and waited.
+        executed = [path.read_text() for path in (notebook.parent / "runs").rglob("*.ipynb")]
+        assert len(executed) == 6
+        assert any("not written yet" in text or "could not open run" in text
+                   for text in executed), output[-4000:]
+        assert not any("View run" in text for text in executed)  # MLflow's URL lines stay out
+        experiment = client.get_experiment_by_name("served-sweep")
+        runs = client.search_runs([experiment.experiment_id])
+        assert sorted(int(run.data.params["index"]) for run in runs) == [0, 1, 2, 3, 4, 5]
+        for run in runs:
+            index = int(run.data.params["index"])
+            assert run.info.status == "FINISHED", run.data.tags.get("nbtrack.killed_reason")
+            assert run.data.metrics["score"] == index * 10 + 0.5
+            assert run.data.metrics["lr"] == 0.01 * (index + 1)
+            artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"cell", "lineage", "notebook"} <= artifacts, (index, artifacts)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait(timeout=30)
         server.stop()
 
 
