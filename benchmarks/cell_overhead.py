@@ -15,7 +15,17 @@ in-process IPython shell, interleaved, each ``--repeats`` times after one untime
 After the notebook's cells comes issue 6's reference cell (:data:`REFERENCE`): 10 params, 5
 metrics and 1 figure and almost no work of its own, so its added latency (tracked minus
 untracked median) is what nbtrack costs such a cell; the target is under 10 ms. It runs
-``REFERENCE_RUNS`` times per repeat, for a steadier median and p95.
+``REFERENCE_RUNS`` times per repeat, for a steadier median and p95, and then once more with a
+non-displaying backend (:data:`REFERENCE_UNDISPLAYED`, as in a script or a terminal), where nobody
+draws the figure unless its logger does.
+
+Figures are displayed the way Jupyter displays them: matplotlib-inline draws each figure to PNG at
+the end of the cell, and nbtrack logs that PNG rather than drawing the figure again. Before each
+timed execution nbtrack's background writer is drained (untimed), so one cell's background writing
+does not land in the next cell's time; the user reading a cell's output gives the writer the same
+pause. What that pause hides is measured too: the reference cells also run ``REFERENCE_RUNS``
+times back to back, the tracked ones followed by ``nbtrack.flush()`` (until the store has every
+run), and the back-to-back time per cell is reported beside the paused one.
 
 Times are wall-clock seconds of ``shell.run_cell`` (compile, run, IPython's hooks, and for the
 tracked cell nbtrack's capture and its write to the store). The store is a fresh SQLite file in a
@@ -52,7 +62,7 @@ import tempfile
 import time
 from collections import Counter
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,6 +77,7 @@ QUICK_REPEATS = 1
 TRACKED_EXPERIMENT = "cell-overhead-tracked"
 HAND_EXPERIMENT = "cell-overhead-hand"
 REFERENCE_RUNS = 4  # executions of the reference cell per repeat and variant
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # a Jupyter kernel's default
 STDERR_LINES_SHOWN = 4  # per untracked / hand-written variant; the JSON has them all
 
 # In the untracked variant the cell's nbtrack.log_metric calls go to this no-op instead.
@@ -285,6 +296,16 @@ with mlflow.start_run(run_name="reference-10p-5m-1f", experiment_id=hand_experim
     ),
 )
 
+
+def _undisplayed_twin(hand: HandWritten) -> HandWritten:
+    name = hand.run_name + "-undisplayed"
+    code = hand.code.replace(f'run_name="{hand.run_name}"', f'run_name="{name}"')
+    return replace(hand, run_name=name, code=code)
+
+
+# The reference cell run with Agg is logged by hand the same way, under its own run name.
+HAND_WRITTEN += tuple(_undisplayed_twin(h) for h in HAND_WRITTEN if h.run_name == "reference-10p-5m-1f")
+
 # Run once in the shell after the notebook's setup cells, before anything is timed: what the
 # notebook's author would have in an early cell when writing the hand-written versions.
 # The hand-written runs name their experiment in start_run rather than with
@@ -314,6 +335,7 @@ class TrackedCell:
     name: str
     source: str  # as written, %%track line included
     body: str  # without the %%track line
+    displayed: bool = True  # False: run with Agg, which shows nothing (a script, a terminal)
 
 
 _REFERENCE_BODY = """\
@@ -339,6 +361,13 @@ plt.show()
 # Issue 6's reference cell: 10 params, 5 metrics, 1 figure, next to no work of its own.
 REFERENCE = TrackedCell("reference-10p-5m-1f", "%%track -n reference-10p-5m-1f\n" + _REFERENCE_BODY,
                         _REFERENCE_BODY)
+# The same cell where nothing displays the figure: its logger has to draw it.
+REFERENCE_UNDISPLAYED = TrackedCell(
+    "reference-10p-5m-1f-undisplayed",
+    "%%track -n reference-10p-5m-1f-undisplayed\n" + _REFERENCE_BODY, _REFERENCE_BODY,
+    displayed=False,
+)
+REFERENCES = (REFERENCE, REFERENCE_UNDISPLAYED)
 
 
 def read_notebook(path: Path) -> tuple[list[str], list[TrackedCell]]:
@@ -409,6 +438,7 @@ class Execution:
     run_id: str | None
     stdout: str
     stderr: str
+    back_to_back: bool = False  # run right after the previous cell, writer not drained
 
 
 def make_shell():
@@ -421,20 +451,22 @@ def make_shell():
     return InteractiveShell.instance(config=config)
 
 
-def run_cell(shell, code: str) -> tuple[float, str, str]:
+def run_cell(shell, code: str, collect: bool = True) -> tuple[float, str, str]:
     """Run ``code`` as a notebook cell; return its wall time, stdout and stderr.
 
-    Raises BenchmarkError when the cell fails.
+    ``collect``: collect garbage first, so no cell pays for the last one's. Raises
+    BenchmarkError when the cell fails.
     """
     out, err = io.StringIO(), io.StringIO()
-    gc.collect()
+    if collect:
+        gc.collect()
     with redirect_stdout(out), redirect_stderr(err):
         start = time.perf_counter()
         result = shell.run_cell(code, store_history=True)
         seconds = time.perf_counter() - start
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:
-        # Agg shows nothing and closes nothing; a notebook's inline backend would close them.
+        # Agg shows nothing and closes nothing; the inline backend closed what it showed.
         pyplot.close("all")
     if not result.success:
         error = result.error_in_exec or result.error_before_exec
@@ -458,16 +490,66 @@ def _last_tracked_run_id() -> str | None:
     return nbtrack.last_run()
 
 
-def execute(shell, cell: TrackedCell, hand: HandWritten, variant: str, repeat: int) -> Execution:
+def use_backend(shell, displayed: bool) -> None:
+    """Draw figures the way a Jupyter kernel does (inline), or not at all (Agg)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib_inline.backend_inline import configure_inline_support
+
+    backend = INLINE_BACKEND if displayed else "agg"
+    if matplotlib.get_backend().lower() != backend.lower():
+        plt.switch_backend(backend)
+        configure_inline_support(shell, backend)
+
+
+def drain_writer() -> None:
+    """Wait for nbtrack's background writer to empty its queue (not part of any timing)."""
+    nbtrack = sys.modules.get("nbtrack")
+    if nbtrack is not None and hasattr(nbtrack, "flush"):
+        nbtrack.flush()
+
+
+def execute(shell, cell: TrackedCell, hand: HandWritten, variant: str, repeat: int,
+            back_to_back: bool = False) -> Execution:
     """Run one variant of one cell and note the run it made (None for the untracked variant)."""
     code = {"untracked": untracked_body(cell), "tracked": cell.source, "hand": hand.code}[variant]
     last_run = {"untracked": lambda: None, "tracked": _last_tracked_run_id,
                 "hand": _last_hand_run_id}[variant]
+    use_backend(shell, cell.displayed)
+    if back_to_back:  # nothing between the cells: no garbage collection, no lookups
+        seconds, stdout, stderr = run_cell(shell, code, collect=False)
+        return Execution(cell.name, variant, repeat, seconds, None, stdout, stderr, True)
+    drain_writer()
     before = last_run()
     seconds, stdout, stderr = run_cell(shell, code)
     after = last_run()
     run_id = after if after != before else None
     return Execution(cell.name, variant, repeat, seconds, run_id, stdout, stderr)
+
+
+def execute_back_to_back(shell, cell: TrackedCell, hand: HandWritten, variant: str,
+                         repeat: int, count: int) -> tuple[list[Execution], dict]:
+    """Run one variant of a cell ``count`` times in a row, then (tracked) until the store has
+    every run: what a "Run All" costs, background writing included.
+    """
+    use_backend(shell, cell.displayed)
+    drain_writer()
+    gc.collect()
+    started_ms = int(time.time() * 1000)
+    started = time.perf_counter()
+    executions = [execute(shell, cell, hand, variant, repeat, back_to_back=True)
+                  for _ in range(count)]
+    cells_done = time.perf_counter()
+    drain_writer()
+    ended = time.perf_counter()
+    if variant != "untracked":  # the runs they made, oldest first, to verify with the others
+        run_ids = _runs_since(TRACKED_EXPERIMENT if variant == "tracked" else HAND_EXPERIMENT,
+                              hand.run_name, started_ms)
+        executions = [replace(execution, run_id=run_id)
+                      for execution, run_id in zip(executions, (run_ids + [None] * count)[:count],
+                                                   strict=True)]
+    return executions, {"cell": cell.name, "variant": variant, "repeat": repeat, "cells": count,
+                        "cells_s": cells_done - started, "total_s": ended - started}
 
 
 def variant_order(repeat: int) -> tuple[str, ...]:
@@ -497,13 +579,13 @@ def summarize(executions: list[Execution], cells: list[TrackedCell]) -> list[dic
     for cell in cells:
         row: dict = {"cell": cell.name, "variants": {}}
         for variant in VARIANTS:
-            samples = [e.seconds for e in executions
-                       if e.cell == cell.name and e.variant == variant and e.repeat >= 0]
+            samples = [e.seconds for e in executions if e.cell == cell.name
+                       and e.variant == variant and e.repeat >= 0 and not e.back_to_back]
             row["variants"][variant] = {"samples_s": samples, "median_s": median(samples),
                                         "p95_s": percentile(samples, 95)}
         rows.append(row)
     total: dict = {"cell": "the notebook's tracked cells", "variants": {}}
-    notebook_rows = [row for row in rows if row["cell"] != REFERENCE.name]
+    notebook_rows = [row for row in rows if row["cell"] not in {c.name for c in REFERENCES}]
     for variant in VARIANTS:
         total["variants"][variant] = {
             key: sum(row["variants"][variant][key] for row in notebook_rows)
@@ -517,6 +599,55 @@ def summarize(executions: list[Execution], cells: list[TrackedCell]) -> list[dic
         row["ratio_tracked_untracked"] = _ratio(medians["tracked"], medians["untracked"])
         row["ratio_tracked_hand"] = _ratio(medians["tracked"], medians["hand"])
     return rows
+
+
+def _runs_since(experiment: str, run_name: str, started_ms: int) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    found = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}' and attributes.start_time >= {started_ms}",
+        order_by=["attributes.start_time ASC"],
+    )
+    return [run.info.run_id for run in found]
+
+
+def summarize_back_to_back(blocks: list[dict]) -> list[dict]:
+    """Per reference cell: median over repeats of each variant's time per cell when run back to
+    back, background writing included, and what tracking and hand-written logging add to it.
+    """
+    rows = []
+    for cell in REFERENCES:
+        row: dict = {"cell": cell.name, "variants": {}}
+        for variant in VARIANTS:
+            mine = [b for b in blocks if b["cell"] == cell.name and b["variant"] == variant
+                    and b["repeat"] >= 0]
+            if not mine:
+                break
+            row["variants"][variant] = {
+                "per_cell_s": median([b["total_s"] / b["cells"] for b in mine]),
+                "cells_only_per_cell_s": median([b["cells_s"] / b["cells"] for b in mine]),
+            }
+        else:
+            per_cell = {v: row["variants"][v]["per_cell_s"] for v in VARIANTS}
+            row["added_tracked_s"] = per_cell["tracked"] - per_cell["untracked"]
+            row["added_hand_s"] = per_cell["hand"] - per_cell["untracked"]
+            rows.append(row)
+    return rows
+
+
+def format_back_to_back(rows: list[dict]) -> str:
+    header = ["cell, back to back", "untracked", "tracked", "hand", "+tracked", "+hand"]
+    lines = [header]
+    for row in rows:
+        per_cell = [f"{row['variants'][v]['per_cell_s'] * 1000:,.1f}" for v in VARIANTS]
+        lines.append([row["cell"], *per_cell, f"+{row['added_tracked_s'] * 1000:,.1f}",
+                      f"+{row['added_hand_s'] * 1000:,.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(text.ljust(width) if i == 0 else text.rjust(width)
+                               for i, (text, width) in enumerate(zip(line, widths, strict=True)))
+                     for line in lines)
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -583,7 +714,8 @@ def verify(client, executions: list[Execution], hands: dict[str, HandWritten],
         if execution.variant == "untracked":
             continue
         where = (f"{execution.variant} run of {execution.cell!r} "
-                 f"({'warm-up' if execution.repeat < 0 else f'repeat {execution.repeat + 1}'})")
+                 f"({'warm-up' if execution.repeat < 0 else f'repeat {execution.repeat + 1}'}"
+                 f"{', back to back' if execution.back_to_back else ''})")
         if execution.run_id is None:
             problems.append((execution.cell, f"{where}: no run was recorded."))
             continue
@@ -703,7 +835,7 @@ def _load_average() -> float | None:
 def _isolate(store: Path, notebook: Path) -> None:
     """Point MLflow at the temporary store and make the kernel look like Jupyter's."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
-    os.environ["MPLBACKEND"] = "Agg"
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
     journal = store / "journal"  # set after the NBTRACK_ variables are cleared below
     # JupyterLab tells the kernel its notebook this way; nbtrack then logs a snapshot of it.
     os.environ["JPY_SESSION_NAME"] = str(notebook)
@@ -731,7 +863,7 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
     load_at_start = _load_average()
     notebook = notebook.resolve()
     setup, cells = read_notebook(notebook)
-    cells = [*cells, REFERENCE]
+    cells = [*cells, *REFERENCES]
     hands = {hand.run_name: hand for hand in HAND_WRITTEN}
     unknown = [cell.name for cell in cells if cell.name not in hands]
     if unknown:
@@ -744,6 +876,7 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
     folder = notebook.parent
     stray = [folder / name for name in ("mlruns", "mlartifacts") if not (folder / name).exists()]
     executions: list[Execution] = []
+    blocks: list[dict] = []
     previous_cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="nbtrack-bench-") as temporary:
         store = Path(temporary)
@@ -755,16 +888,22 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
             for source in [*setup, "%load_ext nbtrack", UNTRACKED_SETUP, TRACKED_SETUP, HAND_SETUP]:
                 run_cell(shell, source)
             print(f"notebook: {notebook} ({len(cells) - 1} tracked cells, {len(setup)} setup cells), "
-                  f"then the reference cell {REFERENCE.name}")
+                  f"then the reference cells {', '.join(c.name for c in REFERENCES)}")
             print(f"warm-up, then {repeats} repeat(s) of {len(VARIANTS)} variants per cell ...",
                   flush=True)
             for repeat in range(-1, repeats):  # -1: the warm-up, not counted
                 for cell in cells:
-                    times = REFERENCE_RUNS if cell is REFERENCE else 1
+                    times = REFERENCE_RUNS if cell in REFERENCES else 1
                     for _ in range(times):
                         for variant in variant_order(max(repeat, 0)):
                             executions.append(execute(shell, cell, hands[cell.name], variant,
                                                       repeat))
+                    if cell in REFERENCES:
+                        for variant in variant_order(max(repeat, 0)):
+                            done, block = execute_back_to_back(
+                                shell, cell, hands[cell.name], variant, repeat, REFERENCE_RUNS)
+                            executions += done
+                            blocks.append(block)
                 label = "warm-up" if repeat < 0 else f"repeat {repeat + 1}/{repeats}"
                 print(f"  {label} done ({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -795,12 +934,15 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
         # Other processes on the machine add noise; the 1-minute load average says how busy it was.
         "load_average_1min": {"start": load_at_start, "end": _load_average()},
         "cells": rows,
+        "back_to_back": summarize_back_to_back(blocks),
+        "back_to_back_blocks": blocks,
         "verification": {"ok": not problems, "runs_checked": checked, "problems": problems,
                          "flagged_cells": sorted(flagged)},
         "stderr": {variant: [{"line": line, "executions": count} for line, count in lines]
                    for variant, lines in messages(executions).items()},
         "executions": [{"cell": e.cell, "variant": e.variant, "repeat": e.repeat,
-                        "seconds": e.seconds, "run_id": e.run_id} for e in executions],
+                        "seconds": e.seconds, "run_id": e.run_id, "back_to_back": e.back_to_back}
+                       for e in executions],
     }
     return results, problems
 
@@ -821,6 +963,10 @@ def report(results: dict) -> str:
         f"{load['start']} at start, {load['end']} at end",
         "",
         format_table(results["cells"], flagged),
+        "",
+        f"The reference cells {REFERENCE_RUNS} times in a row, ms per cell (tracked: until the "
+        "store has every run, nbtrack.flush() included):",
+        format_back_to_back(results["back_to_back"]),
     ]
     if flagged:
         lines.append("(!) = a run of this cell failed verification; see below.")
