@@ -169,6 +169,9 @@ def _check_points(points: dict[int, float], count: int, n: int) -> list[str]:
     return problems
 
 
+WANDB_SETTLE_S = 30.0
+
+
 def _child_wandb(n: int, folder: Path) -> dict:
     import wandb
 
@@ -179,15 +182,23 @@ def _child_wandb(n: int, folder: Path) -> dict:
         run.log({KEY: step * 0.5}, step=step)
     caller = time.perf_counter() - start
     run.finish()
-    stored = time.perf_counter() - start
-    files = glob.glob(str(folder / "wandb" / "offline-run-*" / "run-*.wandb"))
+    # finish() can return before W&B's service process has written the last records to the
+    # file: the store time runs until the file holds every point (or WANDB_SETTLE_S more pass).
+    deadline = time.perf_counter() + WANDB_SETTLE_S
+    while True:
+        stored = time.perf_counter() - start
+        files = glob.glob(str(folder / "wandb" / "offline-run-*" / "run-*.wandb"))
+        points: dict[int, float] = {}
+        count = 0
+        if len(files) == 1:
+            for item in _wandb_history(Path(files[0])):
+                count += 1
+                points[int(item["_step"])] = float(item[KEY])
+        if count >= n or time.perf_counter() > deadline:
+            break
+        time.sleep(0.05)
     if len(files) != 1:
         return {"caller_s": caller, "store_s": stored, "problems": [f"{len(files)} .wandb files"]}
-    points: dict[int, float] = {}
-    count = 0
-    for item in _wandb_history(Path(files[0])):
-        count += 1
-        points[int(item["_step"])] = float(item[KEY])
     return {"caller_s": caller, "store_s": stored, "problems": _check_points(points, count, n)}
 
 
