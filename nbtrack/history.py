@@ -299,9 +299,26 @@ def _undefined(entries: Sequence[Entry], saved: Sequence[tuple[int, str]] | None
     return findings
 
 
+# A long session can hold hundreds of cells the saved notebook does not: the summary line and
+# its tag (8,000 characters at most) name the first few of each kind and count the rest.
+SHOWN_PER_KIND = 5
+_MORE = {EDITED: "cells ran code that no cell of the saved notebook holds",
+         OUT_OF_ORDER: "cells ran out of order", UNDEFINED: "names no cell defines are read"}
+
+
 def summary(findings: Sequence[Finding]) -> str:
-    """One line for a run's tag and summary: the findings joined with ``; ``."""
-    return "; ".join(f.message for f in findings)
+    """One line for a run's tag and summary: the findings joined with ``; ``, at most
+    :data:`SHOWN_PER_KIND` of each kind, then how many more of it there are.
+    """
+    shown: list[str] = []
+    seen: dict[str, int] = {}
+    for finding in findings:
+        seen[finding.kind] = seen.get(finding.kind, 0) + 1
+        if seen[finding.kind] <= SHOWN_PER_KIND:
+            shown.append(finding.message)
+    shown += [f"{count - SHOWN_PER_KIND} more {_MORE.get(kind, kind)}"
+              for kind, count in seen.items() if count > SHOWN_PER_KIND]
+    return "; ".join(shown)
 
 
 def minimal(entries: Sequence[Entry]) -> list[Entry]:

@@ -35,14 +35,14 @@ from nbtrack.record import (
     Series,
 )
 
-# Names IPython itself binds in the user namespace: never params, metrics or data.
+if TYPE_CHECKING:
+    from nbtrack.journal import SeriesSpool
+
 # How often a running cell's nbtrack.log_metric points are appended to the journal.
 SPOOL_INTERVAL_MS = 1000
 # git answers in milliseconds; a repository on a hung network mount must not hold the cell.
 GIT_WAIT_SECONDS = 5
-if TYPE_CHECKING:
-    from nbtrack.journal import SeriesSpool
-
+# Names IPython itself binds in the user namespace: never params, metrics or data.
 _SHELL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 
 

@@ -263,3 +263,17 @@ def test_run_whose_data_changed_afterwards_is_reported(store, tmp_path, client):
     # Written beside where it was asked from, run where the data is.
     assert (tmp_path / f"mean-reproduce-{original.info.run_id[:8]}.ipynb").is_file()
     json.loads((tmp_path / f"mean-reproduce-{original.info.run_id[:8]}.ipynb").read_text())
+
+
+def test_hidden_state_summary_names_five_of_each_kind_and_counts_the_rest():
+    from nbtrack.history import EDITED, UNDEFINED, Finding, summary
+
+    findings = [Finding(EDITED, f"In[{n}] ran code that no cell of the saved notebook holds", n)
+                for n in range(1, 41)]
+    findings.append(Finding(UNDEFINED, "the tracked cell reads 'x', which no cell defines"))
+    text = summary(findings)
+    assert [part for part in text.split("; ") if part.startswith("In[")] == [
+        f"In[{n}] ran code that no cell of the saved notebook holds" for n in range(1, 6)]
+    assert "the tracked cell reads 'x', which no cell defines" in text
+    assert text.endswith("; 35 more cells ran code that no cell of the saved notebook holds")
+    assert summary(findings[:2]) == "; ".join(f.message for f in findings[:2])

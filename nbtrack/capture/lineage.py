@@ -93,9 +93,8 @@ def git_state(folder: Path) -> dict[str, str]:
     commit = headers.get("branch.oid", "")
     if not commit or commit == "(initial)":  # no commit yet
         return {}
-    state = {"commit": commit,
-             "dirty": "true" if any(not line.startswith("#") for line in done.stdout.splitlines())
-             else "false"}
+    changed = [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    state = {"commit": commit, "dirty": "true" if changed else "false"}
     branch = headers.get("branch.head")
     if branch:
         state["branch"] = "HEAD" if branch == "(detached)" else branch
