@@ -182,7 +182,8 @@ def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
     tracking_uri = absolute_tracking_uri()
     results: list[ExecutionResult] = []
     with tqdm(total=len(executions), desc="executions", unit="nb", disable=not progress,
-              file=sys.stderr) as bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+              file=sys.stderr) as bar, ThreadPoolExecutor(
+                  max_workers=max(1, jobs), thread_name_prefix="nbtrack-execution") as pool:
         futures = [pool.submit(_execute_in_process, e, tracking_uri) for e in executions]
         for future in futures:
             result = future.result()
@@ -205,22 +206,59 @@ def _execute_in_process(execution: Execution, tracking_uri: str) -> ExecutionRes
     done = subprocess.run([sys.executable, "-m", "nbtrack.batch", request], env=env,
                           capture_output=True, text=True)
     reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
-    if done.returncode == 0:
-        notes = [line.strip() for line in done.stderr.splitlines() if line.startswith("nbtrack: ")]
+    status = {0: OK, _EXIT_KILLED: KILLED}.get(done.returncode, FAILED)
+    if status != OK and not reason:
+        reason = f"exit code {done.returncode}"
+    reason, notes = _after_execution(execution, tracking_uri, status, reason)
+    if status == OK:
         return ExecutionResult(execution, OK, "; ".join(notes))
-    status = KILLED if done.returncode == _EXIT_KILLED else FAILED
-    return ExecutionResult(execution, status, reason or f"exit code {done.returncode}")
+    return ExecutionResult(execution, status, "; ".join([reason, *notes]))
+
+
+def _after_execution(execution: Execution, tracking_uri: str, status: str,
+                     reason: str) -> tuple[str, list[str]]:
+    """What ``nbtrack run`` does with the store once an execution's process has ended: end the
+    runs a dead kernel left RUNNING, and log the executed notebook (secrets redacted) with every
+    run of the execution. Done here, where MLflow is loaded already, rather than in each
+    execution's process. Returns the reason, redacted, and what could not be done.
+    """
+    from nbtrack import recorder
+
+    output = execution.output
+    redactor = _redactor(output)
+    reason = redactor.redact(reason)
+    store = recorder.Recorder(tracking_uri)
+    notes = []
+    if status == KILLED:
+        notes.append(_when_store_answers(
+            lambda: store.end_running_runs(execution.experiment, execution.execution_id, reason),
+            "runs the dead kernel left RUNNING not ended (`nbtrack sync` ends them later)"))
+    if output.exists():
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="nbtrack-") as folder:
+            redacted = _redacted_copy(output, Path(folder), redactor)
+            if redacted is None:
+                notes.append(f"the executed notebook {output} could not be read, so it was not "
+                             "logged")
+            else:
+                notes.append(_when_store_answers(
+                    lambda: store.attach_to_execution(execution.experiment,
+                                                      execution.execution_id, redacted,
+                                                      "notebook"),
+                    f"executed notebook not attached to its runs; it is at {output}"))
+    return reason, [note for note in notes if note]
 
 
 def _worker(request: dict) -> int:
-    """Execute one notebook (in the process ``nbtrack run`` started for it); see run_sweep."""
+    """Execute one notebook (in the process ``nbtrack run`` started for it); see run_sweep.
+    Prints why it failed, if it did, as its last line on stderr.
+    """
     import logging
 
     import papermill
     from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
-
-    from nbtrack import recorder
 
     logging.getLogger("papermill").setLevel(logging.ERROR)  # e.g. "unknown parameter": checked
     notebook = Path(request["notebook"])
@@ -240,33 +278,15 @@ def _worker(request: dict) -> int:
     except Exception as error:  # kernel failed to start, notebook unreadable, ...
         code = _EXIT_FAILED
         reason = f"{type(error).__name__}: {error}"
-    redactor = _redactor(output)
-    reason = redactor.redact(reason)
-    store = recorder.Recorder()
-    if code == _EXIT_KILLED:
-        _when_store_answers(
-            lambda: store.end_running_runs(request["experiment"], request["execution_id"], reason),
-            "runs the dead kernel left RUNNING not ended (`nbtrack sync` ends them later)")
-    if output.exists():
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="nbtrack-") as folder:
-            redacted = _redacted_copy(output, Path(folder), redactor)
-            if redacted is not None:
-                _when_store_answers(
-                    lambda: store.attach_to_execution(request["experiment"],
-                                                      request["execution_id"], redacted,
-                                                      "notebook"),
-                    f"executed notebook not attached to its runs; it is at {output}")
     if reason:
-        print(reason, file=sys.stderr)
+        print(reason.replace("\n", " "), file=sys.stderr)
     return code
 
 
-def _when_store_answers(step: Callable[[], object], failed: str) -> None:
+def _when_store_answers(step: Callable[[], object], failed: str) -> str | None:
     """Run ``step``, a write to the store; while the store refuses for now (down, restarting,
     locked), try again for up to STORE_WAIT_SECONDS. The execution's outcome does not depend on
-    it: what could not be done is said in one line on stderr.
+    it: what could not be done is returned as one line (None when all went well).
     """
     from nbtrack.display import short_error
     from nbtrack.recorder import store_refused
@@ -276,11 +296,10 @@ def _when_store_answers(step: Callable[[], object], failed: str) -> None:
     while True:
         try:
             step()
-            return
+            return None
         except Exception as error:
             if not store_refused(error) or time.monotonic() + pause > deadline:
-                print(f"nbtrack: {failed} ({short_error(error)})", file=sys.stderr)
-                return
+                return f"{failed} ({short_error(error)})"
         time.sleep(pause)
         pause = min(pause * 2, 5.0)
 
@@ -313,8 +332,6 @@ def _redacted_copy(notebook: Path, folder: Path, redactor) -> Path | None:
 
     text = notebook_snapshot(notebook, redactor)
     if text is None:
-        print(f"the executed notebook {notebook} could not be read, so it was not logged",
-              file=sys.stderr)
         return None
     copy = folder / notebook.name
     copy.write_bytes(text)
