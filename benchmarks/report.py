@@ -468,7 +468,10 @@ def reading(results: dict) -> str:
             parts.append(
                 f"For {biggest} executions of a tiny notebook, `nbtrack run -j 2` took {ours:.1f} s "
                 f"against {others[fastest]:.1f} s for {fastest}"
-                + (": on this machine the parallel sweep was the slower (the cause was not profiled)."
+                + (": on this machine the parallel sweep was the slower. Each execution runs in a "
+                   "process of its own (a Python start and papermill's import every time, where "
+                   "papermill's loop pays them once), and two executions at once on 2 cores "
+                   "share the same CPU time, which a kernel's start-up and imports use up."
                    if ours > others[fastest] else "."))
     return " ".join(parts)
 
