@@ -389,7 +389,8 @@ WRITER_CELLS = [
 ]
 
 
-def writer_notebook(folder: Path) -> Path:
+def parameterized_notebook(path: Path, cells: list[str]) -> Path:
+    """Write a notebook whose first cell is papermill's ``parameters`` cell (``index = 0``)."""
     import nbformat
 
     notebook = nbformat.v4.new_notebook()
@@ -397,11 +398,14 @@ def writer_notebook(folder: Path) -> Path:
                                        "language": "python"}
     parameters = nbformat.v4.new_code_cell("index = 0")
     parameters.metadata["tags"] = ["parameters"]
-    notebook.cells = [parameters, *[nbformat.v4.new_code_cell(c) for c in WRITER_CELLS]]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "writer.ipynb"
+    notebook.cells = [parameters, *[nbformat.v4.new_code_cell(c) for c in cells]]
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, path)
     return path
+
+
+def writer_notebook(folder: Path) -> Path:
+    return parameterized_notebook(folder / "writer.ipynb", WRITER_CELLS)
 
 
 def assert_complete(store: str, experiment: str, indexes: range) -> None:
@@ -491,20 +495,11 @@ def test_tracking_server_killed_and_restarted_mid_session(shell, tmp_path, monke
 
 
 def sweep_notebook(folder: Path) -> Path:
-    import nbformat
-
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    parameters = nbformat.v4.new_code_cell("index = 0")
-    parameters.metadata["tags"] = ["parameters"]
-    notebook.cells = [parameters, nbformat.v4.new_code_cell("%load_ext nbtrack"),
-                      nbformat.v4.new_code_cell("%%track -n point\nimport time\ntime.sleep(2)\n"
-                                                "lr = 0.01 * (index + 1)\nscore = index * 10 + 0.5")]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "sweep.ipynb"
-    nbformat.write(notebook, path)
-    return path
+    return parameterized_notebook(folder / "sweep.ipynb", [
+        "%load_ext nbtrack",
+        "%%track -n point\nimport time\ntime.sleep(2)\nlr = 0.01 * (index + 1)\n"
+        "score = index * 10 + 0.5",
+    ])
 
 
 def test_tracking_server_killed_and_restarted_in_the_middle_of_a_sweep(tmp_path):
