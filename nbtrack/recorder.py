@@ -215,7 +215,7 @@ class Recorder:
         KILLED, with the reason in a tag, the cell's source, and the ``series`` points it had
         logged by then. Returns the run id.
         """
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import RunTag
 
         with quiet_mlflow():
             client = self.client
@@ -234,10 +234,7 @@ class Recorder:
                 ).info.run_id
                 client.log_text(run_id, str(facts.get("source", "")), "cell/source.py")
             client.log_batch(run_id, tags=[RunTag("nbtrack.killed_reason", reason[:500])])
-            metrics = [metric for points in series for metric in map(
-                Metric, repeat(points.key), points.values, points.timestamps_ms, points.steps)]
-            for start in range(0, len(metrics), METRICS_PER_BATCH):
-                client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
+            _log_metrics(client, run_id, _series_metrics(series))
             client.set_terminated(run_id, status="KILLED")
         return run_id
 
@@ -284,9 +281,7 @@ class Recorder:
         metrics = [
             Metric(key, value, record.end_time_ms, 0) for key, value in record.metrics.items()
         ]
-        for series in record.series:
-            metrics += map(Metric, repeat(series.key), series.values, series.timestamps_ms,
-                           series.steps)
+        metrics += _series_metrics(record.series)
         param_entities = [Param(k, v) for k, v in params.items()]
         tags = [RunTag(k, v) for k, v in record.tags.items()]
         for start in range(0, max(len(param_entities), len(tags), 1), PARAMS_TAGS_PER_BATCH):
@@ -295,8 +290,7 @@ class Recorder:
                 params=param_entities[start : start + PARAMS_TAGS_PER_BATCH],
                 tags=tags[start : start + PARAMS_TAGS_PER_BATCH],
             )
-        for start in range(0, len(metrics), METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
+        _log_metrics(client, run_id, metrics)
 
     def _log_artifacts(self, client, run_id: str, record: CellRecord,
                        problems: list[str]) -> None:
@@ -406,6 +400,19 @@ def _store_creation_lock(uri: str):
         yield
     finally:
         handle.close()
+
+
+def _series_metrics(series: Sequence[Series]) -> list:
+    """The points of ``series`` as MLflow metric entities."""
+    from mlflow.entities import Metric
+
+    return [metric for points in series for metric in map(
+        Metric, repeat(points.key), points.values, points.timestamps_ms, points.steps)]
+
+
+def _log_metrics(client, run_id: str, metrics: list) -> None:
+    for start in range(0, len(metrics), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
 
 
 def leave_active_run(run_id: str) -> None:

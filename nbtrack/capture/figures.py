@@ -16,6 +16,7 @@ import io
 import pickle
 import re
 import sys
+from dataclasses import replace
 from typing import Any
 
 from nbtrack.record import Artifact, FigureSnapshot
@@ -80,7 +81,7 @@ class FigureCollector:
         for index, (label, image) in enumerate(self._images, start=1):
             path = f"figures/{index:02d}-{label}.png"
             if isinstance(image, FigureSnapshot):
-                found.append(FigureSnapshot(path, image.pickled_figure, image.dpi))
+                found.append(replace(image, path=path))
             else:
                 found.append(Artifact(path, image))
         return found
