@@ -20,6 +20,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from nbtrack import display
+from nbtrack.capture.figures import DRAWING
 from nbtrack.errors import BadOptionError
 from nbtrack.session import CellContext, Tracker, TrackOptions
 
@@ -108,6 +109,51 @@ class _LineEndWatch:
         return getattr(self._stream, name)
 
 
+class _UserCodeWatch:
+    """Holds :data:`~nbtrack.capture.figures.DRAWING` while the shell runs user code, so figure
+    copies are drawn on the writer's thread only between executions.
+
+    An execution holds it from ``pre_execute`` to its ``post_run_cell``, which comes after every
+    ``post_execute`` callback (the inline backend draws its figures there) and after the tracked
+    cell's run has ended; a silent execution gets no ``post_run_cell`` and lets go at
+    ``post_execute``. A cell run from inside another (``%%capture``, ``run_cell_magic``) is
+    nested, and the gate is let go when the outermost ends.
+    """
+
+    def __init__(self) -> None:
+        # One entry per execution under way, innermost last: its ExecutionInfo once
+        # pre_run_cell names it, None for a silent one.
+        self._running: list = []
+
+    def pre_execute(self) -> None:
+        if not self._running:
+            DRAWING.user_code_starts()
+        self._running.append(None)
+
+    def pre_run_cell(self, info) -> None:
+        if self._running and self._running[-1] is None:
+            self._running[-1] = info
+
+    def post_execute(self) -> None:
+        if self._running and self._running[-1] is None:
+            self._ended()
+
+    def post_run_cell(self, result) -> None:
+        # An empty cell gets post_run_cell without pre_execute: it is not on the list.
+        if self._running and self._running[-1] is getattr(result, "info", None):
+            self._ended()
+
+    def release(self) -> None:
+        """Let go whatever is held (unloading, possibly from inside a cell)."""
+        self._running.clear()
+        DRAWING.user_code_ends()
+
+    def _ended(self) -> None:
+        self._running.pop()
+        if not self._running:
+            DRAWING.user_code_ends()
+
+
 @magics_class
 class TrackMagics(Magics):
     """``%%track`` turns a cell's execution into an MLflow run; ``%track_config`` sets defaults."""
@@ -119,6 +165,7 @@ class TrackMagics(Magics):
         self._tracked_count = None  # execution count of the tracked cell running now
         self._line_watch: _LineEndWatch | None = None
         self._figure_tap = _FigureTap(tracker, shell.display_formatter.format)
+        self._user_code = _UserCodeWatch()
 
     # -- magics ------------------------------------------------------------------------------
 
@@ -313,8 +360,8 @@ class TrackMagics(Magics):
         """Register the hooks this class needs on its shell."""
         shell = self.shell
         shell.input_transformers_cleanup.append(self.strip_track_line)
-        shell.events.register("pre_run_cell", self.pre_run_cell)
-        shell.events.register("post_run_cell", self.post_run_cell)
+        for event, callback in self._callbacks():
+            shell.events.register(event, callback)
         shell.display_formatter.format = self._figure_tap
 
     def uninstall(self) -> None:
@@ -322,13 +369,20 @@ class TrackMagics(Magics):
         shell = self.shell
         if self.strip_track_line in shell.input_transformers_cleanup:
             shell.input_transformers_cleanup.remove(self.strip_track_line)
-        for event, callback in (("pre_run_cell", self.pre_run_cell),
-                                ("post_run_cell", self.post_run_cell)):
+        for event, callback in self._callbacks():
             try:
                 shell.events.unregister(event, callback)
             except ValueError:
                 pass  # already gone: unregistering twice is harmless
+        self._user_code.release()
         if shell.display_formatter.__dict__.get("format") is self._figure_tap:
             del shell.display_formatter.__dict__["format"]
         self.tracker.close()
+
+    def _callbacks(self) -> list[tuple[str, object]]:
+        watch = self._user_code
+        # In this order: the tracked cell's run ends (post_run_cell) before the gate is let go.
+        return [("pre_execute", watch.pre_execute), ("pre_run_cell", watch.pre_run_cell),
+                ("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell),
+                ("post_execute", watch.post_execute), ("post_run_cell", watch.post_run_cell)]
 

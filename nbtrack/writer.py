@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nbtrack import display
+from nbtrack.capture.figures import DRAWING
 from nbtrack.display import short_error as _short
 from nbtrack.journal import Entry, KernelJournal, kernel_folders, read_spool
 from nbtrack.record import CellRecord, RunOutcome
@@ -171,11 +172,12 @@ class BackgroundWriter:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted record is in the store (or ``timeout`` seconds pass).
 
-        Returns whether the queue is empty.
+        Returns whether the queue is empty. A cell waiting here lends the writer its turn to draw
+        figure copies (see :class:`~nbtrack.capture.figures.DrawingGate`).
         """
         if threading.current_thread() is self._thread:  # a callback of the writer's own
             return not self._queue
-        with self._condition:
+        with DRAWING.lent(), self._condition:
             return self._condition.wait_for(lambda: not self._queue, timeout=timeout)
 
     def close(self, timeout: float) -> int:

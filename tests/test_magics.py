@@ -559,6 +559,104 @@ def test_undisplayed_figure_is_drawn_later_from_a_copy_taken_when_the_cell_ended
     plt.close(fig)
 
 
+class DrawingTimes:
+    """A spy, not a fake: Figure.savefig does its real work, and the times it ran on a thread
+    other than the main one (the writer drawing figure copies) are noted.
+    """
+
+    def __init__(self, monkeypatch):
+        import threading
+        import time
+
+        from matplotlib.figure import Figure
+
+        self.spans: list[tuple[float, float]] = []
+        real = Figure.savefig
+
+        def timed(figure, *args, **kwargs):
+            start = time.monotonic()
+            try:
+                return real(figure, *args, **kwargs)
+            finally:
+                if threading.current_thread() is not threading.main_thread():
+                    self.spans.append((start, time.monotonic()))
+
+        monkeypatch.setattr(Figure, "savefig", timed)
+
+    def during(self, start: float, end: float) -> list[tuple[float, float]]:
+        return [span for span in self.spans if span[0] < end and span[1] > start]
+
+
+def test_figure_copies_are_drawn_between_cells_never_while_a_cell_runs(shell, monkeypatch):
+    """matplotlib is not thread-safe (one mathtext parser for all figures): the writer draws a
+    copy only once the user's code is done, even when it is ready to draw while a cell runs.
+    """
+    import nbtrack
+
+    drawing = DrawingTimes(monkeypatch)
+    shell.ok("import time\nimport matplotlib.pyplot as plt")
+    shell.ok("%%track -e exp -n warm-up\nwarm = 1")
+    nbtrack.flush()  # the store is open: the next run reaches its figure within the next cell
+    shell.ok("%%track -e exp -n math\nfig, ax = plt.subplots()\nax.plot([3, 1, 2])\n"
+             "ax.set_title(r'$\\alpha_t$ against $\\sqrt{t}$')")
+    shell.ok("fig2, ax2 = plt.subplots()\nax2.set_title(r'$\\beta^2$')\nstarted = time.monotonic()\n"
+             "while time.monotonic() - started < 2:\n    fig2.canvas.draw()\n"
+             "ended = time.monotonic()\nplt.close(fig2)")
+    assert nbtrack.flush(timeout=60)
+    run = shell.last()
+    assert shell.artifact_paths(run.info.run_id, "figures") == [
+        "figures/01-alpha-t-against-sqrt-t.png"]
+    assert len(drawing.spans) == 1
+    ns = shell.ip.user_ns
+    assert drawing.during(ns["started"], ns["ended"]) == []
+
+
+def test_a_cell_waiting_in_flush_lets_the_writer_draw_its_figure_copies(shell, monkeypatch):
+    drawing = DrawingTimes(monkeypatch)
+    shell.ok("import time\nimport nbtrack\nimport matplotlib.pyplot as plt")
+    shell.ok("%%track -e exp -n plotted\nfig, ax = plt.subplots()\nax.plot([1, 2])\n"
+             "ax.set_title('in flush')")
+    shell.ok("started = time.monotonic()\nflushed = nbtrack.flush(timeout=60)\n"
+             "ended = time.monotonic()")
+    ns = shell.ip.user_ns
+    assert ns["flushed"] is True
+    assert len(drawing.during(ns["started"], ns["ended"])) == 1
+    assert shell.artifact_paths(shell.last().info.run_id, "figures") == [
+        "figures/01-in-flush.png"]
+
+
+def test_under_a_backend_that_redraws_by_itself_undisplayed_figures_are_drawn_at_once(
+        tmp_path, monkeypatch):
+    """A GUI or widget backend redraws figures on the main thread between cells, when the writer
+    could be drawing: there the collector draws the cell's figures itself, as the cell ends.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from nbtrack.capture.figures import FigureCollector
+    from nbtrack.record import Artifact
+
+    (tmp_path / "redrawing_backend.py").write_text(
+        "from matplotlib.backends.backend_agg import FigureCanvasAgg as FigureCanvas\n"
+        "from matplotlib.backend_bases import FigureManagerBase as FigureManager\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    previous = matplotlib.get_backend()
+    plt.switch_backend("module://redrawing_backend")
+    try:
+        collector = FigureCollector()
+        collector.start()
+        fig, ax = plt.subplots()
+        ax.set_title("window")
+        collector.finish()
+        [artifact] = collector.artifacts()
+        assert isinstance(artifact, Artifact)
+        assert artifact.path == "figures/01-window.png"
+        assert artifact.content.startswith(b"\x89PNG")
+        plt.close(fig)
+    finally:
+        plt.switch_backend(previous)
+
+
 def test_undisplayed_figures_reach_the_store_even_when_they_cannot_be_copied(shell):
     shell.ok("import matplotlib.pyplot as plt\nfrom matplotlib.ticker import FuncFormatter")
     shell.ok("%%track -e exp -n unpicklable\nfig, ax = plt.subplots()\nax.plot([1, 2])\n"

@@ -4,8 +4,8 @@ Figures are caught when they are displayed (the inline backend shows and closes 
 the cell, ``plt.show()`` in a loop shows each one at once), and the PNG the display drew is kept, so
 a figure is rendered once. Any figure the cell opened but never displayed (a non-inline backend, a
 terminal) is caught when the cell ends and kept as a pickled copy, which the recorder draws to PNG
-later, on its own thread (:func:`render_snapshot`). matplotlib is never imported here unless the
-user's code already did.
+later, on its own thread (:func:`render_snapshot`), while no user code runs (:class:`DrawingGate`).
+matplotlib is never imported here unless the user's code already did.
 """
 
 from __future__ import annotations
@@ -16,10 +16,69 @@ import io
 import pickle
 import re
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from nbtrack.record import Artifact, FigureSnapshot
+
+# Backends that draw only when asked to (savefig, or the inline backend's end-of-cell display).
+# Under any other backend (a GUI window, ipympl) matplotlib redraws figures on the main thread
+# between cells, so a cell's undisplayed figures are drawn at once, not later on another thread.
+_NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template",
+                    "inline", "module://matplotlib_inline.backend_inline"}
+
+
+class DrawingGate:
+    """Keeps the recorder's drawing of figure copies apart from the user's code.
+
+    matplotlib is not thread-safe: its mathtext parser, for one, is a single object every figure
+    shares. A copy drawn on the writer's thread while a cell draws could break the user's own
+    figure. So the kernel's main thread holds this gate while it runs user code (IPython's
+    execution events, see ``magics``), and lends it while it waits for the writer itself
+    (``nbtrack.flush()`` inside a cell); copies are drawn only with the gate in hand.
+    """
+
+    # A cell about to start waits at most this long for a copy being drawn; after that it runs
+    # anyway, rather than hang on a figure that takes unusually long to draw.
+    WAIT_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: int | None = None
+
+    def user_code_starts(self) -> None:
+        """Called on the main thread as an execution begins."""
+        if self._holder is None and self._lock.acquire(timeout=self.WAIT_SECONDS):
+            self._holder = threading.get_ident()
+
+    def user_code_ends(self) -> None:
+        """Called on the main thread once an execution (and its display) has ended."""
+        if self._holder == threading.get_ident():
+            self._holder = None
+            self._lock.release()
+
+    @contextmanager
+    def lent(self):
+        """While the holding thread waits for the writer, copies may be drawn."""
+        lending = self._holder == threading.get_ident()
+        if lending:
+            self.user_code_ends()
+        try:
+            yield
+        finally:
+            if lending:
+                self.user_code_starts()
+
+    @contextmanager
+    def drawing(self):
+        """Hold the gate while a copy is drawn (waits while user code runs)."""
+        with self._lock:
+            yield
+
+
+DRAWING = DrawingGate()
 
 
 class FigureCollector:
@@ -61,10 +120,14 @@ class FigureCollector:
 
     def finish(self) -> None:
         """Catch figures the cell opened and never displayed, as copies to draw later (or drawn
-        now, for a figure that cannot be copied).
+        now, for a figure that cannot be copied or a backend that redraws between cells).
         """
+        later = _draws_only_when_asked()
         for figure in _open_figures():
             if id(figure) not in self._open_before and id(figure) not in self._seen:
+                if not later:
+                    self.add(figure)
+                    continue
                 try:
                     pickled = _pickle_figure(figure)
                 except Exception:  # e.g. a lambda tick formatter: draw it now instead
@@ -90,12 +153,14 @@ class FigureCollector:
 def render_snapshot(snapshot: FigureSnapshot) -> bytes:
     """Draw a pickled figure to PNG bytes, as the collector would have drawn the live figure.
 
-    The copy belongs to no pyplot window, so drawing it on another thread leaves the user's
-    figures alone. rcParams read at draw time are the ones in force when it is drawn.
+    The copy belongs to no pyplot window, and it is drawn only while no user code runs
+    (:data:`DRAWING`), so drawing it on another thread leaves the user's figures alone. rcParams
+    read at draw time are the ones in force when it is drawn.
     """
-    figure = pickle.loads(snapshot.pickled_figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=snapshot.dpi, bbox_inches="tight")
+    with DRAWING.drawing():
+        figure = pickle.loads(snapshot.pickled_figure)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=snapshot.dpi, bbox_inches="tight")
     return buffer.getvalue()
 
 
@@ -118,6 +183,15 @@ def _reduce_unregistered(figure: Any):
     state = dict(reduced[2])
     state.pop("_restore_to_pylab", None)
     return (*reduced[:2], state, *reduced[3:])
+
+
+def _draws_only_when_asked() -> bool:
+    """Whether matplotlib's backend is one that never redraws a figure by itself."""
+    matplotlib = sys.modules.get("matplotlib")
+    try:
+        return matplotlib is not None and matplotlib.get_backend().lower() in _NON_INTERACTIVE
+    except Exception:  # an unknown state: drawing at once is the safe choice
+        return False
 
 
 def _open_figures() -> list[Any]:
