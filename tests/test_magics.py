@@ -686,3 +686,29 @@ def test_a_figure_that_cannot_be_drawn_is_named_and_the_rest_of_the_run_kept(she
     err = capsys.readouterr().err
     assert "figure figures/01-figure.png of run 'broken-figure' not recorded" in err
     assert "cannot draw this on purpose" in err
+
+
+def test_a_figure_copy_drawn_on_the_cells_own_thread_does_not_wait_for_itself(shell):
+    """`nbtrack sync` run in-process from a cell draws the copies it replays on the cell's own
+    thread, which holds the drawing gate already."""
+    import faulthandler
+
+    import matplotlib.pyplot as plt
+
+    from nbtrack.capture.figures import FigureCollector
+
+    collector = FigureCollector()
+    collector.start()
+    fig, ax = plt.subplots()
+    ax.set_title("replayed")
+    collector.finish()
+    plt.close(fig)
+    [snapshot] = collector.artifacts()
+    shell.ip.user_ns["snapshot"] = snapshot
+    faulthandler.dump_traceback_later(60, exit=True)  # a hang here must end the run, not stall CI
+    try:
+        shell.ok("from nbtrack.capture.figures import render_snapshot\n"
+                 "png = render_snapshot(snapshot)")
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert shell.ip.user_ns["png"].startswith(b"\x89PNG")

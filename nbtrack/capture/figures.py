@@ -73,7 +73,10 @@ class DrawingGate:
 
     @contextmanager
     def drawing(self):
-        """Hold the gate while a copy is drawn (waits while user code runs)."""
+        """Hold the gate while a copy is drawn (waits while user code runs on another thread)."""
+        if self._holder == threading.get_ident():  # the user's own thread (nbtrack sync in a cell)
+            yield
+            return
         with self._lock:
             yield
 
