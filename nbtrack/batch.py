@@ -28,6 +28,10 @@ _EXIT_FAILED, _EXIT_KILLED = 1, 3
 # How long an execution's last steps (attaching the executed notebook, ending a dead kernel's
 # runs) wait for a store that is down or locked, like a tracked cell in a batch execution.
 STORE_WAIT_SECONDS = 120.0
+# How long a starting kernel may take to answer. papermill's 60 s is too short for eight kernels
+# starting at once on two busy cores (seen: "Kernel didn't respond in 60 seconds"); a kernel
+# that dies while starting is reported at once whatever this is.
+KERNEL_START_SECONDS = 300
 
 
 def parse_value(text: str):
@@ -268,6 +272,7 @@ def _worker(request: dict) -> int:
         papermill.execute_notebook(
             str(notebook), str(output), parameters=request["parameters"], kernel_name="python3",
             cwd=request.get("cwd") or str(notebook.resolve().parent), progress_bar=False,
+            start_timeout=KERNEL_START_SECONDS,
         )
     except PapermillExecutionError as error:
         code = _EXIT_FAILED
