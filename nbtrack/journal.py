@@ -85,11 +85,15 @@ class KernelJournal:
         """Make and lock a new folder for this process."""
         root = Path(root) if root is not None else journal_root()
         name = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000)}"
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = _try_lock(folder)
+        # Made and locked under a hidden name, then renamed into place: a kernel starting at the
+        # same moment, looking for ended kernels' folders, must never find this one unlocked.
+        staging = root / f".{name}.new"
+        staging.mkdir(parents=True, exist_ok=True)
+        handle = _try_lock(staging)
         if handle is None:  # cannot happen for a fresh name, unless the pid and ms repeat
-            raise OSError(f"journal folder {folder} is locked by another process")
+            raise OSError(f"journal folder {staging} is locked by another process")
+        folder = root / name
+        staging.rename(folder)  # the open lock file moves with it, still locked
         return cls(folder, handle)
 
     @classmethod
@@ -285,11 +289,14 @@ def _try_lock(folder: Path):
 
 
 def kernel_folders(root: Path | None = None) -> list[Path]:
-    """Every kernel's journal folder under the root, oldest first by name."""
+    """Every kernel's journal folder under the root, oldest first by name (not the hidden ones
+    new kernels are still setting up).
+    """
     root = Path(root) if root is not None else journal_root()
     if not root.is_dir():
         return []
-    return sorted(path for path in root.iterdir() if path.is_dir())
+    return sorted(path for path in root.iterdir()
+                  if path.is_dir() and not path.name.startswith("."))
 
 
 def waiting_count(folder: Path) -> int:

@@ -255,6 +255,43 @@ def test_a_long_series_reaches_the_store_point_for_point(shell, store):
 
 # -- a kernel killed in the middle of a tracked cell ------------------------------------------
 
+def test_a_kernel_starting_never_finds_another_new_kernels_journal_unlocked(tmp_path, monkeypatch):
+    """Eight kernels start at once and each looks for ended kernels' journals to recover. The
+    interleaving is injected: just as a new kernel locks its folder, another one looks.
+    """
+    from nbtrack import journal
+
+    real_lock = journal._try_lock
+    seen_by_the_other: list[list[str]] = []
+
+    looking = False
+
+    def lock_while_another_kernel_looks(folder):
+        nonlocal looking
+        if not looking:  # the new kernel is about to lock its own folder: the other looks now
+            looking = True
+            try:
+                found = journal.kernel_folders(tmp_path)
+                seen_by_the_other.append([path.name for path in found])
+                for path in found:
+                    claimed = journal.KernelJournal.claim(path)
+                    assert claimed is None, f"{path.name} was taken over while being set up"
+            finally:
+                looking = False
+        return real_lock(folder)
+
+    monkeypatch.setattr(journal, "_try_lock", lock_while_another_kernel_looks)
+    first = journal.KernelJournal.create(tmp_path)
+    time.sleep(0.002)  # folders are named host-pid-milliseconds: two kernels, two names
+    second = journal.KernelJournal.create(tmp_path)
+    assert seen_by_the_other == [[], [first.folder.name]]
+    assert journal.kernel_folders(tmp_path) == sorted([first.folder, second.folder])
+    assert journal.KernelJournal.claim(second.folder) is None
+    second.close()
+    first.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_series_spool_gives_back_every_point_once_and_ignores_a_frame_cut_short(tmp_path):
     import struct
 
