@@ -23,11 +23,12 @@ from typing import Any
 
 from nbtrack.record import Artifact, FigureSnapshot
 
-# Backends that draw only when asked to (savefig, or the inline backend's end-of-cell display).
-# Under any other backend (a GUI window, ipympl) matplotlib redraws figures on the main thread
-# between cells, so a cell's undisplayed figures are drawn at once, not later on another thread.
-_NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template",
-                    "inline", "module://matplotlib_inline.backend_inline"}
+# Backends that draw only when asked to (savefig): scripts, terminals, nbconvert with MPLBACKEND.
+# Under any other backend a cell's undisplayed figures are drawn at once, not later on another
+# thread: a GUI window or ipympl redraws figures on the main thread between cells, and in Jupyter
+# a widget's callback (ipywidgets.interact) may draw between cells too, outside any execution the
+# drawing gate sees. The inline backend displays a cell's figures itself, so few are left.
+_NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
 
 class DrawingGate:
