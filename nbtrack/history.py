@@ -68,6 +68,7 @@ def parse(text: str) -> list[Entry]:
     return entries
 
 
+@functools.lru_cache(maxsize=4096)  # every tracked cell reads the whole history again
 def python_code(source: str) -> str:
     r"""The Python in a cell as typed: the ``%%track`` line, line magics and shell escapes dropped.
 
