@@ -2,9 +2,10 @@
 
 Figures are caught when they are displayed (the inline backend shows and closes them at the end of
 the cell, ``plt.show()`` in a loop shows each one at once), and the PNG the display drew is kept, so
-a figure is rendered once. Any figure the cell opened but never displayed (a non-inline backend, a
-terminal) is caught when the cell ends and kept as a pickled copy, which the recorder draws to PNG
-later, on its own thread (:func:`render_snapshot`), while no user code runs (:class:`DrawingGate`).
+a figure is rendered once. Any figure the cell opened but never displayed is caught when the cell
+ends: under a backend that draws only when asked (Agg: a script, a terminal) it is kept as a pickled
+copy, which the recorder draws to PNG later, on its own thread (:func:`render_snapshot`), while no
+user code runs (:class:`DrawingGate`); under any other backend it is drawn at once.
 matplotlib is never imported here unless the user's code already did.
 """
 
