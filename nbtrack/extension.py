@@ -21,7 +21,6 @@ def load(shell) -> None:
     shell.register_magics(magics)
     magics.install()
     session.set_current(tracker)
-    tracker.preload()
     _INSTALLED[id(shell)] = magics
 
 

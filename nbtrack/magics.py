@@ -20,9 +20,9 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from nbtrack import display
-from nbtrack.capture.figures import DRAWING
 from nbtrack.errors import BadOptionError
 from nbtrack.session import CellContext, Tracker, TrackOptions
+from nbtrack.threads import GATE, install_import_guard, remove_import_guard
 
 _TRACK_LINE = re.compile(r"^%%track(?P<args>(\s.*)?)$")
 
@@ -110,8 +110,8 @@ class _LineEndWatch:
 
 
 class _UserCodeWatch:
-    """Holds :data:`~nbtrack.capture.figures.DRAWING` while the shell runs user code, so figure
-    copies are drawn on the writer's thread only between executions.
+    """Holds :data:`~nbtrack.threads.GATE` while the shell runs user code, so nbtrack's threads
+    import, draw and let MLflow touch warning filters only between executions.
 
     An execution holds it from ``pre_execute`` to its ``post_run_cell``, which comes after every
     ``post_execute`` callback (the inline backend draws its figures there) and after the tracked
@@ -127,7 +127,7 @@ class _UserCodeWatch:
 
     def pre_execute(self) -> None:
         if not self._running:
-            DRAWING.user_code_starts()
+            GATE.user_code_starts()
         self._running.append(None)
 
     def pre_run_cell(self, info) -> None:
@@ -146,12 +146,12 @@ class _UserCodeWatch:
     def release(self) -> None:
         """Let go whatever is held (unloading, possibly from inside a cell)."""
         self._running.clear()
-        DRAWING.user_code_ends()
+        GATE.user_code_ends()
 
     def _ended(self) -> None:
         self._running.pop()
         if not self._running:
-            DRAWING.user_code_ends()
+            GATE.user_code_ends()
 
 
 @magics_class
@@ -359,9 +359,11 @@ class TrackMagics(Magics):
     def install(self) -> None:
         """Register the hooks this class needs on its shell."""
         shell = self.shell
+        install_import_guard()
         shell.input_transformers_cleanup.append(self.strip_track_line)
         for event, callback in self._callbacks():
             shell.events.register(event, callback)
+        shell.events.register("post_execute", self._preload)
         shell.display_formatter.format = self._figure_tap
 
     def uninstall(self) -> None:
@@ -369,15 +371,27 @@ class TrackMagics(Magics):
         shell = self.shell
         if self.strip_track_line in shell.input_transformers_cleanup:
             shell.input_transformers_cleanup.remove(self.strip_track_line)
-        for event, callback in self._callbacks():
+        for event, callback in [*self._callbacks(), ("post_execute", self._preload)]:
             try:
                 shell.events.unregister(event, callback)
             except ValueError:
-                pass  # already gone: unregistering twice is harmless
+                pass  # already gone (the preload unregisters itself): harmless
         self._user_code.release()
+        remove_import_guard()
         if shell.display_formatter.__dict__.get("format") is self._figure_tap:
             del shell.display_formatter.__dict__["format"]
         self.tracker.close()
+
+    def _preload(self) -> None:
+        """After the execution that loaded nbtrack (the first one to end), import MLflow in the
+        background: started between executions, it holds the gate, so the next cell waits for it
+        rather than import beside it; started while loading, it could race the rest of that cell.
+        """
+        try:
+            self.shell.events.unregister("post_execute", self._preload)
+        except ValueError:
+            pass
+        self.tracker.preload()
 
     def _callbacks(self) -> list[tuple[str, object]]:
         watch = self._user_code

@@ -23,6 +23,7 @@ from nbtrack import registry
 from nbtrack.display import short_error as _short
 from nbtrack.errors import StoreError
 from nbtrack.record import CellRecord, FigureSnapshot, RunOutcome, Series
+from nbtrack.threads import GATE, IMPORT_GUARD, THREAD_PREFIX, warnings_dropped
 
 _OPENING = threading.Lock()
 
@@ -168,7 +169,7 @@ class Recorder:
             try:
                 result = step()
             except Exception as error:
-                if store_refused(error):
+                if store_refused(error) or IMPORT_GUARD.refused_here():
                     refused.append(f"{what} of run '{record.run_name}' not written yet: "
                                    f"{_short(error)}")
                     return None
@@ -185,13 +186,18 @@ class Recorder:
         if record.artifacts:
             attempt("artifacts", "artifacts",
                     lambda: self._log_artifacts(client, run_id, record, problems))
+        # Datasets and models are digested and saved by MLflow and the model's flavor, which
+        # import and change warning filters: with the gate, while no user code runs.
         for index, data in enumerate(record.datasets):
-            attempt(f"dataset-{index}", f"dataset {data.name!r}",
-                    lambda data=data: self._log_dataset(client, run_id, data))
+            def log_dataset(data=data):
+                with GATE.idle():
+                    self._log_dataset(client, run_id, data)
+            attempt(f"dataset-{index}", f"dataset {data.name!r}", log_dataset)
         for model in record.models:
-            def log(model=model):
-                model_uris[model.name] = self._log_model(run_id, record, model)
-            attempt(f"model-{model.name}", f"model {model.name!r}", log)
+            def log_model(model=model):
+                with GATE.idle():
+                    model_uris[model.name] = self._log_model(run_id, record, model)
+            attempt(f"model-{model.name}", f"model {model.name!r}", log_model)
         registered = progress.get("registered")
         if record.register_as and not refused:
             def register():
@@ -522,15 +528,10 @@ def quiet_mlflow():
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings_dropped():  # never catch_warnings alone: see nbtrack.threads
             yield
     finally:
         logger.setLevel(level)
-
-
-# Every thread nbtrack starts is named so; see quiet_mlflow.
-THREAD_PREFIX = "nbtrack-"
 
 
 class _NotFromNbtrackThreads(logging.Filter):

@@ -348,9 +348,11 @@ class RunIndex:
         if self._background is not None and self._background.is_alive():
             return
 
+        from nbtrack.threads import start, with_imports
+
         def work():
             try:
-                fetched, looked_at = self._read_all()
+                fetched, looked_at = with_imports(self._read_all)
             except Exception as error:  # a cache: the next refresh tries again, and says so
                 from nbtrack import display
 
@@ -359,8 +361,7 @@ class RunIndex:
             with self._lock:
                 self._replace_all(fetched, looked_at)
 
-        self._background = threading.Thread(target=work, name="nbtrack-run-index", daemon=True)
-        self._background.start()
+        self._background = start("run-index", work)
 
     def _client(self):
         from mlflow import MlflowClient

@@ -34,6 +34,7 @@ from nbtrack.record import (
     RunOutcome,
     Series,
 )
+from nbtrack.threads import warnings_dropped
 
 if TYPE_CHECKING:
     from nbtrack.journal import SeriesSpool
@@ -157,6 +158,11 @@ class Tracker:
 
     def begin(self, cell: CellContext, options: TrackOptions, namespace: Mapping[str, Any]) -> None:
         """Start tracking a cell that is about to run in ``namespace``."""
+        # What nbtrack's work warns (reading the user's objects, MLflow) is not the cell's.
+        with warnings_dropped():
+            self._begin(cell, options, namespace)
+
+    def _begin(self, cell: CellContext, options: TrackOptions, namespace: Mapping[str, Any]) -> None:
         if self.active is not None:  # a cell that never ended (its post hook did not run)
             self.end(namespace, None)
         syntax = analyze(cell.code)
@@ -220,21 +226,21 @@ class Tracker:
 
     def preload(self) -> None:
         """Import MLflow on a background thread (it takes seconds), so the first tracked cell
-        does not wait for it and loading the extension stays instant.
+        does not wait for it and loading the extension stays instant. The thread holds the gate
+        (:mod:`nbtrack.threads`): a cell that starts meanwhile waits for the import to end.
         """
-        import threading
-
+        from nbtrack import threads
         from nbtrack.recorder import quiet_mlflow_threads
 
         def load() -> None:
             quiet_mlflow_threads()  # its import warnings would land in the user's cell
             try:
                 import mlflow  # noqa: F401
-            except Exception:  # reported by the first tracked cell, which needs it
-                pass
+            except Exception as error:  # the first tracked cell needs it, and says so again
+                display.warn(f"MLflow could not be imported: {_short(error)}")
             quiet_mlflow_threads()
 
-        threading.Thread(target=load, name="nbtrack-import-mlflow", daemon=True).start()
+        threads.start("import-mlflow", load, gated=True)
 
     def _opening_tags(self, active: _ActiveCell) -> dict[str, str]:
         """Tags a run gets when it is opened before its cell runs: enough to find and explain
@@ -263,18 +269,19 @@ class Tracker:
         if active.spool is not None:
             active.spool.close()
         ended_ms = now_ms()
-        try:
-            record = self._build_record(active, namespace, error, ended_ms)
-        except Exception as capture_error:
-            active.problems.append(
-                f"could not capture the cell's values ({_short(capture_error)}); "
-                "recording its source and status only."
-            )
-            record = self._minimal_record(active, error, ended_ms)
+        with warnings_dropped():  # what reading the cell's objects warns is not the cell's
+            try:
+                record = self._build_record(active, namespace, error, ended_ms)
+            except Exception as capture_error:
+                active.problems.append(
+                    f"could not capture the cell's values ({_short(capture_error)}); "
+                    "recording its source and status only."
+                )
+                record = self._minimal_record(active, error, ended_ms)
+            if record.run_id is not None:
+                self._end_fluent_run(record)
         for problem in active.problems:
             display.warn(problem)
-        if record.run_id is not None:
-            self._end_fluent_run(record)
         outcome = None
         try:
             outcome = self._submit(record, active)
@@ -301,7 +308,10 @@ class Tracker:
                          "and lost if this kernel dies first.")
             entry = Entry(None, uri, pickle.dumps({"tracking_uri": uri, "record": record}))
         writer.journal.ended(active.begun_path)
-        self._store_open.wait(timeout=self.settings.wait_seconds)
+        from nbtrack.threads import GATE
+
+        with GATE.lent():  # the store is opened on a thread that needs the gate
+            self._store_open.wait(timeout=self.settings.wait_seconds)
         writer.submit(entry)
         if not (self._waits_for_store(record)):
             return None
@@ -396,9 +406,12 @@ class Tracker:
     def _open_store(self, tracking_uri: str) -> None:
         """Open the store on a thread while the first tracked cell runs: a new SQLite store
         creates its tables then, which takes seconds and must not be cut short by a kernel
-        that exits right after its last cell (see :meth:`end`).
+        that exits right after its last cell (see :meth:`end`). Opening imports (the store's
+        SQLAlchemy dialect, alembic's migrations), so the thread holds the gate.
         """
         import threading
+
+        from nbtrack import threads
 
         self._store_open = threading.Event()
 
@@ -408,20 +421,21 @@ class Tracker:
 
                 with quiet_mlflow():  # a new store's "Creating initial MLflow database tables"
                     _ = self.recorder_for(tracking_uri).client
-            except Exception:  # the writer reports a store it cannot open
-                pass
+            except Exception as error:  # the writer retries, and reports a store it cannot open
+                display.warn(f"the store at {tracking_uri} did not open yet ({_short(error)}); "
+                             "runs wait in the journal until it does.")
             finally:
                 self._store_open.set()
 
-        threading.Thread(target=run, name="nbtrack-open-store", daemon=True).start()
+        threads.start("open-store", run, gated=True)
 
     def _start_recovery(self, own_folder: Path) -> None:
         """Write, on a thread of its own, what kernels that have ended left in their journals."""
-        import threading
-
+        from nbtrack import threads
         from nbtrack.writer import recover
 
         def run() -> None:
+            self._store_open.wait()  # imports done by the store's opening need not be repeated
             try:
                 result = recover(self.recorder_for, skip=own_folder)
             except Exception as error:
@@ -433,8 +447,7 @@ class Tracker:
                 display.info(f"recorded {len(result.written)} run(s) that ended kernels left "
                              f"in the journal{killed}.")
 
-        self._recovery = threading.Thread(target=run, name="nbtrack-recovery", daemon=True)
-        self._recovery.start()
+        self._recovery = threads.start("recovery", run)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every tracked cell's run is in the store; False if ``timeout`` ran out."""

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nbtrack import display
-from nbtrack.capture.figures import DRAWING
 from nbtrack.display import short_error as _short
 from nbtrack.journal import Entry, KernelJournal, kernel_folders, read_spool
 from nbtrack.record import CellRecord, RunOutcome
+from nbtrack.threads import GATE, start, with_imports
 
 # Pauses between attempts while the store refuses: quick at first, then every half minute.
 RETRY_PAUSES = (0.5, 1, 2, 5, 10, 30)
@@ -88,7 +88,8 @@ def recover(recorder_for: Callable[[str], object], root: Path | None = None,
 def _recover_folder(journal: KernelJournal, recorder_for, result: Recovery, on_written) -> None:
     entries = journal.records()
     for index, entry in enumerate(entries):
-        outcome = write_entry(recorder_for(entry.tracking_uri), journal, entry)
+        outcome = with_imports(lambda entry=entry: write_entry(recorder_for(entry.tracking_uri),
+                                                               journal, entry))
         result.problems.extend(outcome.problems)
         if outcome.run_id is None or outcome.retry:
             result.waiting += len(entries) - index
@@ -105,7 +106,8 @@ def _recover_folder(journal: KernelJournal, recorder_for, result: Recovery, on_w
         reason = (f"the kernel died (pid {facts.get('pid', '?')} on {facts.get('host', '?')}) "
                   "while this cell was running; recorded by nbtrack afterwards")
         try:
-            run_id = recorder_for(uri).record_killed(facts, reason, read_spool(path))
+            run_id = with_imports(lambda uri=uri, facts=facts, path=path, reason=reason:
+                                  recorder_for(uri).record_killed(facts, reason, read_spool(path)))
         except Exception as error:
             result.problems.append(f"run '{facts.get('run_name')}' of an ended kernel not marked "
                                    f"KILLED yet: {_short(error)}")
@@ -155,9 +157,7 @@ class BackgroundWriter:
             self._queue.append(entry)
             self._condition.notify_all()
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="nbtrack-writer",
-                                                daemon=True)
-                self._thread.start()
+                self._thread = start("writer", self._run)
 
     def pending(self) -> int:
         """How many records are not in the store yet."""
@@ -173,11 +173,11 @@ class BackgroundWriter:
         """Wait until every submitted record is in the store (or ``timeout`` seconds pass).
 
         Returns whether the queue is empty. A cell waiting here lends the writer its turn to draw
-        figure copies (see :class:`~nbtrack.capture.figures.DrawingGate`).
+        its work that needs the gate (see :mod:`nbtrack.threads`).
         """
         if threading.current_thread() is self._thread:  # a callback of the writer's own
             return not self._queue
-        with DRAWING.lent(), self._condition:
+        with GATE.lent(), self._condition:
             return self._condition.wait_for(lambda: not self._queue, timeout=timeout)
 
     def close(self, timeout: float) -> int:
@@ -212,7 +212,7 @@ class BackgroundWriter:
                 self.outcomes[entry.path] = outcome
                 if self._on_written is not None:
                     try:
-                        self._on_written(entry.record(), outcome)
+                        with_imports(lambda: self._on_written(entry.record(), outcome))
                     except Exception as error:  # a board that cannot refresh loses nothing
                         display.warn(f"after recording: {_short(error)}")
             with self._condition:
@@ -231,8 +231,8 @@ class BackgroundWriter:
     def _attempt(self, entry: Entry) -> RunOutcome | None:
         """Write ``entry``; None when the store refused and it must be tried again."""
         try:
-            outcome = write_entry(self._recorder_for(entry.tracking_uri), self.journal, entry,
-                                  self._prepare)
+            outcome = with_imports(lambda: write_entry(
+                self._recorder_for(entry.tracking_uri), self.journal, entry, self._prepare))
         except Exception as error:  # a bug of ours: keep the record, say so once
             outcome = RunOutcome(run_id=None, experiment="", tracking_uri=entry.tracking_uri,
                                  problems=(f"recording failed: {_short(error)}",), retry=True)

@@ -5,7 +5,7 @@ the cell, ``plt.show()`` in a loop shows each one at once), and the PNG the disp
 a figure is rendered once. Any figure the cell opened but never displayed is caught when the cell
 ends: under a backend that draws only when asked (Agg: a script, a terminal) it is kept as a pickled
 copy, which the recorder draws to PNG later, on its own thread (:func:`render_snapshot`), while no
-user code runs (:class:`DrawingGate`); under any other backend it is drawn at once.
+user code runs (:data:`nbtrack.threads.GATE`); under any other backend it is drawn at once.
 matplotlib is never imported here unless the user's code already did.
 """
 
@@ -17,12 +17,11 @@ import io
 import pickle
 import re
 import sys
-import threading
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from nbtrack.record import Artifact, FigureSnapshot
+from nbtrack.threads import GATE
 
 # Backends that draw only when asked to (savefig): scripts, terminals, nbconvert with MPLBACKEND.
 # Under any other backend a cell's undisplayed figures are drawn at once, not later on another
@@ -32,58 +31,6 @@ from nbtrack.record import Artifact, FigureSnapshot
 _NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
 
-class DrawingGate:
-    """Keeps the recorder's drawing of figure copies apart from the user's code.
-
-    matplotlib is not thread-safe: its mathtext parser, for one, is a single object every figure
-    shares. A copy drawn on the writer's thread while a cell draws could break the user's own
-    figure. So the kernel's main thread holds this gate while it runs user code (IPython's
-    execution events, see ``magics``), and lends it while it waits for the writer itself
-    (``nbtrack.flush()`` inside a cell); copies are drawn only with the gate in hand.
-    """
-
-    # A cell about to start waits at most this long for a copy being drawn; after that it runs
-    # anyway, rather than hang on a figure that takes unusually long to draw.
-    WAIT_SECONDS = 5.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holder: int | None = None
-
-    def user_code_starts(self) -> None:
-        """Called on the main thread as an execution begins."""
-        if self._holder is None and self._lock.acquire(timeout=self.WAIT_SECONDS):
-            self._holder = threading.get_ident()
-
-    def user_code_ends(self) -> None:
-        """Called on the main thread once an execution (and its display) has ended."""
-        if self._holder == threading.get_ident():
-            self._holder = None
-            self._lock.release()
-
-    @contextmanager
-    def lent(self):
-        """While the holding thread waits for the writer, copies may be drawn."""
-        lending = self._holder == threading.get_ident()
-        if lending:
-            self.user_code_ends()
-        try:
-            yield
-        finally:
-            if lending:
-                self.user_code_starts()
-
-    @contextmanager
-    def drawing(self):
-        """Hold the gate while a copy is drawn (waits while user code runs on another thread)."""
-        if self._holder == threading.get_ident():  # the user's own thread (nbtrack sync in a cell)
-            yield
-            return
-        with self._lock:
-            yield
-
-
-DRAWING = DrawingGate()
 
 
 class FigureCollector:
@@ -159,10 +106,10 @@ def render_snapshot(snapshot: FigureSnapshot) -> bytes:
     """Draw a pickled figure to PNG bytes, as the collector would have drawn the live figure.
 
     The copy belongs to no pyplot window, and it is drawn only while no user code runs
-    (:data:`DRAWING`), so drawing it on another thread leaves the user's figures alone. rcParams
-    read at draw time are the ones in force when it is drawn.
+    (:data:`~nbtrack.threads.GATE`), so drawing it on another thread leaves the user's figures
+    alone. rcParams read at draw time are the ones in force when it is drawn.
     """
-    with DRAWING.drawing():
+    with GATE.idle():
         figure = pickle.loads(snapshot.pickled_figure)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=snapshot.dpi, bbox_inches="tight")
