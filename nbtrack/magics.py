@@ -9,6 +9,7 @@ own, untouched. Everything else happens in :mod:`nbtrack.session`, which knows n
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import shlex
 import sys
@@ -62,6 +63,24 @@ def _tags(pairs: list[str] | None) -> dict[str, str]:
             raise BadOptionError(f"-t/--tag takes KEY=VALUE, got {pair!r}.")
         tags[key.strip()] = value
     return tags
+
+
+@contextlib.contextmanager
+def _visible_to_imports(shell):
+    """``get_ipython()`` answers for nbtrack's work between cells as it does in a cell: libraries
+    imported then decide how to behave by it (pandas, imported by MLflow, chooses its display width:
+    in a terminal it cuts wide frames short). The shell adds the name the same way for each cell.
+    """
+    import builtins
+
+    added = getattr(builtins, "get_ipython", None) is None
+    if added:
+        builtins.get_ipython = shell.get_ipython
+    try:
+        yield
+    finally:
+        if added and getattr(builtins, "get_ipython", None) == shell.get_ipython:
+            del builtins.get_ipython
 
 
 class _FigureTap:
@@ -360,6 +379,7 @@ class TrackMagics(Magics):
         """Register the hooks this class needs on its shell."""
         shell = self.shell
         install_import_guard()
+        GATE.surroundings = lambda: _visible_to_imports(shell)
         shell.input_transformers_cleanup.append(self.strip_track_line)
         for event, callback in self._callbacks():
             shell.events.register(event, callback)
@@ -378,6 +398,7 @@ class TrackMagics(Magics):
                 pass  # already gone (the preload unregisters itself): harmless
         self._user_code.release()
         remove_import_guard()
+        GATE.surroundings = contextlib.nullcontext
         if shell.display_formatter.__dict__.get("format") is self._figure_tap:
             del shell.display_formatter.__dict__["format"]
         self.tracker.close()

@@ -34,7 +34,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TypeVar
 
 # Every thread nbtrack starts is named so; MLflow's log records and warnings from them are dropped.
@@ -65,6 +65,10 @@ class IdleGate:
         self._changed = threading.Condition(threading.Lock())
         self._user: int | None = None  # the thread running user code
         self._worker: int | None = None  # the nbtrack thread holding the gate
+        # Entered around each piece of work done with the gate: the IPython layer makes its
+        # shell visible there, as it is to a cell (pandas, imported by MLflow, asks get_ipython()
+        # whether it runs in a kernel to choose its display width).
+        self.surroundings: Callable[[], AbstractContextManager] = nullcontext
 
     # -- the kernel's main thread -------------------------------------------------------------
 
@@ -116,7 +120,7 @@ class IdleGate:
             self._changed.wait_for(lambda: self._user is None and self._worker is None)
             self._worker = me
         try:
-            with registries_kept():
+            with registries_kept(), self.surroundings():
                 yield
         finally:
             with self._changed:

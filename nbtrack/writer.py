@@ -212,7 +212,9 @@ class BackgroundWriter:
                 self.outcomes[entry.path] = outcome
                 if self._on_written is not None:
                     try:
-                        with_imports(lambda: self._on_written(entry.record(), outcome))
+                        # Callbacks refresh boards, which may draw: between executions only.
+                        with GATE.idle():
+                            self._on_written(entry.record(), outcome)
                     except Exception as error:  # a board that cannot refresh loses nothing
                         display.warn(f"after recording: {_short(error)}")
             with self._condition:

@@ -156,7 +156,8 @@ def _notebook_snapshot(path: str, mtime_ns: int, size: int,
         cell["source"] = redactor.redact("".join(source) if isinstance(source, list) else source)
         # Every text an output holds: streams, every mime type but images, error messages
         # and tracebacks (a failing cell's message often quotes the value it choked on).
-        cell["outputs"] = [_redact_output(output, redactor) for output in cell.get("outputs", [])]
+        if "outputs" in cell:  # code cells only: a markdown cell with outputs is not valid
+            cell["outputs"] = [_redact_output(output, redactor) for output in cell["outputs"]]
     return nbformat.writes(notebook).encode()
 
 
