@@ -2,7 +2,8 @@
 
 papermill injects parameters after the notebook's ``parameters`` cell and drives nbclient. Each
 execution runs in a process of its own, so that executions run side by side (``-j``) with their own
-environment, and a kernel that dies takes only its own execution with it.
+environment, and a kernel that dies takes only its own execution with it. The kernel is the one the
+notebook's kernelspec names (or ``-k``), checked before anything runs.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nbtrack.errors import BadOptionError, NotebookError
+from nbtrack.errors import BadOptionError, NbtrackError, NotebookError
 
 OK, FAILED, KILLED = "ok", "FAILED", "KILLED"
 _EXIT_FAILED, _EXIT_KILLED = 1, 3
@@ -126,6 +127,66 @@ def check_notebook(notebook: Path, parameter_names: set[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Kernel:
+    """The kernel an execution runs on, and the language papermill writes injected values in."""
+
+    name: str
+    language: str | None  # None: papermill reads it from the notebook's metadata
+
+
+def choose_kernel(notebook: Path, name: str | None = None) -> Kernel:
+    """The installed kernel to execute ``notebook`` on, as papermill and nbconvert pick it.
+
+    Parameters
+    ----------
+    notebook : Path
+        The notebook; its ``metadata.kernelspec.name`` names the kernel unless ``name`` does.
+        A notebook without one (written by a script, converted by a tool) runs on the default
+        Python kernel, ``python3``, as ``jupyter nbconvert --execute`` does.
+    name : str, optional
+        A kernel that overrides the notebook's (``nbtrack run -k NAME``).
+
+    Returns
+    -------
+    Kernel
+        Its name, and its language from its kernelspec: papermill needs a language to inject
+        parameters, and a notebook without ``language_info`` has none of its own.
+
+    Raises
+    ------
+    BadOptionError, NotebookError
+        When the kernel ``name`` or the notebook names is not installed; the message lists the
+        installed kernels.
+
+    Examples
+    --------
+    >>> choose_kernel(Path("train.ipynb"), "python3")  # doctest: +SKIP
+    Kernel(name='python3', language='python')
+
+    """
+    import nbformat
+    from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
+
+    kernelspec = nbformat.read(os.fspath(notebook), as_version=4).metadata.get("kernelspec") or {}
+    chosen = name or kernelspec.get("name") or NATIVE_KERNEL_NAME
+    specs = KernelSpecManager()
+    installed = sorted(specs.find_kernel_specs())  # names in lower case, as Jupyter matches them
+    try:
+        spec = specs.get_kernel_spec(chosen) if chosen.lower() in installed else None
+    except NoSuchKernel:  # installed, but its provisioner is not
+        spec = None
+    if spec is None:
+        listed = ", ".join(installed) or "none"
+        if name:
+            raise BadOptionError(f"-k/--kernel: no kernel named {chosen!r} is installed; "
+                                 f"installed kernels: {listed}.")
+        raise NotebookError(
+            f"notebook {str(notebook)!r} asks for kernel {chosen!r} (its kernelspec), which is not "
+            f"installed; installed kernels: {listed}. Pick one with -k NAME, or install it.")
+    return Kernel(chosen, spec.language or None)
+
+
+@dataclass(frozen=True)
 class Execution:
     """One execution of a sweep."""
 
@@ -136,6 +197,7 @@ class Execution:
     sweep_id: str
     execution_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     cwd: Path | None = None  # where the kernel runs; default: the notebook's folder
+    kernel: Kernel | None = None  # default: choose_kernel(notebook), in the execution's process
 
 
 @dataclass(frozen=True)
@@ -149,15 +211,19 @@ class ExecutionResult:
     reason: str = ""
 
 
-def plan(notebook: Path, points: list[dict], outdir: Path, experiment: str) -> list[Execution]:
-    """Name the executions of a sweep and where their executed notebooks go."""
+def plan(notebook: Path, points: list[dict], outdir: Path, experiment: str,
+         kernel: Kernel | None = None) -> list[Execution]:
+    """Name the executions of a sweep, the kernel they run on and where their executed notebooks
+    go.
+    """
     sweep_id = uuid.uuid4().hex[:12]
     executions = []
     for index, point in enumerate(points, start=1):
         label = "-".join(f"{k}={v}" for k, v in point.items())
         label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)[:80]
         name = f"{notebook.stem}-{index:02d}" + (f"-{label}" if label else "") + ".ipynb"
-        executions.append(Execution(notebook, outdir / name, point, experiment, sweep_id))
+        executions.append(Execution(notebook, outdir / name, point, experiment, sweep_id,
+                                    kernel=kernel))
     return executions
 
 
@@ -206,6 +272,7 @@ def _execute_in_process(execution: Execution, tracking_uri: str) -> ExecutionRes
         "parameters": execution.parameters, "execution_id": execution.execution_id,
         "experiment": execution.experiment,
         "cwd": str(execution.cwd) if execution.cwd is not None else None,
+        "kernel": asdict(execution.kernel) if execution.kernel is not None else None,
     }, default=str)
     done = subprocess.run([sys.executable, "-m", "nbtrack.batch", request], env=env,
                           capture_output=True, text=True)
@@ -269,11 +336,17 @@ def _worker(request: dict) -> int:
     output = Path(request["output"])
     code, reason = 0, ""
     try:
+        kernel = (Kernel(**request["kernel"]) if request.get("kernel")
+                  else choose_kernel(notebook))
         papermill.execute_notebook(
-            str(notebook), str(output), parameters=request["parameters"], kernel_name="python3",
+            str(notebook), str(output), parameters=request["parameters"],
+            kernel_name=kernel.name, language=kernel.language,
             cwd=request.get("cwd") or str(notebook.resolve().parent), progress_bar=False,
             start_timeout=KERNEL_START_SECONDS,
         )
+    except NbtrackError as error:  # the notebook's kernel is not installed
+        code = _EXIT_FAILED
+        reason = str(error)
     except PapermillExecutionError as error:
         code = _EXIT_FAILED
         reason = f"cell {error.exec_count} raised {error.ename}: {error.evalue}"

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 an execution failed or was killed, a reproduction's metrics differ from
 the original's, or the store refused an operation; 2 bad input (a missing notebook, a malformed
-option, an unknown experiment, metric, run or model).
+option, an unknown kernel, experiment, metric, run or model).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="Execute a notebook headless (a sweep with --grid); print the leaderboard.",
         description="Execute a notebook headless, tracked, once or once per point of a grid. "
-                    "Values go after the notebook's 'parameters' cell, as papermill does.",
+                    "Values go after the notebook's 'parameters' cell, as papermill does. It "
+                    "runs on the kernel the notebook's kernelspec names (python3 when it names "
+                    "none) unless -k names another.",
         epilog="Example: nbtrack run train.ipynb -p seed=1 --grid C=0.01,0.1,1 -j 2",
     )
     run.add_argument("notebook", type=Path, help="The .ipynb to execute.")
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                      help="Values to sweep; repeatable: one execution per combination.")
     run.add_argument("-j", "--jobs", type=int, default=1, help="Executions at once (default 1).")
+    run.add_argument("-k", "--kernel", metavar="NAME",
+                     help="Kernel to execute on, instead of the one the notebook's kernelspec "
+                          "names (see `jupyter kernelspec list`).")
     run.add_argument("-o", "--outdir", type=Path, default=None,
                      help="Where executed notebooks go (default: runs/ beside the notebook).")
     run.add_argument("-e", "--experiment", help="MLflow experiment for the runs "
@@ -155,6 +160,7 @@ def _run(args) -> int:
     names = {name for point in points for name in point}
     for warning in batch.check_notebook(notebook, names):
         print(f"nbtrack run: warning: {warning}", file=sys.stderr)
+    kernel = batch.choose_kernel(notebook, args.kernel)
     experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
     outdir = args.outdir or notebook.resolve().parent / "runs"
     if len(points) > 1:
@@ -165,7 +171,7 @@ def _run(args) -> int:
     from nbtrack.recorder import Recorder
 
     Recorder(absolute_tracking_uri()).experiment_id(experiment)
-    executions = batch.plan(notebook, points, outdir, experiment)
+    executions = batch.plan(notebook, points, outdir, experiment, kernel)
     results = batch.run_sweep(executions, jobs=args.jobs, progress=not args.no_progress)
     failed = 0
     for result in results:

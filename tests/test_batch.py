@@ -210,3 +210,100 @@ def test_nbconvert_execution_is_tagged_batch_and_saves_the_static_board(tmp_path
     assert "application/vnd.jupyter.widget-view+json" in data
     assert not any(o.output_type == "error" or o.get("name") == "stderr"
                    for cell in executed.cells for o in cell.outputs)
+
+
+KERNEL_CELLS = [
+    "%load_ext nbtrack",
+    "%%track -n fit\nimport os\n"
+    "print('kernel:', os.environ.get('NBTRACK_TEST_KERNEL', 'python3'))\nscore = C * 2",
+]
+
+
+@pytest.fixture
+def second_kernel(tmp_path):
+    """A second installed kernel, ``nbtrack-test-kernel``, that sets NBTRACK_TEST_KERNEL=second
+    in its kernels: the env to give `nbtrack run` for Jupyter to find it.
+    """
+    prefix = tmp_path / "kernels"
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix),
+                    "--name", "nbtrack-test-kernel", "--display-name", "nbtrack test"],
+                   check=True, capture_output=True, timeout=120)
+    spec = prefix / "share" / "jupyter" / "kernels" / "nbtrack-test-kernel" / "kernel.json"
+    kernel = json.loads(spec.read_text())
+    kernel["env"] = {"NBTRACK_TEST_KERNEL": "second"}
+    spec.write_text(json.dumps(kernel))
+    return {"JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+
+
+def printed_kernel(folder):
+    """What the tracked cell of the only executed notebook under ``folder`` printed."""
+    [executed] = folder.glob("*.ipynb")
+    outputs = nbformat.read(executed, 4).cells[-1].outputs
+    return [o.text.strip() for o in outputs if o.get("name") == "stdout" and "kernel:" in o.text]
+
+
+def test_notebook_without_kernel_metadata_runs_on_the_default_python_kernel(tmp_path, store,
+                                                                            client):
+    notebook = write_notebook(tmp_path / "project" / "bare.ipynb", KERNEL_CELLS,
+                              parameters="C = 1")
+    parsed = nbformat.read(notebook, 4)
+    parsed.metadata.pop("kernelspec")
+    parsed.metadata.pop("language_info", None)
+    nbformat.write(parsed, notebook)
+    assert "kernelspec" not in nbformat.read(notebook, 4).metadata
+    done = nbtrack("run", "bare.ipynb", "-p", "C=3", "-e", "bare", "--no-progress",
+                   cwd=notebook.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [run] = experiment_runs(client, "bare")
+    assert run.data.params["C"] == "3" and run.data.metrics["score"] == 6
+    assert run.info.status == "FINISHED"
+    assert printed_kernel(notebook.parent / "runs") == ["kernel: python3"]
+
+
+def test_notebook_runs_on_the_kernel_its_kernelspec_names(tmp_path, store, client,
+                                                          second_kernel):
+    notebook = write_notebook(tmp_path / "project" / "second.ipynb", KERNEL_CELLS,
+                              parameters="C = 1")
+    parsed = nbformat.read(notebook, 4)
+    parsed.metadata["kernelspec"] = {"name": "nbtrack-test-kernel",
+                                     "display_name": "nbtrack test", "language": "python"}
+    nbformat.write(parsed, notebook)
+    done = nbtrack("run", "second.ipynb", "-p", "C=4", "-e", "second", "--no-progress",
+                   cwd=notebook.parent, env=second_kernel)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert printed_kernel(notebook.parent / "runs") == ["kernel: second"]
+    [run] = experiment_runs(client, "second")
+    assert run.data.params["C"] == "4" and run.data.metrics["score"] == 8
+
+
+def test_kernel_option_overrides_the_notebooks_kernelspec(tmp_path, store, client,
+                                                         second_kernel):
+    notebook = write_notebook(tmp_path / "project" / "nb.ipynb", KERNEL_CELLS, parameters="C = 1")
+    assert nbformat.read(notebook, 4).metadata.kernelspec.name == "python3"
+    done = nbtrack("run", "nb.ipynb", "-k", "nbtrack-test-kernel", "-e", "override",
+                   "--no-progress", cwd=notebook.parent, env=second_kernel)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert printed_kernel(notebook.parent / "runs") == ["kernel: second"]
+    [run] = experiment_runs(client, "override")
+    assert run.data.metrics["score"] == 2
+
+
+@pytest.mark.parametrize("kernelspec, args", [
+    ("python3", ["-k", "nosuchkernel"]),
+    ("nosuchkernel", []),
+])
+def test_unknown_kernel_is_a_one_line_error_before_anything_runs(tmp_path, store, client,
+                                                                 kernelspec, args):
+    notebook = write_notebook(tmp_path / "project" / "nb.ipynb", KERNEL_CELLS, parameters="C = 1")
+    parsed = nbformat.read(notebook, 4)
+    parsed.metadata.kernelspec.name = kernelspec
+    nbformat.write(parsed, notebook)
+    done = nbtrack("run", "nb.ipynb", *args, "-e", "nokernel", "--no-progress",
+                   cwd=notebook.parent)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "'nosuchkernel'" in line and "installed kernels: " in line
+    assert "python3" in line.split("installed kernels: ")[1]
+    assert done.stdout == ""
+    assert not (notebook.parent / "runs").exists()
+    assert client.get_experiment_by_name("nokernel") is None
