@@ -232,23 +232,41 @@ def test_missing_corrupt_or_stale_index_file_is_rebuilt_from_mlflow(client, runs
     assert [s.run_id for s in index.summaries()] == expected
 
 
-def test_changes_only_a_full_read_sees_show_after_a_reconcile(client, runs):
-    experiment_id, ids = runs
-    index = fresh_index(client, experiment_id)
-    # A finished run renamed in the MLflow UI: nothing about it says "changed since" (here the
-    # run ended moments ago, so the look for changes may see it; in general only a full read).
-    client.set_tag(ids[2], "mlflow.runName", "renamed")
-    assert index.refresh(full=True)["mode"] == "full"
-    assert "renamed" in {s.info.run_name for s in index.summaries()}
+def ended_long_ago(client, experiment_id, i) -> str:
+    """A finished run whose start and end are long past: a rename of it changes nothing a look
+    for changes reads (start time, end time, running, deleted), so only a full read sees it."""
+    run_id = make_run(client, experiment_id, i, status="RUNNING", start_time=START)
+    client.set_terminated(run_id, status="FINISHED", end_time=START + 60_000)
+    return run_id
 
-    # A reconcile that is due runs on its own; on the board's path, in the background.
-    client.set_tag(ids[4], "mlflow.runName", "renamed-again")
+
+def names(index) -> set[str]:
+    return {s.info.run_name for s in index.summaries()}
+
+
+def test_changes_only_a_full_read_sees_show_after_a_reconcile(client, runs):
+    experiment_id, _ = runs
+    old = [ended_long_ago(client, experiment_id, 30 + i) for i in range(3)]
+    index = fresh_index(client, experiment_id)
+    # A finished run renamed in the MLflow UI: nothing about it says "changed since".
+    client.set_tag(old[0], "mlflow.runName", "renamed")
+    assert index.refresh(full=False)["changed"] == 0
+    assert "renamed" not in names(index)
+    assert index.refresh(full=True)["mode"] == "full"
+    assert "renamed" in names(index)
+
+    # A reconcile that is due runs on its own: in the caller when the index is empty...
+    client.set_tag(old[1], "mlflow.runName", "renamed-again")
     due = RunIndex(client.tracking_uri, experiment_id, reconcile_seconds=0)
-    due.refresh()  # loads the file and reads everything again (the first look is a full one)
-    client.set_tag(ids[6], "mlflow.runName", "third")
+    assert due.refresh()["mode"] == "full"  # loads the file and, being due, reads everything
+    assert "renamed-again" in names(due)
+    # ... and on the board's path, in the background: the call returns after the quick look,
+    # which cannot see this rename; the background full read does.
+    client.set_tag(old[2], "mlflow.runName", "third")
     assert due.refresh(background=True)["mode"] == "changes"
     due.wait(timeout=60)
-    assert "third" in {s.info.run_name for s in due.summaries()}
+    assert "third" in names(due)
+    assert RunIndex(client.tracking_uri, experiment_id).refresh(full=False)["changed"] == 0
 
 
 def test_bad_filter_is_a_readable_error(client, runs):
