@@ -5,11 +5,13 @@ Each sample is a new Python process with a new, empty SQLite store in a temporar
 ``import mlflow``
     the import alone, timed inside the process;
 ``%load_ext nbtrack``
-    ``shell.run_line_magic("load_ext", "nbtrack")`` in a fresh in-process IPython shell (IPython
-    itself is imported and the shell created before the clock starts: a kernel already has them);
+    a cell ``%load_ext nbtrack`` run by a fresh in-process IPython shell (IPython itself is
+    imported and the shell created before the clock starts: a kernel already has them);
 ``first %%track cell``
     the same process then runs a first tracked cell (``x = 1`` and a computed metric) in the empty
-    store: nbtrack imports MLflow lazily, so this is where MLflow's import and store creation land;
+    store: nbtrack imports MLflow as the loading cell ends, and a cell that starts meanwhile waits
+    for that import (never runs beside it), so this is where MLflow's import and store creation
+    land;
 ``first hand-written run``
     ``import mlflow`` plus a first ``mlflow.start_run()`` logging the same param and metric.
 
@@ -79,7 +81,7 @@ def _child_nbtrack() -> dict:
     config.HistoryManager.hist_file = ":memory:"
     shell = InteractiveShell.instance(config=config)
     start = time.perf_counter()
-    shell.run_line_magic("load_ext", "nbtrack")
+    shell.run_cell("%load_ext nbtrack")
     loaded = time.perf_counter()
     mlflow_after_load = "mlflow" in sys.modules
     result = shell.run_cell(FIRST_CELL, store_history=True)
