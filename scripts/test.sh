@@ -6,4 +6,5 @@ python -m pip install -q -e ".[test]"
 bash scripts/install_browser.sh
 bash scripts/install_postgres.sh
 python -m ruff check nbtrack tests benchmarks
-python -m pytest "$@"
+# The 20 slowest tests, so a test that grows slow shows in every full run.
+python -m pytest --durations=20 "$@"

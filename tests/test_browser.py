@@ -6,7 +6,8 @@ The probe test before it checks the plumbing alone (server, kernel, widget rende
 the kernel), so a failure there is not blamed on the board.
 
 Needs /usr/bin/chromium (scripts/install_browser.sh, as root) and the playwright and jupyterlab
-packages; without Chromium the tests skip. Playwright's own browser download is never used.
+packages; without Chromium the tests skip, or fail under ``NBTRACK_REQUIRE_ALL=1`` (as in CI).
+Playwright's own browser download is never used.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from browser import (
     skip_reason,
     write_notebook,
 )
+from needs import missing
 
 REPO = Path(__file__).resolve().parents[1]
 # The README shows this screenshot; every run of the test refreshes it.
@@ -38,7 +40,12 @@ EXPERIMENT = "browser-demo"
 MODEL = "iris-clf"
 C_VALUES = ("0.1", "1.0", "10.0")
 
-pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_installed():
+    """Skip without Chromium (fail under ``NBTRACK_REQUIRE_ALL=1``), before any server starts."""
+    if skip_reason() is not None:
+        missing(skip_reason())
 
 
 @pytest.fixture(scope="module")
