@@ -8,6 +8,7 @@ server killed mid-session and mid-sweep. One is injected: a full disk (see its t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -129,6 +130,62 @@ def hold_write_lock(database: Path, seconds: float, ready: threading.Event) -> N
     assert process.stdout.readline().strip() == "locked"
     ready.set()
     process.wait(timeout=seconds + 60)
+
+
+# A lock kept until the test lets go bounds itself, so a test whose cell waits for the store
+# (the behaviour under test gone) fails instead of hanging; this is no assertion about time.
+LOCK_LIMIT_SECONDS = 60
+
+
+@contextlib.contextmanager
+def write_locked(database: Path, mode: str = "EXCLUSIVE"):
+    """Fault: another process takes SQLite's write lock on the store and keeps it until the block
+    ends (or LOCK_LIMIT_SECONDS pass). ``EXCLUSIVE`` keeps readers out too; ``IMMEDIATE`` only
+    writers. Yields the holder process, running while the lock is held."""
+    code = (
+        "import select, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)\n"
+        f"db.execute('BEGIN {mode}')\n"
+        "print('locked', flush=True)\n"
+        "select.select([sys.stdin], [], [], float(sys.argv[2]))\n"
+        "db.execute('ROLLBACK')\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(database), str(LOCK_LIMIT_SECONDS)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        yield process
+    finally:
+        process.stdin.close()  # let go
+        process.wait(timeout=LOCK_LIMIT_SECONDS + 60)
+
+
+def test_the_next_cell_runs_while_the_store_is_still_locked(shell, store):
+    """The cell never waits for the store, shown by the order of events: the statement after a
+    tracked cell runs while another process still holds the store's write lock (it cannot even
+    be read), and the run reaches the store only once the lock is let go."""
+    import nbtrack
+
+    shell.ok("%%track -e order -n before\nx = 1")  # the store exists, with its tables
+    assert nbtrack.flush(timeout=60)
+    database = Path(store[len("sqlite:///"):])
+    events = []
+    shell.ip.user_ns.update(events=events, database=str(database))
+    with write_locked(database) as holder:
+        shell.ok("%%track -e order -n during\nscore = 0.5 + 1")
+        shell.ok("import sqlite3, nbtrack\n"
+                 "try:\n"
+                 "    sqlite3.connect(database, timeout=0).execute('SELECT 1 FROM runs').fetchall()\n"
+                 "    events.append('next cell: the store answers')\n"
+                 "except sqlite3.OperationalError as error:\n"
+                 "    events.append(f'next cell: the store says {error}')\n"
+                 "events.append(f'next cell: unrecorded {[r.run_name for r in nbtrack.unrecorded()]}')")
+        assert events == ["next cell: the store says database is locked",
+                          "next cell: unrecorded ['during']"]
+        assert holder.poll() is None, "the lock was let go before the test let it go"
+    assert nbtrack.flush(timeout=180)  # the lock is let go: now the run reaches the store
+    during = runs_by_name(store, "order")["during"]
+    assert during.info.status == "FINISHED" and during.data.metrics["score"] == 1.5
 
 
 def test_sqlite_locked_by_another_process_for_ten_seconds(shell, store, capsys):
