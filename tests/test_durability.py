@@ -654,22 +654,48 @@ def test_tracking_server_killed_and_restarted_in_the_middle_of_a_sweep(tmp_path)
         server.stop()
 
 
-def test_nbtrack_runs_in_a_shell_sees_a_run_a_kernel_has_just_queued(shell, store):
+# `nbtrack runs`, with a watcher that only reports: it says on stderr when the command first
+# looks at a kernel's journal folder (Python's audit hook on open()); nothing else changes.
+WATCHED_RUNS = (
+    "import os, sys\n"
+    "journal, seen = sys.argv[1], []\n"
+    "def watch(event, args):\n"
+    "    if event == 'open' and not seen and isinstance(args[0], (str, os.PathLike))\\\n"
+    "            and str(os.fspath(args[0])).startswith(journal):\n"
+    "        seen.append(1)\n"
+    "        print('watcher: looked at the journal', file=sys.stderr, flush=True)\n"
+    "sys.addaudithook(watch)\n"
+    "from nbtrack.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+def test_nbtrack_runs_in_a_shell_sees_a_run_a_kernel_has_just_queued(shell, store, tmp_path):
+    """`nbtrack runs` waits for a running kernel's queued run. In order: the run is queued behind
+    a write lock (readers may still read), `nbtrack runs` starts and looks at the kernel's
+    journal, only then is the lock let go; a command that read at once would miss the run."""
     import nbtrack
 
     shell.ok("%%track -e fresh -n first\nx = float(1)")
     assert nbtrack.flush(timeout=60)
     database = Path(store[len("sqlite:///"):])
-    ready = threading.Event()
-    holder = threading.Thread(target=hold_write_lock, args=(database, 5, ready))
-    holder.start()
-    assert ready.wait(30)
-    shell.ok("%%track -e fresh -n just-ended\nx = float(2)")  # queued behind the lock
-    shown = subprocess.run([sys.executable, "-m", "nbtrack", "runs", "-e", "fresh", "--format",
-                            "csv"], capture_output=True, text=True, timeout=300)
-    holder.join()
-    assert shown.returncode == 0, shown.stderr
-    assert "just-ended" in shown.stdout and "first" in shown.stdout
+    with write_locked(database, mode="IMMEDIATE"):
+        shell.ok("%%track -e fresh -n just-ended\nx = float(2)")  # queued behind the lock
+        assert [r.run_name for r in nbtrack.unrecorded()] == ["just-ended"]
+        command = subprocess.Popen(
+            [sys.executable, "-c", WATCHED_RUNS, str(tmp_path / "journal"),
+             "runs", "-e", "fresh", "--format", "csv"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        before_lock_let_go = []  # what the command said on stderr while the lock was held
+        for line in command.stderr:  # until it looks at the journal, or ends without looking
+            before_lock_let_go.append(line)
+            if line.startswith("watcher: looked at the journal"):
+                break
+    out, err = command.communicate(timeout=300)
+    assert command.returncode == 0, err
+    assert "just-ended" in out and "first" in out, out
+    assert before_lock_let_go[-1:] == ["watcher: looked at the journal\n"], (
+        f"`nbtrack runs` never looked at the kernel's journal:\n{''.join(before_lock_let_go)}")
 
 
 def test_normal_kernel_shutdown_drains_the_queue(tmp_path, store, kernel_env):
