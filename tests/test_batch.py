@@ -159,9 +159,19 @@ def free_port() -> int:
 
 
 def test_ui_serves_mlflows_own_ui_on_the_same_store(store, tmp_path):
+    from mlflow import MlflowClient
+
+    # The store holds this test's experiment and run. The ui starts in another folder, whose own
+    # default store (./mlflow.db there) would not have them.
+    client = MlflowClient(tracking_uri=store)
+    experiment_id = client.create_experiment("seen-by-ui")
+    run_id = client.create_run(experiment_id, run_name="shown-in-ui").info.run_id
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     port = free_port()
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     server = subprocess.Popen([sys.executable, "-m", "nbtrack", "ui", "--port", str(port)],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -174,13 +184,15 @@ def test_ui_serves_mlflows_own_ui_on_the_same_store(store, tmp_path):
                 assert server.poll() is None, server.stderr.read().decode()
                 assert time.time() < deadline, "mlflow ui did not start"
                 time.sleep(0.5)
-        with urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10",
-                timeout=10) as response:
-            assert "experiments" in json.loads(response.read())
+        with urllib.request.urlopen(f"{api}/experiments/get-by-name?experiment_name=seen-by-ui",
+                                    timeout=10) as response:
+            assert json.loads(response.read())["experiment"]["experiment_id"] == experiment_id
+        with urllib.request.urlopen(f"{api}/runs/get?run_id={run_id}", timeout=10) as response:
+            assert json.loads(response.read())["run"]["info"]["run_name"] == "shown-in-ui"
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+    assert not (elsewhere / "mlflow.db").exists()
 
 
 def test_python_m_nbtrack_is_the_cli(tmp_path):
