@@ -68,10 +68,21 @@ def test_run_executes_tracks_and_prints_the_board(store, client, tmp_path):
     assert as_csv[0].startswith("rank,run,") and as_csv[1].startswith("1,small,")
 
 
-def test_runs_with_unknown_metric_or_experiment_is_a_clear_error(store, tmp_path):
+def test_runs_with_unknown_metric_or_experiment_is_a_clear_error(store, client, tmp_path):
     done = nbtrack("runs", "-e", "does-not-exist", cwd=tmp_path)
     assert done.returncode == 2 and "no experiment named 'does-not-exist'" in done.stderr
     assert "Traceback" not in done.stderr
+
+    experiment_id = client.create_experiment("has-runs")
+    for score in (0.5, 0.7):
+        with_metric = client.create_run(experiment_id).info.run_id
+        client.log_metric(with_metric, "score", score)
+        client.set_terminated(with_metric)
+    done = nbtrack("runs", "-e", "has-runs", "-m", "val_auc", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "nbtrack runs: no run has a metric 'val_auc'; metrics here: score."], done.stderr
 
 
 def test_quickstart_main_job_on_the_showcase(store, client, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -164,13 +165,29 @@ def test_figures_open_before_the_cell_are_not_logged_and_no_figures_option(shell
 
 
 def test_display_output_is_unchanged_by_tracking(shell):
-    from IPython.core.formatters import DisplayFormatter
+    # The same figure displayed by the same cell, untracked then tracked: the display messages
+    # (every format, the PNG's bytes, the metadata) are the same, and the run logs that PNG.
+    from IPython.core.pylabtools import select_figure_formats
+    from IPython.utils.capture import capture_output
 
-    shell.ok("import matplotlib.pyplot as plt\nfig = plt.figure()")
-    bundle, _ = shell.ip.display_formatter.format(shell.ip.user_ns["fig"])
-    plain = DisplayFormatter(parent=None)
-    expected, _ = plain.format(shell.ip.user_ns["fig"])
-    assert set(bundle) == set(expected)
+    select_figure_formats(shell.ip, {"png"})  # what Jupyter's inline backend sets up
+    shell.ok("import matplotlib.pyplot as plt\nfrom IPython.display import display")
+    cell = ("fig, ax = plt.subplots()\nax.plot([0, 1, 4])\nax.set_title('shown')\n"
+            "display(fig)\nplt.close(fig)")
+    with capture_output() as untracked:
+        shell.ok(cell)
+    with capture_output() as tracked:
+        shell.ok("%%track -e exp\n" + cell)
+    [plain], [shown] = untracked.outputs, tracked.outputs
+    assert "image/png" in plain.data
+    assert shown.data == plain.data
+    assert shown.metadata == plain.metadata
+    run_id = shell.last().info.run_id
+    assert shell.artifact_paths(run_id, "figures") == ["figures/01-shown.png"]
+    local = shell.client.download_artifacts(run_id, "figures/01-shown.png")
+    png = shown.data["image/png"]
+    with open(local, "rb") as logged:
+        assert logged.read() == (png if isinstance(png, bytes) else base64.b64decode(png))
 
 
 def test_fitted_model_logged_with_signature_and_example_loadable_by_pyfunc(shell):
@@ -201,6 +218,22 @@ def test_no_model_option_and_non_sklearn_models_are_skipped_with_a_note(shell, c
     assert mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
                                        output_format="list") == []
     assert run.data.params["clf.max_iter"] == "500"
+    capsys.readouterr()
+
+    # A model of another library (a LightGBM Booster, trained with its native API): one line
+    # says it is not logged and how to log it; the cell and its run are otherwise complete.
+    shell.ok("%%track -e exp\nimport lightgbm as lgb\n"
+             "booster = lgb.train({'objective': 'multiclass', 'num_class': 3, 'verbose': -1},\n"
+             "                    lgb.Dataset(X, y), num_boost_round=2)\n"
+             "acc = float((booster.predict(X).argmax(axis=1) == y).mean())")
+    notes = [line for line in capsys.readouterr().err.splitlines() if "'booster'" in line]
+    assert len(notes) == 1, notes
+    assert "model 'booster' (lightgbm.basic.Booster) not logged" in notes[0]
+    assert "mlflow.<flavor>.log_model" in notes[0]
+    booster_run = shell.last()
+    assert booster_run.info.run_id != run.info.run_id and "acc" in booster_run.data.metrics
+    assert mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                       output_format="list") == []
 
 
 def test_datasets_read_and_bound_logged_with_digest_and_shape(shell):
