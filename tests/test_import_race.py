@@ -194,7 +194,7 @@ def add_cells(kernel: Kernel, variant: int, load: str) -> None:
     the writer logs that model.
     """
     order = ORDERS[variant % len(ORDERS)]
-    place = PLACES[variant % len(PLACES)]
+    place = PLACES[variant // 2 % len(PLACES)]  # leaving and fresh kernels alternate: both get each
     stack = f"seed = {variant}\n" + import_lines(order) + USE_STACK
     if place == "same-cell":
         kernel.cells.append(f"{load}\n{stack}")
@@ -210,7 +210,7 @@ def add_cells(kernel: Kernel, variant: int, load: str) -> None:
 def fresh_kernel(name: str, variant: int, base_env: dict[str, str], store: str) -> Kernel:
     """A kernel whose store is up; every other one makes each tracked cell wait for its run."""
     kernel = Kernel(name, [], {**base_env, "MLFLOW_TRACKING_URI": store}, store, "race")
-    if variant % 4 < 2:  # the others: the writer logs the model while the next cell runs
+    if variant // 4 % 2 == 0:  # the others: the writer logs the model while the next cell runs
         kernel.env["NBTRACK_WAIT_FOR_STORE"] = "1"
     add_cells(kernel, variant, "%load_ext nbtrack")
     # What nbtrack's threads show lands in a cell while one runs: wait in one for the writer.
@@ -398,16 +398,20 @@ def not_stored(kernel: Kernel) -> list[str]:
 
     client = MlflowClient(tracking_uri=kernel.store)
     experiment = client.get_experiment_by_name(kernel.experiment)
-    runs, models = {}, set()
+    found, models = [], set()
     if experiment is not None:
-        runs = {run.data.tags["mlflow.runName"]: run
-                for run in client.search_runs([experiment.experiment_id], max_results=1000)}
+        found = client.search_runs([experiment.experiment_id], max_results=1000)
         models = {model.source_run_id for model in client.search_logged_models(
             [experiment.experiment_id], max_results=1000)}
+    runs = {run.data.tags["mlflow.runName"]: run for run in found}
     problems = []
     for name, status in kernel.runs.items():
         run = runs.get(name)
-        if run is None:
+        copies = [f"{r.info.run_id} {r.info.status}" for r in found
+                  if r.data.tags["mlflow.runName"] == name]
+        if len(copies) > 1:
+            problems.append(f"run {name} is in the store {len(copies)} times: {copies}")
+        elif run is None:
             problems.append(f"run {name} not in {kernel.store}")
         elif run.info.status != status:
             problems.append(f"run {name} is {run.info.status}, not {status}")
