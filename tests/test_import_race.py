@@ -335,7 +335,6 @@ def collect(message: dict, cell: CellResult) -> None:
         cell.outputs.append(("error", "\n".join(content["traceback"])))
     elif kind in ("execute_result", "display_data"):
         cell.outputs.append((kind, content.get("data", {}).get("text/plain", "")))
-    return False
 
 
 @pytest.fixture
