@@ -169,6 +169,11 @@ class KernelJournal:
         _write_atomically(target, json.dumps(facts).encode())
         return target
 
+    @staticmethod
+    def update_begun(path: Path, facts: dict) -> None:
+        """Rewrite what is noted of a cell that began (e.g. the run made for it since)."""
+        _write_atomically(path, json.dumps(facts).encode())
+
     def unfinished(self) -> list[tuple[Path, dict]]:
         """Cells that began and never ended, oldest first."""
         found = []
@@ -278,8 +283,13 @@ def read_spool(begun_path: Path) -> list[Series]:
 
 
 def _try_lock(folder: Path):
-    """An open, exclusively locked handle on ``folder``'s lock file, or None if held elsewhere."""
-    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held open as the lock itself
+    """An open, exclusively locked handle on ``folder``'s lock file, or None if held elsewhere
+    or gone (another kernel recovered the folder and removed it since it was listed).
+    """
+    try:
+        handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held open as the lock itself
+    except FileNotFoundError:
+        return None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -216,10 +216,12 @@ class Recorder:
             retry=bool(refused),
         )
 
-    def record_killed(self, facts: dict, reason: str, series: Sequence[Series] = ()) -> str:
+    def record_killed(self, facts: dict, reason: str, series: Sequence[Series] = (),
+                      on_created=None) -> str:
         """End the run of a cell whose kernel died (or create it, if it was never opened) as
         KILLED, with the reason in a tag, the cell's source, and the ``series`` points it had
-        logged by then. Returns the run id.
+        logged by then. Returns the run id. ``on_created`` is called with the id of a run made
+        here, before anything else is written to it.
         """
         from mlflow.entities import RunTag
 
@@ -238,6 +240,8 @@ class Recorder:
                     run_name=facts.get("run_name"),
                     tags=tags,
                 ).info.run_id
+                if on_created is not None:
+                    on_created(run_id)
                 client.log_text(run_id, str(facts.get("source", "")), "cell/source.py")
             client.log_batch(run_id, tags=[RunTag("nbtrack.killed_reason", reason[:500])])
             _log_metrics(client, run_id, _series_metrics(series))

@@ -106,8 +106,14 @@ def _recover_folder(journal: KernelJournal, recorder_for, result: Recovery, on_w
         reason = (f"the kernel died (pid {facts.get('pid', '?')} on {facts.get('host', '?')}) "
                   "while this cell was running; recorded by nbtrack afterwards")
         try:
-            run_id = with_imports(lambda uri=uri, facts=facts, path=path, reason=reason:
-                                  recorder_for(uri).record_killed(facts, reason, read_spool(path)))
+            def made(run_id: str, path=path, facts=facts) -> None:
+                # Noted before the run is ended: a recovery cut short (its kernel exits) leaves
+                # the next one this run to end, not a second run.
+                journal.update_begun(path, {**facts, "run_id": run_id})
+
+            run_id = with_imports(lambda uri=uri, facts=facts, path=path, reason=reason, made=made:
+                                  recorder_for(uri).record_killed(facts, reason, read_spool(path),
+                                                                  on_created=made))
         except Exception as error:
             result.problems.append(f"run '{facts.get('run_name')}' of an ended kernel not marked "
                                    f"KILLED yet: {_short(error)}")

@@ -750,3 +750,51 @@ def test_unwritable_journal_folder_falls_back_and_the_run_is_recorded(shell, tmp
     assert nbtrack.flush(timeout=60)
     assert runs_by_name(os.environ["MLFLOW_TRACKING_URI"], "fallback")["kept"].data.metrics == {
         "score": 3.0}
+
+
+def ended_kernel_with_a_running_cell(root: Path, store: str) -> Path:
+    """A journal folder as a SIGKILLed kernel leaves it: one cell begun, never ended, no run."""
+    from nbtrack.journal import KernelJournal
+    from nbtrack.writer import begun_facts
+
+    journal = KernelJournal.create(root)
+    journal.begun(1_700_000_000_000, begun_facts(store, "recovered", "dies", 1_700_000_000_000,
+                                                 {"nbtrack.notebook": "nb.ipynb"}, "x = 1", None))
+    journal.close()  # the lock goes as the process would; the .begun note stays
+    return journal.folder
+
+
+def test_a_journal_another_kernel_removed_meanwhile_is_skipped_not_an_error(tmp_path):
+    from nbtrack.journal import KernelJournal
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    folder.rmdir()  # listed by one recovering kernel, then recovered and removed by another
+    assert KernelJournal.claim(folder) is None
+
+
+def test_a_recovery_cut_short_after_making_the_killed_run_leaves_no_second_run(tmp_path, store):
+    from nbtrack.recorder import Recorder
+    from nbtrack.writer import recover
+
+    root = tmp_path / "journal"
+    ended_kernel_with_a_running_cell(root, store)
+
+    class ExitsAfterMakingTheRun(Recorder):  # injected fault: the recovering kernel exits there
+        def record_killed(self, facts, reason, series=(), on_created=None):
+            def made_then_exits(run_id):
+                on_created(run_id)
+                raise KeyboardInterrupt
+
+            return super().record_killed(facts, reason, series, on_created=made_then_exits)
+
+    with pytest.raises(KeyboardInterrupt):
+        recover(ExitsAfterMakingTheRun, root=root)
+    assert [r.info.status for r in runs_by_name(store, "recovered").values()] == ["RUNNING"]
+    result = recover(Recorder, root=root)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("recovered").experiment_id])
+    assert len(result.killed) == 1
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("dies", "KILLED")]
