@@ -184,20 +184,22 @@ def remove_import_guard() -> None:
         sys.meta_path.remove(IMPORT_GUARD)
 
 
-def with_imports(work: Callable[[], T]) -> T:
+def with_imports(work: Callable[[], T], redo: Callable[[T], bool] | None = None) -> T:
     """Run ``work``; if it needed a first import (refused without the gate), run it again with
     the gate in hand. ``work`` must be safe to repeat (the recorder resumes from its progress).
+
+    A refusal that library code caught and turned into an ordinary failure leaves ``work``'s
+    result to say so: ``redo(result)`` tells whether that result is one to try again (a write the
+    store "refused"). A result that is not is kept: work done must not be done twice.
     """
     IMPORT_GUARD.take_refusal()
     try:
         result = work()
     except ImportNotNow:
-        result = None
-        refused = True
+        IMPORT_GUARD.take_refusal()
     else:
-        refused = IMPORT_GUARD.take_refusal()  # refused, then swallowed by a broad except
-    if not refused:
-        return result
+        if not IMPORT_GUARD.take_refusal() or redo is None or not redo(result):
+            return result
     with GATE.idle():
         return work()
 

@@ -89,7 +89,8 @@ def _recover_folder(journal: KernelJournal, recorder_for, result: Recovery, on_w
     entries = journal.records()
     for index, entry in enumerate(entries):
         outcome = with_imports(lambda entry=entry: write_entry(recorder_for(entry.tracking_uri),
-                                                               journal, entry))
+                                                               journal, entry),
+                               redo=lambda outcome: outcome.retry)
         result.problems.extend(outcome.problems)
         if outcome.run_id is None or outcome.retry:
             result.waiting += len(entries) - index
@@ -240,7 +241,8 @@ class BackgroundWriter:
         """Write ``entry``; None when the store refused and it must be tried again."""
         try:
             outcome = with_imports(lambda: write_entry(
-                self._recorder_for(entry.tracking_uri), self.journal, entry, self._prepare))
+                self._recorder_for(entry.tracking_uri), self.journal, entry, self._prepare),
+                redo=lambda outcome: outcome.retry)
         except Exception as error:  # a bug of ours: keep the record, say so once
             outcome = RunOutcome(run_id=None, experiment="", tracking_uri=entry.tracking_uri,
                                  problems=(f"recording failed: {_short(error)}",), retry=True)

@@ -117,9 +117,10 @@ def test_with_imports_redoes_refused_work_with_the_gate(guard, fresh_module):
     assert attempts == [False, True] and results == [42]
 
 
-def test_an_import_refused_and_swallowed_by_library_code_is_still_redone(guard, fresh_module):
+def test_an_import_refused_and_swallowed_by_library_code_is_redone_when_it_failed(guard,
+                                                                                   fresh_module):
     # Library code often catches broad exceptions around lazy imports; the refusal is noted on
-    # the thread, so the work is redone with the gate instead of carrying on degraded.
+    # the thread, so work that failed for it is redone with the gate.
     seen: list[object] = []
     GATE.user_code_starts()
 
@@ -132,7 +133,8 @@ def test_an_import_refused_and_swallowed_by_library_code_is_still_redone(guard, 
         return value
 
     results = []
-    thread = threads.start("test-swallowed", lambda: results.append(threads.with_imports(work)))
+    thread = threads.start("test-swallowed", lambda: results.append(
+        threads.with_imports(work, redo=lambda value: value is None)))
     wait_until(lambda: len(seen) == 1, "the first attempt")
     GATE.user_code_ends()
     thread.join(30)
@@ -166,3 +168,25 @@ def test_warning_registries_survive_filter_changes_made_with_the_gate():
                           check=True)
     shown = [line for line in done.stderr.splitlines() if "UserWarning" in line]
     assert [line.split("UserWarning: ")[1] for line in shown] == ["careful", "other"], done.stderr
+
+
+def test_work_done_despite_a_swallowed_refusal_is_not_done_twice(guard, fresh_module):
+    # A write that went through although an import inside it was refused (and caught) must not
+    # be written again: that made a run twice.
+    done: list[int] = []
+    GATE.user_code_starts()
+
+    def work():
+        try:
+            __import__(fresh_module)
+        except BaseException:  # noqa: BLE001 - as careless library code does
+            pass
+        done.append(1)
+        return "written"
+
+    results = []
+    thread = threads.start("test-done-once", lambda: results.append(
+        threads.with_imports(work, redo=lambda value: value != "written")))
+    thread.join(30)
+    GATE.user_code_ends()
+    assert done == [1] and results == ["written"]
