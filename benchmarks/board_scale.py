@@ -12,8 +12,8 @@ Each question is asked by three tools, each answer checked against the others be
 kept (same run ids in the same order; for the filter, the same set of runs):
 
 ``nbtrack``
-    :func:`nbtrack.query.runs_page` + :func:`nbtrack.query.rank`, which is what the board and
-    ``nbtrack runs`` do: the run index (:mod:`nbtrack.run_index`) brought up to date from MLflow,
+    :func:`nbtrack.store.query.runs_page` + :func:`nbtrack.store.query.rank`, which is what the board and
+    ``nbtrack runs`` do: the run index (:mod:`nbtrack.store.index`) brought up to date from MLflow,
     then ranked and filtered in memory;
 ``MlflowClient.search_runs``
     ``order_by=["metrics.<m> DESC"], max_results=50`` (the filter as ``filter_string``), in a
@@ -172,7 +172,7 @@ OPERATIONS = (
 
 def _reset_index() -> None:
     """Forget the process's in-memory indexes, as a new kernel starts without them."""
-    from nbtrack.run_index import RunIndex
+    from nbtrack.store.index import RunIndex
 
     RunIndex._shared.clear()
     gc.collect()
@@ -180,7 +180,7 @@ def _reset_index() -> None:
 
 def ask_nbtrack(uri: str, metric: str, ascending: bool, filter_string: str | None) -> list[str]:
     """What the board does: ``runs_page`` then ``rank``; the ranked run ids."""
-    from nbtrack import query
+    from nbtrack.store import query
 
     page = query.runs_page(EXPERIMENT, filter=filter_string, metric=metric, ascending=ascending,
                            top=TOP, tracking_uri=uri)
@@ -202,7 +202,7 @@ def ask_client(uri: str, metric: str, ascending: bool, filter_string: str | None
 
 def ask_fluent(uri: str, metric: str, ascending: bool, filter_string: str | None) -> list[str]:
     """Every matching run into a DataFrame, ranked by pandas: what the board did before."""
-    from nbtrack import query
+    from nbtrack.store import query
 
     table = query.runs(EXPERIMENT, filter=filter_string, tracking_uri=uri)
     board = query.rank(table, metric=metric, ascending=ascending, top=TOP)
@@ -235,7 +235,7 @@ def check_store(uri: str, size: int, answers: dict) -> list[str]:
     hold the values the build gave them."""
     from mlflow import MlflowClient
 
-    from nbtrack.run_index import RunIndex
+    from nbtrack.store.index import RunIndex
 
     problems = []
     client = MlflowClient(tracking_uri=uri)
@@ -280,7 +280,7 @@ def measure_size(size: int, repeats: int, memory: bool,
     """Every tool's answer to every question at one size: rows and problems found."""
     from mlflow import MlflowClient
 
-    from nbtrack.run_index import RunIndex
+    from nbtrack.store.index import RunIndex
 
     path = build_store(size)
     uri = f"sqlite:///{path}"

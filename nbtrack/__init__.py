@@ -36,20 +36,20 @@ __all__ = [
 
 def load_ipython_extension(ipython) -> None:
     """Register ``%%track`` and ``%track_config`` (``%load_ext nbtrack``)."""
-    from nbtrack.extension import load
+    from nbtrack.ipython import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     """Remove nbtrack's magics' hooks (``%unload_ext nbtrack``, ``%reload_ext nbtrack``)."""
-    from nbtrack.extension import unload
+    from nbtrack.ipython import unload
 
     unload(ipython)
 
 
 def _tracker():
-    from nbtrack.session import current
+    from nbtrack.tracker import current
 
     return current()
 
@@ -170,7 +170,7 @@ def runs(experiment: str | None = None, filter: str | None = None, order_by=None
     >>> nbtrack.runs(order_by=["metrics.val_auc DESC"]).head()  # doctest: +SKIP
 
     """
-    from nbtrack import query
+    from nbtrack.store import query
 
     return query.runs(experiment=experiment, filter=filter, order_by=order_by, tracker=_tracker())
 
@@ -208,6 +208,6 @@ def load(reference: str):
     >>> clf.predict_proba(X_test)[:, 1]  # doctest: +SKIP
 
     """
-    from nbtrack import registry
+    from nbtrack.store import registry
 
     return registry.load_model(reference)

@@ -247,7 +247,7 @@ def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
     """Run executions, up to ``jobs`` at once, each in its own process; return how each ended."""
     from tqdm.auto import tqdm
 
-    from nbtrack.query import absolute_tracking_uri
+    from nbtrack.store.query import absolute_tracking_uri
 
     tracking_uri = absolute_tracking_uri()
     results: list[ExecutionResult] = []
@@ -293,7 +293,7 @@ def _after_execution(execution: Execution, tracking_uri: str, status: str,
     run of the execution. Done here, where MLflow is loaded already, rather than in each
     execution's process. Returns the reason, redacted, and what could not be done.
     """
-    from nbtrack import recorder
+    from nbtrack.store import recorder
 
     output = execution.output
     redactor = _redactor(output)
@@ -367,7 +367,7 @@ def _when_store_answers(step: Callable[[], object], failed: str) -> str | None:
     it: what could not be done is returned as one line (None when all went well).
     """
     from nbtrack.display import short_error
-    from nbtrack.recorder import store_refused
+    from nbtrack.store.recorder import store_refused
 
     deadline = time.monotonic() + STORE_WAIT_SECONDS
     pause = 0.5

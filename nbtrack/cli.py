@@ -104,7 +104,7 @@ def _wait_for_running_kernels(limit: float = KERNEL_WAIT_SECONDS) -> None:
     """
     import time
 
-    from nbtrack.journal import KernelJournal, kernel_folders, waiting_count
+    from nbtrack.durable.journal import KernelJournal, kernel_folders, waiting_count
 
     def queued() -> int:
         count = 0
@@ -129,7 +129,7 @@ def _wait_for_running_kernels(limit: float = KERNEL_WAIT_SECONDS) -> None:
 
 def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table",
                  filter=None, title=None) -> None:
-    from nbtrack import query
+    from nbtrack.store import query
 
     _wait_for_running_kernels()
     board = query.leaderboard(experiment=experiment, metric=metric, ascending=ascending, top=top,
@@ -167,8 +167,8 @@ def _run(args) -> int:
         outdir = outdir / time.strftime(f"{notebook.stem}-%Y%m%d-%H%M%S")
     # Created here, not by the kernels: its artifacts then sit beside a default ./mlflow.db (a
     # kernel would resolve ./mlruns in the notebook's folder), and parallel kernels do not race.
-    from nbtrack.query import absolute_tracking_uri
-    from nbtrack.recorder import Recorder
+    from nbtrack.store.query import absolute_tracking_uri
+    from nbtrack.store.recorder import Recorder
 
     Recorder(absolute_tracking_uri()).experiment_id(experiment)
     executions = batch.plan(notebook, points, outdir, experiment, kernel)
@@ -196,8 +196,8 @@ def _run(args) -> int:
 
 
 def _promote(args) -> int:
-    from nbtrack import query, registry
     from nbtrack.capture import lineage
+    from nbtrack.store import query, registry
 
     run = query.get_run(args.run_id)
     models = registry.logged_models(run.info.run_id, run.info.experiment_id)
@@ -213,9 +213,9 @@ def _promote(args) -> int:
 
 
 def _sync(args) -> int:
-    from nbtrack.journal import KernelJournal, journal_root, kernel_folders, waiting_count
-    from nbtrack.recorder import Recorder
-    from nbtrack.writer import recover
+    from nbtrack.durable.journal import KernelJournal, journal_root, kernel_folders, waiting_count
+    from nbtrack.durable.writer import recover
+    from nbtrack.store.recorder import Recorder
 
     recorders: dict[str, Recorder] = {}
 
@@ -250,7 +250,7 @@ def _sync(args) -> int:
 
 
 def _ui(args) -> int:
-    from nbtrack.query import absolute_tracking_uri
+    from nbtrack.store.query import absolute_tracking_uri
 
     uri = absolute_tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -333,7 +333,7 @@ def _add_rebuild_commands(commands) -> None:
 
 
 def _facts(reference: str):
-    from nbtrack import query, registry
+    from nbtrack.store import query, registry
 
     return query.run_facts(registry.run_of(reference))
 
@@ -388,9 +388,10 @@ def _execute_reproduction(facts, output: Path):
     import uuid
 
     import nbtrack.reproduce as rebuild
-    from nbtrack import batch, query
-    from nbtrack.query import absolute_tracking_uri
-    from nbtrack.recorder import Recorder
+    from nbtrack import batch
+    from nbtrack.store import query
+    from nbtrack.store.query import absolute_tracking_uri
+    from nbtrack.store.recorder import Recorder
 
     Recorder(absolute_tracking_uri()).experiment_id(facts.experiment)
     execution = batch.Execution(output, output, {}, facts.experiment, uuid.uuid4().hex[:12],
@@ -411,7 +412,7 @@ def _diff(args) -> int:
 
 
 def _default_experiment() -> str:
-    from nbtrack.query import default_experiment
+    from nbtrack.store.query import default_experiment
 
     return default_experiment()
 

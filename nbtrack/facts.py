@@ -1,6 +1,6 @@
 """What a recorded run says about itself, as a plain value: what reproduce and diff work from.
 
-:func:`nbtrack.query.run_facts` reads one from the store; nothing here imports MLflow.
+:func:`nbtrack.store.query.run_facts` reads one from the store; nothing here imports MLflow.
 """
 
 from __future__ import annotations

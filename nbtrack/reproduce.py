@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbtrack import history
+from nbtrack.capture import history
 from nbtrack.capture.secrets import REDACTED
 from nbtrack.errors import NbtrackError
 from nbtrack.facts import RunFacts
@@ -99,7 +99,7 @@ def entries_of(facts: RunFacts) -> list[history.Entry]:
 
 
 def hidden_state(facts: RunFacts) -> list[history.Finding]:
-    """Signs of hidden state in the run's history (see :func:`nbtrack.history.find`)."""
+    """Signs of hidden state in the run's history (see :func:`nbtrack.capture.history.find`)."""
     if not facts.history:
         return []
     return history.find(history.parse(facts.history), saved_cells(facts.notebook))
@@ -183,7 +183,7 @@ def plan(facts: RunFacts, minimal: bool = False) -> Plan:
     Parameters
     ----------
     facts
-        The run, as :func:`nbtrack.query.run_facts` reads it.
+        The run, as :func:`nbtrack.store.query.run_facts` reads it.
     minimal
         Keep only the history entries the tracked cell depends on.
 

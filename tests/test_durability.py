@@ -316,7 +316,7 @@ def test_a_kernel_starting_never_finds_another_new_kernels_journal_unlocked(tmp_
     """Eight kernels start at once and each looks for ended kernels' journals to recover. The
     interleaving is injected: just as a new kernel locks its folder, another one looks.
     """
-    from nbtrack import journal
+    from nbtrack.durable import journal
 
     real_lock = journal._try_lock
     seen_by_the_other: list[list[str]] = []
@@ -352,7 +352,7 @@ def test_a_kernel_starting_never_finds_another_new_kernels_journal_unlocked(tmp_
 def test_series_spool_gives_back_every_point_once_and_ignores_a_frame_cut_short(tmp_path):
     import struct
 
-    from nbtrack.journal import SeriesSpool, read_spool
+    from nbtrack.durable.journal import SeriesSpool, read_spool
     from nbtrack.record import Series
 
     begun = tmp_path / "000000000001000-1-000001.begun"
@@ -720,7 +720,7 @@ def test_a_run_written_late_with_its_original_times_reaches_the_board_index(stor
     # look: the writer notes it, and the next incremental read fetches it by id.
     from mlflow import MlflowClient
 
-    from nbtrack import run_index
+    from nbtrack.store import index as run_index
 
     client = MlflowClient(tracking_uri=store)
     experiment_id = client.create_experiment("late")

@@ -12,8 +12,8 @@ import nbformat
 import pytest
 from conftest import SHOWCASE
 
-from nbtrack import history
-from nbtrack.history import Entry
+from nbtrack.capture import history
+from nbtrack.capture.history import Entry
 
 
 def nbtrack(*args, cwd):
@@ -169,8 +169,9 @@ def test_diff_of_two_real_runs_and_the_board_shows_the_same(shell, capsys):
     assert main(["diff", first, first]) == 0
     assert "no differences" in capsys.readouterr().out
 
-    from nbtrack import diff, query
+    from nbtrack import diff
     from nbtrack.board.widget import Leaderboard
+    from nbtrack.store import query
 
     board = Leaderboard(metric="acc")
     board.select(first, second)
@@ -266,7 +267,7 @@ def test_run_whose_data_changed_afterwards_is_reported(store, tmp_path, client):
 
 
 def test_hidden_state_summary_names_five_of_each_kind_and_counts_the_rest():
-    from nbtrack.history import EDITED, UNDEFINED, Finding, summary
+    from nbtrack.capture.history import EDITED, UNDEFINED, Finding, summary
 
     findings = [Finding(EDITED, f"In[{n}] ran code that no cell of the saved notebook holds", n)
                 for n in range(1, 41)]

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, ViewType
 
-from nbtrack import query
 from nbtrack.errors import NbtrackError
-from nbtrack.run_index import RunIndex
+from nbtrack.store import query
+from nbtrack.store.index import RunIndex
 
 EXPERIMENT = "index"
 START = 1_750_000_000_000

@@ -1,10 +1,11 @@
-"""MLflow's limits as nbtrack applies them (nbtrack/sanitize.py)."""
+"""MLflow's limits as nbtrack applies them (nbtrack/capture/sanitize.py)."""
 
 import math
 
 from mlflow.utils import validation
 
-from nbtrack import recorder, sanitize
+from nbtrack.capture import sanitize
+from nbtrack.store import recorder
 
 
 def test_limits_match_mlflows_own():

@@ -159,7 +159,7 @@ def test_board_registers_moves_champion_and_another_process_loads_it(store_shell
 
 
 def test_registry_versions_aliases_and_move_records_on_every_store(store_shell, any_store):
-    from nbtrack import registry
+    from nbtrack.store import registry
 
     experiment, model = any_store.name("registry"), any_store.name("reg")
     track_fits(store_shell, experiment, cs=(1.0,))

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import ipywidgets as widgets
 
-from nbtrack import display, query, registry
+from nbtrack import display
 from nbtrack.board import render
 from nbtrack.capture import lineage
 from nbtrack.errors import NbtrackError
+from nbtrack.store import query, registry
 
 
 def _with_class(widget, name: str):
@@ -51,7 +52,7 @@ class Leaderboard(widgets.VBox):
 
     def __init__(self, experiment=None, metric=None, ascending=False, top=50, tracker=None,
                  tracking_uri=None, filter=None):
-        from nbtrack.session import current
+        from nbtrack.tracker import current
 
         self._tracker = tracker if tracker is not None else current()
         if experiment is None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from nbtrack import session
+from nbtrack import tracker as session
 from nbtrack.config import Nbtrack
-from nbtrack.magics import TrackMagics
+from nbtrack.ipython.magics import TrackMagics
 
 # Per shell, the magics instance whose hooks are installed; unload removes exactly those.
 _INSTALLED: dict[int, TrackMagics] = {}

@@ -568,7 +568,7 @@ def _now_ms() -> int:
 
 
 def default_metric(runs: list[RunSummary]) -> str | None:
-    """The metric most runs have (ties: by name), as :func:`nbtrack.query.rank` picks it."""
+    """The metric most runs have (ties: by name), as :func:`nbtrack.store.query.rank` picks it."""
     counts: dict[str, int] = {}
     for run in runs:
         for key, value in run.data.metrics.items():

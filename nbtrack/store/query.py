@@ -87,7 +87,7 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
 
     The same question as ``rank(runs(experiment, filter=filter), metric, ascending, top)``, with
     the same answer, without reading every run through MLflow each time: the experiment's
-    :class:`nbtrack.run_index.RunIndex` is brought up to date from MLflow, then filtered (MLflow's
+    :class:`nbtrack.store.index.RunIndex` is brought up to date from MLflow, then filtered (MLflow's
     filter syntax) and ranked in memory.
 
     Returns
@@ -101,8 +101,8 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from nbtrack import run_index
     from nbtrack.errors import NbtrackError
+    from nbtrack.store import index as run_index
 
     _read_your_writes(tracker)
     if experiment is None:
@@ -188,7 +188,7 @@ def add_model_versions(board, tracking_uri=None) -> dict:
 
     Returns the versions found, ``{run_id: [ModelVersion, ...]}``.
     """
-    from nbtrack import registry
+    from nbtrack.store import registry
 
     versions = registry.versions_of_runs(list(board["run_id"]), tracking_uri) if len(board) else {}
     board["models"] = [

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbtrack import display, sanitize
-from nbtrack.capture import datasets, estimators, lineage
+from nbtrack import display
+from nbtrack.capture import datasets, estimators, lineage, sanitize
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.secrets import Redactor, is_secret_name
 from nbtrack.capture.source import CellSyntax, analyze
@@ -37,7 +37,7 @@ from nbtrack.record import (
 from nbtrack.threads import warnings_dropped
 
 if TYPE_CHECKING:
-    from nbtrack.journal import SeriesSpool
+    from nbtrack.durable.journal import SeriesSpool
 
 # How often a running cell's nbtrack.log_metric points are appended to the journal.
 SPOOL_INTERVAL_MS = 1000
@@ -143,7 +143,7 @@ class Tracker:
     def recorder(self):
         """The recorder, imported on first use so that loading nbtrack stays fast."""
         if self._recorder is None:
-            from nbtrack.recorder import Recorder
+            from nbtrack.store.recorder import Recorder
 
             self._recorder = Recorder()
         return self._recorder
@@ -213,7 +213,7 @@ class Tracker:
 
     def _note_begun(self, active: _ActiveCell) -> None:
         """Journal the cell's start, so a kernel dying during it still leaves a (KILLED) run."""
-        from nbtrack.writer import begun_facts
+        from nbtrack.durable.writer import begun_facts
 
         active.tracking_uri = self.tracking_uri()
         redactor = Redactor()
@@ -230,7 +230,7 @@ class Tracker:
         (:mod:`nbtrack.threads`): a cell that starts meanwhile waits for the import to end.
         """
         from nbtrack import threads
-        from nbtrack.recorder import quiet_mlflow_threads
+        from nbtrack.store.recorder import quiet_mlflow_threads
 
         def load() -> None:
             quiet_mlflow_threads()  # its import warnings would land in the user's cell
@@ -294,7 +294,7 @@ class Tracker:
         return outcome
 
     def _submit(self, record: CellRecord, active: _ActiveCell) -> RunOutcome | None:
-        from nbtrack.journal import Entry
+        from nbtrack.durable.journal import Entry
 
         writer = self.writer
         uri = active.tracking_uri or self.tracking_uri()
@@ -342,7 +342,7 @@ class Tracker:
         try:
             run = mlflow.active_run()
             if run is not None and run.info.run_id == record.run_id:
-                from nbtrack.recorder import leave_active_run
+                from nbtrack.store.recorder import leave_active_run
 
                 leave_active_run(record.run_id)
         except Exception as error:
@@ -354,7 +354,7 @@ class Tracker:
         """The store tracked cells write to now (a relative SQLite path made absolute)."""
         import sys
 
-        from nbtrack.query import absolute_tracking_uri
+        from nbtrack.store.query import absolute_tracking_uri
 
         mlflow = sys.modules.get("mlflow")
         if mlflow is None or getattr(mlflow.__spec__, "_initializing", False):
@@ -372,7 +372,7 @@ class Tracker:
             if self._recorder is not None and self._recorder.tracking_uri == tracking_uri:
                 recorder = self._recorder
             else:
-                from nbtrack.recorder import Recorder
+                from nbtrack.store.recorder import Recorder
 
                 recorder = Recorder(tracking_uri)
             self._recorders[tracking_uri] = recorder
@@ -384,8 +384,8 @@ class Tracker:
         if self._writer is None:
             import atexit
 
-            from nbtrack.journal import KernelJournal
-            from nbtrack.writer import BackgroundWriter
+            from nbtrack.durable.journal import KernelJournal
+            from nbtrack.durable.writer import BackgroundWriter
 
             try:
                 journal = KernelJournal.create()
@@ -417,7 +417,7 @@ class Tracker:
 
         def run() -> None:
             try:
-                from nbtrack.recorder import quiet_mlflow
+                from nbtrack.store.recorder import quiet_mlflow
 
                 with quiet_mlflow():  # a new store's "Creating initial MLflow database tables"
                     _ = self.recorder_for(tracking_uri).client
@@ -432,7 +432,7 @@ class Tracker:
     def _start_recovery(self, own_folder: Path) -> None:
         """Write, on a thread of its own, what kernels that have ended left in their journals."""
         from nbtrack import threads
-        from nbtrack.writer import recover
+        from nbtrack.durable.writer import recover
 
         def run() -> None:
             self._store_open.wait()  # imports done by the store's opening need not be repeated
@@ -489,7 +489,7 @@ class Tracker:
         """The writer put a run in the store (called on its thread)."""
         self.last_run_id = outcome.run_id
         self._previous_runs[record.tags.get("nbtrack.cell", "")] = outcome.run_id
-        from nbtrack import run_index
+        from nbtrack.store import index as run_index
 
         run_index.note_written(outcome.tracking_uri, outcome.run_id)
         self._notify_after_run()
@@ -544,7 +544,7 @@ class Tracker:
             return
         try:
             if active.spool is None:
-                from nbtrack.journal import SeriesSpool
+                from nbtrack.durable.journal import SeriesSpool
 
                 active.spool = SeriesSpool(active.begun_path)
             active.spool.write(active.series)
@@ -866,7 +866,7 @@ def _hidden_state(active: _ActiveCell, redactor: Redactor, snapshot: bytes | Non
     edited after they ran, names no saved cell defines), one line; "" when nothing.
     """
     try:
-        from nbtrack import history
+        from nbtrack.capture import history
         from nbtrack.reproduce import saved_cells
 
         cell = active.cell

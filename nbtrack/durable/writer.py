@@ -1,6 +1,6 @@
 """Writing journaled records to the store on a thread of their own, so a cell never waits for it.
 
-The tracker journals a record (nbtrack.journal) and hands it to the :class:`BackgroundWriter`,
+The tracker journals a record (nbtrack.durable.journal) and hands it to the :class:`BackgroundWriter`,
 which writes records one at a time, oldest first. When the store refuses (down, locked, slow to the
 point of failing, artifact location unwritable), the record stays at the head of the queue and in
 the journal, and the writer tries again with growing pauses; later records wait behind it so the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nbtrack import display
 from nbtrack.display import short_error as _short
-from nbtrack.journal import Entry, KernelJournal, kernel_folders, read_spool
+from nbtrack.durable.journal import Entry, KernelJournal, kernel_folders, read_spool
 from nbtrack.record import CellRecord, RunOutcome
 from nbtrack.threads import GATE, start, with_imports
 

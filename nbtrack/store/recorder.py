@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
 
-from nbtrack import registry
 from nbtrack.display import short_error as _short
 from nbtrack.errors import StoreError
 from nbtrack.record import CellRecord, FigureSnapshot, RunOutcome, Series
+from nbtrack.store import registry
 from nbtrack.threads import GATE, IMPORT_GUARD, THREAD_PREFIX, warnings_dropped
 
 _OPENING = threading.Lock()
@@ -395,7 +395,7 @@ def _store_creation_lock(uri: str):
     import fcntl
     import hashlib
 
-    from nbtrack.journal import journal_root
+    from nbtrack.durable.journal import journal_root
 
     try:
         root = journal_root()

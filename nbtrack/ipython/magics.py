@@ -3,7 +3,7 @@
 A ``%%track`` cell is run by IPython itself, exactly as if the ``%%track`` line were not there: an
 input transformer removes that line, and the ``pre_run_cell`` / ``post_run_cell`` events begin and
 end the run. So the cell's output, its ``Out[n]``, its traceback and its error status are IPython's
-own, untouched. Everything else happens in :mod:`nbtrack.session`, which knows nothing of IPython.
+own, untouched. Everything else happens in :mod:`nbtrack.tracker`, which knows nothing of IPython.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from nbtrack import display
 from nbtrack.errors import BadOptionError
-from nbtrack.session import CellContext, Tracker, TrackOptions
 from nbtrack.threads import GATE, install_import_guard, remove_import_guard
+from nbtrack.tracker import CellContext, Tracker, TrackOptions
 
 _TRACK_LINE = re.compile(r"^%%track(?P<args>(\s.*)?)$")
 

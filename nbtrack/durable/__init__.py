@@ -1,0 +1,1 @@
+"""The journal, the background writer, sync and recovery: every record reaches the store."""
