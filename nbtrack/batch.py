@@ -247,7 +247,7 @@ def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
     """Run executions, up to ``jobs`` at once, each in its own process; return how each ended."""
     from tqdm.auto import tqdm
 
-    from nbtrack.store.query import absolute_tracking_uri
+    from nbtrack.store.kernel_state import absolute_tracking_uri
 
     tracking_uri = absolute_tracking_uri()
     results: list[ExecutionResult] = []

@@ -167,7 +167,7 @@ def _run(args) -> int:
         outdir = outdir / time.strftime(f"{notebook.stem}-%Y%m%d-%H%M%S")
     # Created here, not by the kernels: its artifacts then sit beside a default ./mlflow.db (a
     # kernel would resolve ./mlruns in the notebook's folder), and parallel kernels do not race.
-    from nbtrack.store.query import absolute_tracking_uri
+    from nbtrack.store.kernel_state import absolute_tracking_uri
     from nbtrack.store.recorder import Recorder
 
     Recorder(absolute_tracking_uri()).experiment_id(experiment)
@@ -250,7 +250,7 @@ def _sync(args) -> int:
 
 
 def _ui(args) -> int:
-    from nbtrack.store.query import absolute_tracking_uri
+    from nbtrack.store.kernel_state import absolute_tracking_uri
 
     uri = absolute_tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -390,7 +390,7 @@ def _execute_reproduction(facts, output: Path):
     import nbtrack.reproduce as rebuild
     from nbtrack import batch
     from nbtrack.store import query
-    from nbtrack.store.query import absolute_tracking_uri
+    from nbtrack.store.kernel_state import absolute_tracking_uri
     from nbtrack.store.recorder import Recorder
 
     Recorder(absolute_tracking_uri()).experiment_id(facts.experiment)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 FINISHED = "FINISHED"
@@ -125,3 +126,29 @@ class RunOutcome:
     problems: tuple[str, ...] = ()
     # The store refused part of the run for now (down, locked, not writable): write it again later.
     retry: bool = False
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """What ``%%track`` was asked to do (see ``%%track?``)."""
+
+    experiment: str | None = None
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] | None = None
+    figures: bool = True
+    model: bool = True
+    register: str | None = None
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """What the shell knows about the cell about to run."""
+
+    raw_source: str
+    code: str  # the cell body as Python (IPython syntax already transformed)
+    execution_count: int | None = None
+    cell_id: str | None = None
+    history: tuple[tuple[int, str], ...] = ()  # earlier inputs of this kernel, in order
+    cwd: Path = field(default_factory=Path.cwd)

@@ -463,7 +463,7 @@ def test_sigkill_mid_cell_then_the_next_kernel_recovers_it(tmp_path, store, kern
     import nbtrack
 
     tracker = nbtrack._tracker()
-    tracker._recovery.join(timeout=120)
+    tracker.queue.recovery.join(timeout=120)
     assert nbtrack.flush(timeout=60)
     runs = runs_by_name(store, "crash")
     assert {name: run.info.status for name, run in runs.items()} == {

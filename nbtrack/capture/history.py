@@ -15,11 +15,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nbtrack.capture.source import SHELL_NAMES
+
 OUT_OF_ORDER, EDITED, UNDEFINED = "out-of-order", "edited", "undefined"
 
 _HEADER = re.compile(r"^# In\[(\d+)\]:$")
-# Names a kernel provides without any cell defining them.
-_KERNEL_NAMES = frozenset({"In", "Out", "get_ipython", "display", "exit", "quit"})
 # Line magics that set the kernel up rather than compute anything: --minimal keeps them.
 _SETUP_MAGICS = ("%load_ext", "%reload_ext", "%matplotlib", "%config", "%track_config", "%env",
                  "%autoreload", "%pip", "%conda")
@@ -212,7 +212,7 @@ def _loads(node: ast.AST) -> list[str]:
 
 
 def _provided(name: str) -> bool:
-    return name in _KERNEL_NAMES or name.startswith("_") or hasattr(builtins, name)
+    return name in SHELL_NAMES or name.startswith("_") or hasattr(builtins, name)
 
 
 def find(entries: Sequence[Entry], saved: Sequence[tuple[int, str]] | None) -> list[Finding]:

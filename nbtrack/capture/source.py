@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FIT_METHODS = frozenset({"fit", "fit_transform", "fit_predict", "partial_fit"})
+# Names the shell itself binds in the user namespace (no cell defines them): never params,
+# metrics or data, never hidden state.
+SHELL_NAMES = frozenset({"In", "Out", "get_ipython", "display", "exit", "quit", "open"})
 _UNSET = object()
 
 
@@ -33,6 +36,11 @@ class CellSyntax:
         names = list(self.literal_bindings)
         names += [n for n in self.computed_names if n not in self.literal_bindings]
         return tuple(names)
+
+
+def is_shell_name(name: str) -> bool:
+    """Whether the shell owns ``name``: one of :data:`SHELL_NAMES`, or private (``_``, ``_i3``)."""
+    return name in SHELL_NAMES or name.startswith("_")
 
 
 def analyze(source: str) -> CellSyntax:

@@ -1,8 +1,12 @@
-"""Loading nbtrack into an IPython shell, and unloading it cleanly (``%reload_ext`` safe)."""
+"""The IPython layer, the only code that imports IPython: loading nbtrack into a shell and
+unloading it cleanly (``%reload_ext`` safe). The magics parse what the user typed
+(:mod:`~nbtrack.ipython.magics`); the shell's hooks begin and end tracked cells
+(:mod:`~nbtrack.ipython.hooks`); both hand off to the plain :class:`~nbtrack.tracker.Tracker`.
+"""
 
 from __future__ import annotations
 
-from nbtrack import tracker as session
+from nbtrack import tracker as tracking
 from nbtrack.config import Nbtrack
 from nbtrack.ipython.magics import TrackMagics
 
@@ -16,11 +20,11 @@ def load(shell) -> None:
         return
     settings = Nbtrack(parent=shell)  # picks up c.Nbtrack.* from ipython_config.py
     shell.configurables.append(settings)  # so %config Nbtrack shows and sets it
-    tracker = session.Tracker(settings)
+    tracker = tracking.Tracker(settings)
     magics = TrackMagics(shell, tracker)
     shell.register_magics(magics)
-    magics.install()
-    session.set_current(tracker)
+    magics.hooks.install()
+    tracking.set_current(tracker)
     _INSTALLED[id(shell)] = magics
 
 
@@ -29,8 +33,8 @@ def unload(shell) -> None:
     magics = _INSTALLED.pop(id(shell), None)
     if magics is None:
         return
-    magics.uninstall()
+    magics.hooks.uninstall()
     if magics.tracker.settings in shell.configurables:
         shell.configurables.remove(magics.tracker.settings)
-    if session.current() is magics.tracker:
-        session.set_current(None)
+    if tracking.current() is magics.tracker:
+        tracking.set_current(None)

@@ -40,6 +40,8 @@ import threading
 import time
 from pathlib import Path
 
+from nbtrack.store.kernel_state import absolute_tracking_uri
+
 SCHEMA_VERSION = 1
 CACHE_ENV = "NBTRACK_CACHE_DIR"
 RECONCILE_ENV = "NBTRACK_INDEX_RECONCILE_SECONDS"
@@ -66,17 +68,9 @@ def cache_dir() -> Path:
     return Path(base) / "nbtrack"
 
 
-def absolute_uri(uri: str) -> str:
-    """``uri`` with a relative SQLite path made absolute, so every folder finds the same index."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
-    return uri
-
-
 def index_path(tracking_uri: str, experiment_id: str, folder: Path | None = None) -> Path:
     """The index file of one experiment of one store."""
-    key = hashlib.sha256(f"{absolute_uri(tracking_uri)}\0{experiment_id}".encode()).hexdigest()
+    key = hashlib.sha256(f"{absolute_tracking_uri(tracking_uri)}\0{experiment_id}".encode()).hexdigest()
     return (folder or cache_dir()) / f"runs-{key[:20]}.sqlite"
 
 
@@ -208,7 +202,7 @@ _WRITTEN_LOCK = threading.Lock()
 def note_written(tracking_uri: str, run_id: str) -> None:
     """Tell the indexes of this process that ``run_id`` was written to ``tracking_uri``."""
     with _WRITTEN_LOCK:
-        _WRITTEN.setdefault(absolute_uri(tracking_uri), set()).add(run_id)
+        _WRITTEN.setdefault(absolute_tracking_uri(tracking_uri), set()).add(run_id)
 
 
 class RunIndex:
@@ -239,7 +233,7 @@ class RunIndex:
 
     def __init__(self, tracking_uri: str, experiment_id: str, folder: Path | None = None,
                  reconcile_seconds: float | None = None):
-        self.tracking_uri = absolute_uri(tracking_uri)
+        self.tracking_uri = absolute_tracking_uri(tracking_uri)
         self.experiment_id = str(experiment_id)
         self.path = index_path(self.tracking_uri, self.experiment_id, folder)
         if reconcile_seconds is None:
@@ -261,7 +255,7 @@ class RunIndex:
         One copy a process: the board, ``nbtrack.leaderboard()`` and the refresh after each
         tracked cell then share the summaries in memory instead of each reloading the file.
         """
-        key = (absolute_uri(tracking_uri), str(experiment_id), str(cache_dir()))
+        key = (absolute_tracking_uri(tracking_uri), str(experiment_id), str(cache_dir()))
         with cls._shared_lock:
             index = cls._shared.get(key)
             if index is None:

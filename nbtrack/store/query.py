@@ -289,24 +289,6 @@ def figure_images(run_id: str, tracking_uri=None) -> list[tuple[str, bytes]]:
     return found
 
 
-def absolute_tracking_uri(uri: str | None = None) -> str:
-    """MLflow's tracking URI (or ``uri``) with a relative SQLite path made absolute.
-
-    A kernel runs in its notebook's folder; a relative ``sqlite:///mlflow.db`` would otherwise
-    open a different store there than the one the calling process reads.
-    """
-    import os
-
-    if uri is None:
-        import mlflow
-
-        uri = mlflow.get_tracking_uri()
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
-    return uri
-
-
 def run_facts(run_id: str, tracking_uri=None):
     """A run's params, metrics, tags, datasets and lineage artifacts, as a
     :class:`nbtrack.facts.RunFacts`; NbtrackError when there is no such run.

@@ -9,13 +9,9 @@ comes back with ``run_id=None`` so the caller can keep the record.
 from __future__ import annotations
 
 import errno
-import logging
 import sqlite3
 import tempfile
-import threading
-import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
 
@@ -23,9 +19,8 @@ from nbtrack.display import short_error as _short
 from nbtrack.errors import StoreError
 from nbtrack.record import CellRecord, FigureSnapshot, RunOutcome, Series
 from nbtrack.store import registry
-from nbtrack.threads import GATE, IMPORT_GUARD, THREAD_PREFIX, warnings_dropped
-
-_OPENING = threading.Lock()
+from nbtrack.store.kernel_state import experiment_of, quiet_mlflow, store_opening, without_run_urls
+from nbtrack.threads import GATE, IMPORT_GUARD
 
 # MLflow's per-call limits for log_batch (mlflow.utils.validation).
 PARAMS_TAGS_PER_BATCH = 100
@@ -58,14 +53,9 @@ class Recorder:
         if self._client is None or self._client.tracking_uri != uri:
             # Opening a new SQLite store creates and migrates its tables: two threads doing it
             # at once (the writer and the recovery of ended kernels) would trip over each other.
-            with _OPENING, _store_creation_lock(uri):
+            with store_opening(uri):
                 self._client = MlflowClient(tracking_uri=uri)
-            # On a tracking server MLflow writes "View run ... at: URL" to stdout as a run ends;
-            # from the writer's thread that line would land in whatever cell runs then, and
-            # nbtrack's own summary line names the run already. Only this client is quieted.
-            tracking = getattr(self._client, "_tracking_client", None)
-            if tracking is not None and hasattr(tracking, "_log_url"):
-                tracking._log_url = lambda run_id: None
+            without_run_urls(self._client)
             self._experiment_ids.clear()
         return self._client
 
@@ -116,7 +106,7 @@ class Recorder:
                 self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         # A run left active by an earlier cell's own mlflow.start_run() stays as it was: ours goes
         # on top of it instead of raising MLflow's "run already active" error.
-        with _experiment_of(run.info.experiment_id):
+        with experiment_of(run.info.experiment_id):
             mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
         return run_id
 
@@ -383,35 +373,6 @@ class Recorder:
         client.set_terminated(run_id, status=record.status, end_time=record.end_time_ms)
 
 
-@contextmanager
-def _store_creation_lock(uri: str):
-    """Across processes, one at a time opens a SQLite store: opening a new one creates its
-    tables, and eight kernels of a sweep doing that at once make MLflow's migrations collide.
-    The lock file lives in the journal root, not beside the user's database.
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-    import hashlib
-
-    from nbtrack.durable.journal import journal_root
-
-    try:
-        root = journal_root()
-        root.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha1(uri.encode()).hexdigest()[:16]
-        handle = open(root / f".opening-{name}.lock", "a+")  # noqa: SIM115 - the lock itself
-    except OSError:  # no journal folder: open without the lock, as MLflow alone would
-        yield
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        handle.close()
-
-
 def _series_metrics(series: Sequence[Series]) -> list:
     """The points of ``series`` as MLflow metric entities."""
     from mlflow.entities import Metric
@@ -423,34 +384,6 @@ def _series_metrics(series: Sequence[Series]) -> list:
 def _log_metrics(client, run_id: str, metrics: list) -> None:
     for start in range(0, len(metrics), METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
-
-
-def leave_active_run(run_id: str) -> None:
-    """End MLflow's active run ``run_id`` in this thread the way ``mlflow.end_run()`` does, but
-    without its call to the store: the background writer sets the run's status, in order with
-    the rest of its record. A store that is down must not hold the cell here, and end_run would
-    also print the run's URL into the cell's output.
-    """
-    from mlflow.environment_variables import MLFLOW_RUN_ID
-    from mlflow.tracking import fluent
-
-    stack = getattr(fluent, "_active_run_stack", None)
-    last = getattr(fluent, "_last_active_run_id", None)
-    if stack is None or last is None:  # an MLflow whose fluent state nbtrack does not know
-        import mlflow
-
-        with quiet_mlflow():
-            mlflow.end_run()
-        return
-    runs = stack.get()
-    if not runs or runs[-1].info.run_id != run_id:
-        return
-    MLFLOW_RUN_ID.unset()
-    runs.pop()
-    last.set(run_id)
-    monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(run_id, None)
-    if monitor is not None:
-        monitor.finish()
 
 
 def _render(snapshot: FigureSnapshot, record: CellRecord, problems: list[str]) -> bytes | None:
@@ -513,68 +446,3 @@ def _trusted_types(estimator) -> list[str] | None:
     return skops.io.get_untrusted_types(data=skops.io.dumps(estimator)) or None
 
 
-@contextmanager
-def quiet_mlflow():
-    """Keep MLflow's own info logs and warnings out of the user's cell output while nbtrack
-    writes (what goes wrong is reported by nbtrack, in one line).
-
-    On nbtrack's own threads (the writer, store opening, recovery) nothing global changes, since
-    the user's code runs meanwhile: what those threads log or warn is dropped by a filter that
-    looks at the thread's name.
-    """
-    import mlflow  # noqa: F401 - its import sets its loggers' levels: set ours after it
-
-    if threading.current_thread().name.startswith(THREAD_PREFIX):
-        quiet_mlflow_threads()
-        yield
-        return
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings_dropped():  # never catch_warnings alone: see nbtrack.threads
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-class _NotFromNbtrackThreads(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.threadName.startswith(THREAD_PREFIX)
-
-
-_FILTER = _NotFromNbtrackThreads()
-
-
-def quiet_mlflow_threads() -> None:
-    """Drop MLflow's log records and Python warnings emitted on nbtrack's threads (idempotent)."""
-    for handler in logging.getLogger("mlflow").handlers:
-        if _FILTER not in handler.filters:
-            handler.addFilter(_FILTER)
-    if not getattr(warnings.showwarning, "_nbtrack", False):
-        shown = warnings.showwarning
-
-        def showwarning(*args, **kwargs):
-            if not threading.current_thread().name.startswith(THREAD_PREFIX):
-                shown(*args, **kwargs)
-
-        showwarning._nbtrack = True
-        warnings.showwarning = showwarning
-
-
-@contextmanager
-def _experiment_of(experiment_id: str):
-    """Let MLflow resume a run of ``experiment_id`` although the user's ``mlflow.set_experiment``
-    chose another one (MLflow refuses to, then); the user's choice is put back right after.
-    """
-    from mlflow.tracking import fluent
-
-    chosen = getattr(fluent, "_active_experiment_id", None)
-    if chosen is None or chosen == experiment_id:
-        yield
-        return
-    fluent._active_experiment_id = experiment_id
-    try:
-        yield
-    finally:
-        fluent._active_experiment_id = chosen

@@ -1,0 +1,409 @@
+"""What a tracked cell yields, as plain functions over its namespace (a dict) and its syntax.
+
+:class:`ActiveCell` is the tracked cell while it runs; :func:`build_record` turns it, the namespace
+it ran in and its exception into the :class:`~nbtrack.record.CellRecord` the store gets. Each rule
+is a function of its own (params, metrics, models, tags, hidden state), testable on plain dicts
+and source strings, with no shell and no MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nbtrack.capture import datasets, estimators, lineage, sanitize
+from nbtrack.capture.figures import FigureCollector
+from nbtrack.capture.secrets import Redactor, is_secret_name
+from nbtrack.capture.source import CellSyntax, is_shell_name
+from nbtrack.capture.values import flatten_param, metric_number, param_text
+from nbtrack.config import Nbtrack
+from nbtrack.display import short_error as _short
+from nbtrack.record import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    Artifact,
+    CellContext,
+    CellRecord,
+    ModelCapture,
+    Series,
+    TrackOptions,
+)
+
+if TYPE_CHECKING:
+    from nbtrack.durable.journal import SeriesSpool
+
+# git answers in milliseconds; a repository on a hung network mount must not hold the cell.
+GIT_WAIT_SECONDS = 5
+
+
+@dataclass
+class ActiveCell:
+    """The tracked cell that is running now, and what it has logged so far."""
+
+    cell: CellContext
+    options: TrackOptions
+    syntax: CellSyntax
+    experiment: str
+    run_name: str
+    notebook: Path | None
+    started_ms: int
+    read_params: dict[str, Any]
+    names_before: frozenset[str]
+    figures: FigureCollector
+    settings: Nbtrack
+    environ: Mapping[str, str]  # the kernel's environment: notebook path, batch ids, secrets
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    begun_path: Path | None = None
+    git: Future | None = None  # the repository's state, read on a thread while the cell runs
+    spool: SeriesSpool | None = None  # the series so far, on disk, for a kernel that dies
+    spooled_ms: int = 0  # when the series were last spooled (or the cell started)
+    spool_failed: bool = False
+    explicit_params: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseException | None,
+                 ended_ms: int) -> CellRecord:
+    """The record of a tracked cell that ended, from the namespace it ran in and its exception.
+
+    What cannot be captured is noted in ``active.problems`` (one line each) and left out.
+    """
+    warn = active.problems.append
+    options, syntax, settings = active.options, active.syntax, active.settings
+    redactor = redactor_for(active, namespace)
+
+    params = cell_params(active, namespace, warn)
+    params_text = {}
+    for key, value in params.items():
+        try:
+            params_text[key] = redactor.redact(param_text(value))
+        except Exception as error:  # e.g. a __str__ that raises
+            warn(f"param {key!r} not logged: its value cannot be written as text "
+                 f"({_short(error)}).")
+    metrics = cell_metrics(active, namespace, warn)
+
+    models: list[ModelCapture] = []
+    if options.model and settings.models:
+        models = cell_models(active, namespace, warn)
+
+    data: list = []
+    if settings.datasets:
+        pairs = [(n, "read") for n in syntax.read_names if n in active.names_before]
+        pairs += [(n, "bound") for n in syntax.bound_names]
+        data, skipped = datasets.collect(pairs, namespace)
+        if skipped:
+            warn(f"{skipped} more DataFrames/arrays not logged as datasets "
+                 f"(at most {datasets.MAX_DATASETS} a run).")
+
+    if options.figures and settings.figures:
+        active.figures.finish()
+    problems = active.figures.problems
+    active.problems.extend(problems)
+
+    artifacts = [
+        Artifact("cell/source.py", redactor.redact(active.cell.raw_source).encode()),
+        *active.figures.artifacts(),
+    ]
+    if settings.history:
+        entries = [*active.cell.history, (active.cell.execution_count or 0, active.cell.raw_source)]
+        artifacts.append(
+            Artifact("lineage/history.py", lineage.history_text(entries, redactor).encode())
+        )
+    snapshot = None
+    if active.notebook is not None and (settings.notebook_snapshot or settings.history):
+        snapshot = lineage.notebook_snapshot(active.notebook, redactor)
+    if settings.notebook_snapshot and snapshot is not None:
+        artifacts.append(Artifact(f"lineage/{active.notebook.name}", snapshot))
+
+    status = run_status(error)
+    tags = run_tags(active, error, redactor)
+    if settings.history:
+        hidden = hidden_state(active, redactor, snapshot, warn)
+        if hidden:
+            tags["nbtrack.hidden_state"] = hidden
+    if error is not None and status == FAILED:
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        artifacts.append(Artifact("error/traceback.txt", redactor.redact(trace).encode()))
+
+    series = tuple(sanitize.series(list(active.series.values()), warn))
+    return CellRecord(
+        experiment=active.experiment,
+        run_name=active.run_name,
+        start_time_ms=active.started_ms,
+        end_time_ms=ended_ms,
+        status=status,
+        params=sanitize.params(params_text, warn),
+        metrics=sanitize.metrics(metrics, warn),
+        series=series,
+        tags=sanitize.tags(tags, warn),
+        artifacts=tuple(artifacts),
+        models=tuple(models),
+        datasets=tuple(data),
+        register_as=options.register,
+        run_id=active.run_id,
+    )
+
+def minimal_record(active: ActiveCell, error: BaseException | None, ended_ms: int) -> CellRecord:
+    """The cell's source and status only: what is recorded when capture itself failed."""
+    redactor = redactor_for(active)
+    return CellRecord(
+        experiment=active.experiment,
+        run_name=active.run_name,
+        start_time_ms=active.started_ms,
+        end_time_ms=ended_ms,
+        status=run_status(error),
+        tags={"mlflow.source.type": "NOTEBOOK", "nbtrack.capture": "partial"},
+        artifacts=(Artifact("cell/source.py", redactor.redact(active.cell.raw_source).encode()),),
+        run_id=active.run_id,
+    )
+
+def redactor_for(active: ActiveCell, namespace: Mapping[str, Any] | None = None) -> Redactor:
+    """The redactor for what the cell's run logs: secrets named in the environment and the cell's
+    source and, once the cell has run (``namespace``), in its namespace and the kernel's history.
+    """
+    redactor = Redactor()
+    redactor.add_from_environment(active.environ)
+    redactor.add_from_source(active.cell.raw_source)
+    if namespace is not None:
+        redactor.add_from_namespace(namespace)
+        redactor.add_from_source(active.cell.code)
+        for _, source in active.cell.history:
+            redactor.add_from_source(source)
+    return redactor
+
+
+def cell_params(active: ActiveCell, namespace: Mapping[str, Any], warn) -> dict[str, Any]:
+    """The params: names ``--params`` lists, else literals the cell binds, simple values it reads
+    from earlier cells and fitted estimators' hyperparameters; then injected values and
+    ``log_param`` calls (which win). Secret-named ones are left out.
+    """
+    limit = active.settings.max_collection_items
+    params: dict[str, Any] = {}
+    if active.options.params is not None:
+        for name in active.options.params:
+            if name not in namespace:
+                warn(f"param {name!r} named in --params is not defined: not logged.")
+                continue
+            flat = flatten_param(name, namespace[name], limit)
+            if flat is None:
+                warn(f"param {name!r} not logged: a {type(namespace[name]).__name__} "
+                     "is not a number, string, bool or small list/dict.")
+                continue
+            params.update(flat)
+    else:
+        params.update(active.read_params)
+        for name, literal in active.syntax.literal_bindings.items():
+            if is_shell_name(name):
+                continue
+            flat = flatten_param(name, namespace.get(name, literal), limit)
+            if flat is not None:
+                params.update(flat)
+        for name in estimator_names(active):
+            value = namespace.get(name)
+            if estimators.is_estimator(value) and estimators.is_fitted(value):
+                params.update(estimators.hyperparameters(name, value))
+    params.update(injected_parameters(active.environ, active.settings.max_collection_items, warn))
+    params = {k: v for k, v in params.items() if not is_secret_name(k)}
+    for key, value in active.explicit_params.items():
+        if key in params and param_text(params[key]) != param_text(value):
+            warn(f"param {key!r} logged as {param_text(value)!r} by log_param; "
+                 f"the cell's value {param_text(params[key])!r} is not logged.")
+        params[key] = value
+    return params
+
+def injected_parameters(environ: Mapping[str, str], limit: int, warn) -> dict[str, Any]:
+    """Values ``nbtrack run -p/--grid`` injected into this execution's notebook."""
+    text = environ.get("NBTRACK_PARAMETERS")
+    if not text:
+        return {}
+    import json
+
+    try:
+        injected = json.loads(text)
+    except ValueError:
+        warn("NBTRACK_PARAMETERS is not JSON: the injected parameters are not logged.")
+        return {}
+    params: dict[str, Any] = {}
+    for name, value in injected.items():
+        params.update(flatten_param(name, value, limit)
+                      or {name: str(value)})
+    return params
+
+def cell_metrics(active: ActiveCell, namespace: Mapping[str, Any], warn) -> dict[str, float]:
+    """The metrics: names ``--metrics`` lists, else numbers the cell binds from computed
+    expressions (not loop variables, not shell-owned or secret names).
+    """
+    syntax = active.syntax
+    if active.options.metrics is not None:
+        names = list(active.options.metrics)
+    else:
+        names = [
+            n for n in syntax.computed_names
+            if n not in syntax.loop_variables and not is_shell_name(n)
+        ]
+    metrics: dict[str, float] = {}
+    for name in names:
+        if is_secret_name(name):
+            continue
+        if name not in namespace:
+            if active.options.metrics is not None:
+                warn(f"metric {name!r} named in --metrics is not defined: not logged.")
+            continue
+        number = metric_number(namespace[name])
+        if number is None:
+            if active.options.metrics is not None:
+                warn(f"metric {name!r} not logged: a {type(namespace[name]).__name__} "
+                     "is not a number.")
+            continue
+        metrics[name] = number
+    return metrics
+
+def estimator_names(active: ActiveCell) -> list[str]:
+    """Names the cell binds or fits, in order: where its models may be."""
+    names = [*active.syntax.bound_names, *active.syntax.fitted]
+    return [n for n in dict.fromkeys(names) if not is_shell_name(n)]
+
+def cell_models(active: ActiveCell, namespace: Mapping[str, Any], warn) -> list[ModelCapture]:
+    """Fitted scikit-learn estimators the cell binds or fits, with an input example; other
+    model objects get a one-line note.
+    """
+    models = []
+    for name in estimator_names(active):
+        value = namespace.get(name)
+        if estimators.is_estimator(value):
+            if estimators.is_fitted(value):
+                data = namespace.get(active.syntax.fitted.get(name) or "")
+                models.append(ModelCapture(name, value, estimators.input_example(data)))
+            continue
+        kind = estimators.looks_like_model(value)
+        if kind is not None:
+            warn(f"model {name!r} ({kind}) not logged: nbtrack logs scikit-learn estimators; "
+                 "log this one with the matching mlflow.<flavor>.log_model in the cell.")
+    return models
+
+def run_tags(active: ActiveCell, error: BaseException | None, redactor: Redactor):
+    """The run's tags: source and notebook, cell identity, user, git state, package versions,
+    batch ids, the error, and the ``-t`` tags.
+    """
+    cell = active.cell
+    notebook = str(active.notebook) if active.notebook else "<ipython>"
+    identity = cell.cell_id or "src-" + hashlib.sha1(
+        f"{notebook}\n{cell.code.strip()}".encode()
+    ).hexdigest()[:12]
+    tags = {
+        "mlflow.runName": active.run_name,
+        "mlflow.source.type": "NOTEBOOK",
+        "mlflow.source.name": notebook,
+        "mlflow.user": lineage.current_user(active.environ),
+        "mlflow.note.content": "```python\n" + redactor.redact(cell.raw_source) + "\n```",
+        "nbtrack.notebook": notebook,
+        "nbtrack.cell": identity,
+    }
+    if cell.cell_id:
+        tags["nbtrack.cell_id"] = cell.cell_id
+    if cell.execution_count is not None:
+        tags["nbtrack.execution_count"] = str(cell.execution_count)
+    git = git_state(active)
+    if "commit" in git:
+        tags["mlflow.source.git.commit"] = git["commit"]
+    for key in ("dirty", "branch"):
+        if key in git:
+            tags[f"nbtrack.git.{key}"] = git[key]
+    for package, version in lineage.package_versions().items():
+        tags[f"nbtrack.version.{package}"] = version
+    runner = lineage.batch_runner(active.environ)
+    if runner:
+        tags["nbtrack.batch"] = runner
+    for variable, tag in (("NBTRACK_SWEEP_ID", "nbtrack.sweep"),
+                          ("NBTRACK_EXECUTION_ID", "nbtrack.execution")):
+        if active.environ.get(variable):
+            tags[tag] = active.environ[variable]
+    if error is not None:
+        tags["nbtrack.error"] = redactor.redact(
+            f"{type(error).__name__}: {error}".strip().rstrip(":")
+        )[:500]
+    for key, value in active.options.tags.items():
+        tags[key] = redactor.redact(value)
+    return tags
+
+
+
+def opening_tags(active: ActiveCell) -> dict[str, str]:
+    """Tags a run gets when it is opened before its cell runs: enough to find and explain
+    it should the kernel die before the cell ends.
+    """
+    notebook = str(active.notebook) if active.notebook else "<ipython>"
+    tags = {"mlflow.source.type": "NOTEBOOK", "mlflow.source.name": notebook,
+            "nbtrack.notebook": notebook}
+    for variable, tag in (("NBTRACK_SWEEP_ID", "nbtrack.sweep"),
+                          ("NBTRACK_EXECUTION_ID", "nbtrack.execution"),
+                          ("NBTRACK_BATCH", "nbtrack.batch")):
+        if active.environ.get(variable):
+            tags[tag] = active.environ[variable]
+    return tags
+
+
+
+def git_state(active: ActiveCell) -> dict[str, str]:
+    """The git state read while the cell ran (or now, if that could not be started)."""
+    if active.git is None:
+        return lineage.git_state(active.notebook.parent if active.notebook else active.cell.cwd)
+    try:
+        return active.git.result(timeout=GIT_WAIT_SECONDS)
+    except Exception:  # git hung or failed: the run goes without its commit
+        return {}
+
+
+def run_status(error: BaseException | None) -> str:
+    """FINISHED, KILLED (Ctrl-C) or FAILED, from the cell's exception."""
+    if error is None:
+        return FINISHED
+    if isinstance(error, KeyboardInterrupt):
+        return KILLED
+    return FAILED
+
+
+def hidden_state(active: ActiveCell, redactor: Redactor, snapshot: bytes | None, warn) -> str:
+    """What the kernel's history shows that the saved notebook does not (cells run out of order,
+    edited after they ran, names no saved cell defines), one line; "" when nothing.
+    """
+    try:
+        from nbtrack.capture import history
+        from nbtrack.reproduce import saved_cells
+
+        cell = active.cell
+        entries = [history.Entry(count, redactor.redact_cached(source))
+                   for count, source in (*cell.history, (cell.execution_count or 0, cell.raw_source))]
+        return history.summary(history.find(entries, saved_cells(snapshot)))
+    except Exception as error:  # a check of ours must not cost the cell its run
+        warn(f"hidden notebook state not checked: {_short(error)}")
+        return ""
+
+
+def default_run_name(notebook: Path | None, execution_count: int | None) -> str:
+    """``<notebook stem> #<execution count>``, e.g. ``train #12``."""
+    stem = notebook.stem if notebook is not None else "ipython"
+    return f"{stem} #{execution_count}" if execution_count is not None else stem
+
+
+def read_params(syntax: CellSyntax, namespace: Mapping[str, Any], limit: int) -> dict[str, Any]:
+    """Simple values of names the cell reads that earlier cells defined (e.g. a ``seed``)."""
+    bound = set(syntax.bound_names) | syntax.loop_variables
+    params: dict[str, Any] = {}
+    for name in syntax.read_names:
+        if name in bound or is_shell_name(name) or name not in namespace:
+            continue
+        flat = flatten_param(name, namespace[name], limit)
+        if flat is not None:
+            params.update(flat)
+    return params
+
+
