@@ -754,8 +754,8 @@ def test_unwritable_journal_folder_falls_back_and_the_run_is_recorded(shell, tmp
 
 def ended_kernel_with_a_running_cell(root: Path, store: str) -> Path:
     """A journal folder as a SIGKILLed kernel leaves it: one cell begun, never ended, no run."""
-    from nbtrack.journal import KernelJournal
-    from nbtrack.writer import begun_facts
+    from nbtrack.durable.journal import KernelJournal
+    from nbtrack.durable.writer import begun_facts
 
     journal = KernelJournal.create(root)
     journal.begun(1_700_000_000_000, begun_facts(store, "recovered", "dies", 1_700_000_000_000,
@@ -765,7 +765,7 @@ def ended_kernel_with_a_running_cell(root: Path, store: str) -> Path:
 
 
 def test_a_journal_another_kernel_removed_meanwhile_is_skipped_not_an_error(tmp_path):
-    from nbtrack.journal import KernelJournal
+    from nbtrack.durable.journal import KernelJournal
 
     folder = tmp_path / "gone"
     folder.mkdir()
@@ -774,8 +774,8 @@ def test_a_journal_another_kernel_removed_meanwhile_is_skipped_not_an_error(tmp_
 
 
 def test_a_recovery_cut_short_after_making_the_killed_run_leaves_no_second_run(tmp_path, store):
-    from nbtrack.recorder import Recorder
-    from nbtrack.writer import recover
+    from nbtrack.durable.writer import recover
+    from nbtrack.store.recorder import Recorder
 
     root = tmp_path / "journal"
     ended_kernel_with_a_running_cell(root, store)
