@@ -1,10 +1,12 @@
-"""Shared fixtures: a temporary MLflow store per test, an in-process IPython shell with nbtrack
-loaded, and a real kernel through nbclient."""
+"""Shared fixtures and helpers for tests/unit and tests/e2e: a temporary MLflow store per test, an
+in-process IPython shell with nbtrack loaded, a real kernel through nbclient, notebooks written to
+disk and the ``nbtrack`` command line."""
 
 from __future__ import annotations
 
 import atexit
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +16,41 @@ import pytest
 from servers import any_store, http_sqlite_server, postgres_cluster, team_server  # noqa: F401
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 SHOWCASE = REPO / "notebooks" / "train_v2_final.ipynb"
+NOTEBOOKS = TESTS / "notebooks"  # the handbook notebooks (tests/notebooks/make_notebooks.py)
+
+
+def write_notebook(path: Path, cells: list[str], parameters: str | None = None) -> Path:
+    """Write a python3 notebook of code cells ``cells`` (no outputs), after a papermill
+    ``parameters`` cell holding ``parameters`` when given; return ``path``."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                       "language": "python"}
+    notebook.metadata["language_info"] = {"name": "python"}
+    notebook.cells = []
+    if parameters is not None:
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        notebook.cells.append(cell)
+    notebook.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, path)
+    return path
+
+
+def nbtrack_cli(*args: str, cwd=None, env: dict[str, str] | None = None, timeout: float = 900,
+                check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m nbtrack ARGS`` in ``cwd`` (environment: this one plus ``env``); with
+    ``check``, assert it exited 0."""
+    done = subprocess.run([sys.executable, "-m", "nbtrack", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
 
 
 @pytest.fixture

@@ -12,26 +12,7 @@ import urllib.request
 
 import nbformat
 import pytest
-
-
-def nbtrack(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "nbtrack", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, **(env or {})})
-
-
-def write_notebook(path, cells, parameters=None):
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    notebook.cells = []
-    if parameters is not None:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        notebook.cells.append(cell)
-    notebook.cells += [nbformat.v4.new_code_cell(source) for source in cells]
-    nbformat.write(notebook, path)
-    return path
-
+from conftest import nbtrack_cli, write_notebook
 
 SWEEP_CELLS = [
     "%load_ext nbtrack",
@@ -56,7 +37,7 @@ def experiment_runs(client, name):
 
 def test_grid_with_two_jobs_runs_every_point_with_its_params_and_notebook(sweep_notebook,
                                                                           client):
-    done = nbtrack("run", "sweep.ipynb", "-p", "seed=5", "--grid", "C=0.1,0.2,0.3", "-j", "2",
+    done = nbtrack_cli("run", "sweep.ipynb", "-p", "seed=5", "--grid", "C=0.1,0.2,0.3", "-j", "2",
                    "-e", "sweep", cwd=sweep_notebook.parent)
     assert done.returncode == 0, done.stderr
     assert "executions: 100%" in done.stderr  # the progress bar
@@ -82,7 +63,7 @@ def test_grid_with_two_jobs_runs_every_point_with_its_params_and_notebook(sweep_
 
 
 def test_failed_and_killed_executions_leave_the_others_and_exit_non_zero(sweep_notebook, client):
-    done = nbtrack("run", "sweep.ipynb", "--grid", "C=1,'boom','die',2", "-j", "2",
+    done = nbtrack_cli("run", "sweep.ipynb", "--grid", "C=1,'boom','die',2", "-j", "2",
                    "-e", "faults", "--no-progress", cwd=sweep_notebook.parent)
     assert done.returncode == 1
     lines = done.stdout.splitlines()
@@ -99,7 +80,7 @@ def test_failed_and_killed_executions_leave_the_others_and_exit_non_zero(sweep_n
 
 
 def test_unknown_parameter_warns_and_still_runs(sweep_notebook, client):
-    done = nbtrack("run", "sweep.ipynb", "-p", "lr=0.5", "-e", "unknown", "--no-progress",
+    done = nbtrack_cli("run", "sweep.ipynb", "-p", "lr=0.5", "-e", "unknown", "--no-progress",
                    cwd=sweep_notebook.parent)
     assert done.returncode == 0, done.stderr
     assert "parameter 'lr' is not set in the notebook's parameters cell" in done.stderr
@@ -114,21 +95,21 @@ def test_unknown_parameter_warns_and_still_runs(sweep_notebook, client):
     (["-j", "0"], "-j/--jobs takes a positive number"),
 ])
 def test_malformed_options_are_one_line_errors(sweep_notebook, args, message):
-    done = nbtrack("run", "sweep.ipynb", *args, cwd=sweep_notebook.parent)
+    done = nbtrack_cli("run", "sweep.ipynb", *args, cwd=sweep_notebook.parent)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_parameters_without_a_parameters_cell_is_an_error(tmp_path, store):
     write_notebook(tmp_path / "plain.ipynb", ["x = 1"])
-    done = nbtrack("run", "plain.ipynb", "-p", "x=2", cwd=tmp_path)
+    done = nbtrack_cli("run", "plain.ipynb", "-p", "x=2", cwd=tmp_path)
     assert done.returncode == 2
     assert "has no cell tagged 'parameters'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_promote_registers_and_moves_the_alias(sweep_notebook, client, store):
-    assert nbtrack("run", "sweep.ipynb", "-e", "promo", "--no-progress",
+    assert nbtrack_cli("run", "sweep.ipynb", "-e", "promo", "--no-progress",
                    cwd=sweep_notebook.parent).returncode == 0
     fit = write_notebook(sweep_notebook.parent / "fit.ipynb", [
         "%load_ext nbtrack",
@@ -136,19 +117,19 @@ def test_promote_registers_and_moves_the_alias(sweep_notebook, client, store):
         "from sklearn.linear_model import LogisticRegression\n"
         "X, y = load_iris(return_X_y=True)\nclf = LogisticRegression(max_iter=500).fit(X, y)",
     ])
-    assert nbtrack("run", fit.name, "-e", "promo", "--no-progress",
+    assert nbtrack_cli("run", fit.name, "-e", "promo", "--no-progress",
                    cwd=fit.parent).returncode == 0
     runs = {r.data.tags["mlflow.runName"]: r.info.run_id for r in experiment_runs(client, "promo")}
-    first = nbtrack("promote", runs["model"], "--model", "iris", cwd=fit.parent)
+    first = nbtrack_cli("promote", runs["model"], "--model", "iris", cwd=fit.parent)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == (f"registered iris v1 from run {runs['model']}; "
                                     "@champion moved to v1 (previously nobody)")
-    second = nbtrack("promote", runs["model"], "--model", "iris", cwd=fit.parent)
+    second = nbtrack_cli("promote", runs["model"], "--model", "iris", cwd=fit.parent)
     assert "@champion moved to v2 (previously v1)" in second.stdout
     assert client.get_model_version_by_alias("iris", "champion").version == 2
-    no_model = nbtrack("promote", runs["fit"], "--model", "iris", cwd=fit.parent)
+    no_model = nbtrack_cli("promote", runs["fit"], "--model", "iris", cwd=fit.parent)
     assert no_model.returncode == 2 and "has no logged model" in no_model.stderr
-    missing = nbtrack("promote", "0" * 32, "--model", "iris", cwd=fit.parent)
+    missing = nbtrack_cli("promote", "0" * 32, "--model", "iris", cwd=fit.parent)
     assert missing.returncode == 2 and "no run with id" in missing.stderr
 
 
@@ -196,8 +177,7 @@ def test_ui_serves_mlflows_own_ui_on_the_same_store(store, tmp_path):
 
 
 def test_python_m_nbtrack_is_the_cli(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "nbtrack", "run", "--help"], capture_output=True,
-                          text=True, cwd=tmp_path)
+    done = nbtrack_cli("run", "--help", cwd=tmp_path)
     assert done.returncode == 0 and "--grid" in done.stdout and "Example:" in done.stdout
 
 
@@ -263,7 +243,7 @@ def test_notebook_without_kernel_metadata_runs_on_the_default_python_kernel(tmp_
     parsed.metadata.pop("language_info", None)
     nbformat.write(parsed, notebook)
     assert "kernelspec" not in nbformat.read(notebook, 4).metadata
-    done = nbtrack("run", "bare.ipynb", "-p", "C=3", "-e", "bare", "--no-progress",
+    done = nbtrack_cli("run", "bare.ipynb", "-p", "C=3", "-e", "bare", "--no-progress",
                    cwd=notebook.parent)
     assert done.returncode == 0, done.stdout + done.stderr
     [run] = experiment_runs(client, "bare")
@@ -280,7 +260,7 @@ def test_notebook_runs_on_the_kernel_its_kernelspec_names(tmp_path, store, clien
     parsed.metadata["kernelspec"] = {"name": "nbtrack-test-kernel",
                                      "display_name": "nbtrack test", "language": "python"}
     nbformat.write(parsed, notebook)
-    done = nbtrack("run", "second.ipynb", "-p", "C=4", "-e", "second", "--no-progress",
+    done = nbtrack_cli("run", "second.ipynb", "-p", "C=4", "-e", "second", "--no-progress",
                    cwd=notebook.parent, env=second_kernel)
     assert done.returncode == 0, done.stdout + done.stderr
     assert printed_kernel(notebook.parent / "runs") == ["kernel: second"]
@@ -292,7 +272,7 @@ def test_kernel_option_overrides_the_notebooks_kernelspec(tmp_path, store, clien
                                                          second_kernel):
     notebook = write_notebook(tmp_path / "project" / "nb.ipynb", KERNEL_CELLS, parameters="C = 1")
     assert nbformat.read(notebook, 4).metadata.kernelspec.name == "python3"
-    done = nbtrack("run", "nb.ipynb", "-k", "nbtrack-test-kernel", "-e", "override",
+    done = nbtrack_cli("run", "nb.ipynb", "-k", "nbtrack-test-kernel", "-e", "override",
                    "--no-progress", cwd=notebook.parent, env=second_kernel)
     assert done.returncode == 0, done.stdout + done.stderr
     assert printed_kernel(notebook.parent / "runs") == ["kernel: second"]
@@ -310,7 +290,7 @@ def test_unknown_kernel_is_a_one_line_error_before_anything_runs(tmp_path, store
     parsed = nbformat.read(notebook, 4)
     parsed.metadata.kernelspec.name = kernelspec
     nbformat.write(parsed, notebook)
-    done = nbtrack("run", "nb.ipynb", *args, "-e", "nokernel", "--no-progress",
+    done = nbtrack_cli("run", "nb.ipynb", *args, "-e", "nokernel", "--no-progress",
                    cwd=notebook.parent)
     assert done.returncode == 2, done.stdout + done.stderr
     [line] = done.stderr.strip().splitlines()

@@ -34,11 +34,10 @@ from browser import (
     open_notebook,
     run_all_cells,
     skip_reason,
-    write_notebook,
 )
+from conftest import REPO, write_notebook
 from needs import missing
 
-REPO = Path(__file__).resolve().parents[1]
 # The README shows this screenshot; only NBTRACK_REFRESH_DOCS=1 rewrites it.
 DOCS_SCREENSHOT = REPO / "docs" / "board.png"
 EXPERIMENT = "browser-demo"

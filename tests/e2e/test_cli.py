@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-import nbformat
-from conftest import SHOWCASE
-
-
-def nbtrack(*args, cwd, check=False):
-    done = subprocess.run([sys.executable, "-m", "nbtrack", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
-
-
-def small_notebook(path, cells):
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    notebook.cells = [nbformat.v4.new_code_cell(source) for source in cells]
-    nbformat.write(notebook, path)
-    return path
+from conftest import SHOWCASE, nbtrack_cli, write_notebook
 
 
 def test_help_on_every_command(tmp_path):
     for args in (["--help"], ["run", "--help"], ["runs", "--help"]):
-        done = nbtrack(*args, cwd=tmp_path, check=True)
+        done = nbtrack_cli(*args, cwd=tmp_path, check=True)
         assert "usage: nbtrack" in done.stdout
-    assert "Exit codes" in nbtrack("--help", cwd=tmp_path).stdout
+    assert "Exit codes" in nbtrack_cli("--help", cwd=tmp_path).stdout
 
 
 def test_missing_notebook_is_one_line_and_exit_2(store, tmp_path):
-    done = nbtrack("run", "nope.ipynb", cwd=tmp_path)
+    done = nbtrack_cli("run", "nope.ipynb", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "nbtrack run: notebook 'nope.ipynb' not found."
 
@@ -43,12 +23,12 @@ def test_missing_notebook_is_one_line_and_exit_2(store, tmp_path):
 def test_run_executes_tracks_and_prints_the_board(store, client, tmp_path):
     folder = tmp_path / "proj"
     folder.mkdir()
-    small_notebook(folder / "sweep.ipynb", [
+    write_notebook(folder / "sweep.ipynb", [
         "%load_ext nbtrack",
         "%%track -n small\nalpha = 0.5\nscore = alpha * 2",
         "%%track -n large\nalpha = 2.0\nscore = alpha * 2",
     ])
-    done = nbtrack("run", "sweep.ipynb", "-e", "cli-exp", "--no-progress", cwd=folder, check=True)
+    done = nbtrack_cli("run", "sweep.ipynb", "-e", "cli-exp", "--no-progress", cwd=folder, check=True)
     lines = done.stdout.splitlines()
     caption = "experiment 'cli-exp', this run's executions, ranked by score"
     board = lines[lines.index(caption) + 1:]
@@ -60,16 +40,16 @@ def test_run_executes_tracks_and_prints_the_board(store, client, tmp_path):
         assert run.data.tags["nbtrack.notebook"] == str(folder / "sweep.ipynb")
         assert run.data.tags["nbtrack.batch"] == "nbtrack run"
 
-    as_json = json.loads(nbtrack("runs", "-e", "cli-exp", "--format", "json", cwd=folder,
+    as_json = json.loads(nbtrack_cli("runs", "-e", "cli-exp", "--format", "json", cwd=folder,
                                  check=True).stdout)
     assert [row["run"] for row in as_json] == ["large", "small"]
-    as_csv = nbtrack("runs", "-e", "cli-exp", "-m", "score", "--asc", "--format", "csv",
+    as_csv = nbtrack_cli("runs", "-e", "cli-exp", "-m", "score", "--asc", "--format", "csv",
                      cwd=folder, check=True).stdout.splitlines()
     assert as_csv[0].startswith("rank,run,") and as_csv[1].startswith("1,small,")
 
 
 def test_runs_with_unknown_metric_or_experiment_is_a_clear_error(store, client, tmp_path):
-    done = nbtrack("runs", "-e", "does-not-exist", cwd=tmp_path)
+    done = nbtrack_cli("runs", "-e", "does-not-exist", cwd=tmp_path)
     assert done.returncode == 2 and "no experiment named 'does-not-exist'" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -78,7 +58,7 @@ def test_runs_with_unknown_metric_or_experiment_is_a_clear_error(store, client, 
         with_metric = client.create_run(experiment_id).info.run_id
         client.log_metric(with_metric, "score", score)
         client.set_terminated(with_metric)
-    done = nbtrack("runs", "-e", "has-runs", "-m", "val_auc", cwd=tmp_path)
+    done = nbtrack_cli("runs", "-e", "has-runs", "-m", "val_auc", cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout == ""
     assert done.stderr.strip().splitlines() == [
@@ -86,7 +66,7 @@ def test_runs_with_unknown_metric_or_experiment_is_a_clear_error(store, client, 
 
 
 def test_quickstart_main_job_on_the_showcase(store, client, tmp_path):
-    done = nbtrack("run", str(SHOWCASE), "-o", str(tmp_path / "out"), "-e", "showcase",
+    done = nbtrack_cli("run", str(SHOWCASE), "-o", str(tmp_path / "out"), "-e", "showcase",
                    "-m", "val_auc", "--no-progress", cwd=tmp_path, check=True)
     assert "ranked by val_auc" in done.stdout
     names = {r.data.tags["mlflow.runName"] for r in client.search_runs(

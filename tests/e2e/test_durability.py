@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import nbtrack_cli, write_notebook
 
 
-def sync(env=None):
-    return subprocess.run([sys.executable, "-m", "nbtrack", "sync"], capture_output=True,
-                          text=True, env=dict(env or os.environ), timeout=300)
+def sync():
+    return nbtrack_cli("sync", timeout=300)
 
 
 def runs_by_name(uri: str, experiment: str) -> dict:
@@ -483,23 +483,8 @@ WRITER_CELLS = [
 ]
 
 
-def parameterized_notebook(path: Path, cells: list[str]) -> Path:
-    """Write a notebook whose first cell is papermill's ``parameters`` cell (``index = 0``)."""
-    import nbformat
-
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    parameters = nbformat.v4.new_code_cell("index = 0")
-    parameters.metadata["tags"] = ["parameters"]
-    notebook.cells = [parameters, *[nbformat.v4.new_code_cell(c) for c in cells]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, path)
-    return path
-
-
 def writer_notebook(folder: Path) -> Path:
-    return parameterized_notebook(folder / "writer.ipynb", WRITER_CELLS)
+    return write_notebook(folder / "writer.ipynb", WRITER_CELLS, parameters="index = 0")
 
 
 def assert_complete(store: str, experiment: str, indexes: range) -> None:
@@ -521,10 +506,8 @@ def assert_complete(store: str, experiment: str, indexes: range) -> None:
 
 def test_eight_executions_at_once_with_nbtrack_run_j_8(tmp_path, store):
     notebook = writer_notebook(tmp_path / "project")
-    done = subprocess.run(
-        [sys.executable, "-m", "nbtrack", "run", str(notebook), "--grid",
-         "index=" + ",".join(str(i) for i in range(8)), "-j", "8", "-e", "eight", "--no-progress"],
-        cwd=notebook.parent, capture_output=True, text=True, timeout=900)
+    done = nbtrack_cli("run", str(notebook), "--grid", "index=" + ",".join(str(i) for i in range(8)),
+                       "-j", "8", "-e", "eight", "--no-progress", cwd=notebook.parent)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert_complete(store, "eight", range(8))
 
@@ -589,11 +572,11 @@ def test_tracking_server_killed_and_restarted_mid_session(shell, tmp_path, monke
 
 
 def sweep_notebook(folder: Path) -> Path:
-    return parameterized_notebook(folder / "sweep.ipynb", [
+    return write_notebook(folder / "sweep.ipynb", [
         "%load_ext nbtrack",
         "%%track -n point\nimport time\ntime.sleep(2)\nlr = 0.01 * (index + 1)\n"
         "score = index * 10 + 0.5",
-    ])
+    ], parameters="index = 0")
 
 
 def test_tracking_server_killed_and_restarted_in_the_middle_of_a_sweep(tmp_path):

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import nbtrack_cli
 
 KERNELS = 24
 AT_ONCE = 3
@@ -377,9 +378,7 @@ def test_first_cells_import_the_heavy_stack_while_nbtrack_threads_import(
     failures = [failure for result in results for failure in result.failures()]
 
     # What the last kernels left (runs of ended kernels nobody started after) goes in now.
-    synced = subprocess.run([sys.executable, "-m", "nbtrack", "sync"], capture_output=True,
-                            text=True, env={**os.environ, "NBTRACK_JOURNAL_DIR": str(journal)},
-                            timeout=300)
+    synced = nbtrack_cli("sync", env={"NBTRACK_JOURNAL_DIR": str(journal)}, timeout=300)
     if synced.returncode != 0 or IMPORT_TROUBLE.search(synced.stdout + synced.stderr):
         failures.append(f"nbtrack sync, exit code {synced.returncode}:\n"
                         + synced.stdout + synced.stderr)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_notebook
 from matplotlib.artist import Artist
 
 SETUP = """
@@ -269,13 +270,9 @@ def test_lineage_source_history_tags_and_versions(shell):
 
 
 def test_notebook_path_git_state_and_snapshot(shell, store, tmp_path, monkeypatch):
-    import nbformat
-
     repo = tmp_path / "project"
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_code_cell('token = "s3cr3t-value"\nx = 1')]
-    nbformat.write(notebook, repo / "analysis.ipynb")
+    write_notebook(repo / "analysis.ipynb", ['token = "s3cr3t-value"\nx = 1'])
     subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "add", "."], cwd=repo,
                    check=True)
     subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x"],

@@ -27,7 +27,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-from conftest import SHOWCASE, run_notebook
+from conftest import SHOWCASE, run_notebook, write_notebook
 
 PAPERMILL_NOTEBOOKS = Path(papermill.__file__).parent / "tests" / "notebooks"
 
@@ -99,12 +99,7 @@ def store_file(store: str) -> Path:
 
 
 def our_notebook(path: Path) -> Path:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    notebook.cells = [nbformat.v4.new_code_cell(source) for source, _ in OURS]
-    nbformat.write(notebook, path)
-    return path
+    return write_notebook(path, [source for source, _ in OURS])
 
 
 def tracked_copy(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import run_notebook
+from conftest import NOTEBOOKS, run_notebook
 
-NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 NAMES = ["numpy_handbook.ipynb", "pandas_handbook.ipynb", "sklearn_handbook.ipynb"]
 PREFIX = "nbtrack: "  # nbtrack/display.py: the summary on stdout, a warning on stderr
 SUMMARY = re.compile(r"^nbtrack: run '")

@@ -5,33 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import nbformat
 import pytest
-from conftest import SHOWCASE
+from conftest import SHOWCASE, nbtrack_cli, write_notebook
 
 from nbtrack.capture import history
 from nbtrack.capture.history import Entry
-
-
-def nbtrack(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "nbtrack", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
-
-
-def write_notebook(path, cells, parameters=None):
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    if parameters is not None:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        notebook.cells.append(cell)
-    notebook.cells += [nbformat.v4.new_code_cell(source) for source in cells]
-    nbformat.write(notebook, path)
-    return path
 
 
 def code_cells(path):
@@ -185,11 +165,11 @@ def test_diff_of_two_real_runs_and_the_board_shows_the_same(shell, capsys):
 
 def test_unknown_run_or_model_is_one_line_and_exit_2(store, tmp_path):
     for reference in ("0123456789abcdef", "models:/nope@champion"):
-        done = nbtrack("reproduce", reference, cwd=tmp_path)
+        done = nbtrack_cli("reproduce", reference, cwd=tmp_path)
         assert done.returncode == 2, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
         assert done.stderr.startswith("nbtrack reproduce: ")
-    done = nbtrack("diff", "0123456789abcdef", "models:/nope/1", cwd=tmp_path)
+    done = nbtrack_cli("diff", "0123456789abcdef", "models:/nope/1", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("nbtrack diff: no run with id")
 
 
@@ -204,11 +184,11 @@ def showcase(store, tmp_path):
 
 def test_showcase_champion_reproduced_by_execute_with_identical_metrics(showcase, client):
     folder = showcase.parent
-    done = nbtrack("run", showcase.name, "-e", "showcase", "--no-progress", cwd=folder)
+    done = nbtrack_cli("run", showcase.name, "-e", "showcase", "--no-progress", cwd=folder)
     assert done.returncode == 0, done.stderr
     experiment = client.get_experiment_by_name("showcase").experiment_id
     best = client.search_runs([experiment], order_by=["metrics.val_auc DESC"])[0]
-    done = nbtrack("promote", best.info.run_id, "--model", "showcase-clf", cwd=folder)
+    done = nbtrack_cli("promote", best.info.run_id, "--model", "showcase-clf", cwd=folder)
     assert done.returncode == 0, done.stderr
 
     import nbtrack as api
@@ -217,7 +197,7 @@ def test_showcase_champion_reproduced_by_execute_with_identical_metrics(showcase
     assert hasattr(model, "predict_proba")  # the estimator itself, not a pyfunc wrapper
 
     output = folder / "rebuilt" / "champion.ipynb"
-    done = nbtrack("reproduce", "models:/showcase-clf@champion", "-o", str(output), "--execute",
+    done = nbtrack_cli("reproduce", "models:/showcase-clf@champion", "-o", str(output), "--execute",
                    cwd=folder)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hidden state" not in done.stderr and "warning" not in done.stderr
@@ -249,13 +229,13 @@ def test_run_whose_data_changed_afterwards_is_reported(store, tmp_path, client):
         "import pandas as pd",
         "%%track -n mean\ndf = pd.read_csv('data.csv')\nmean_x = float(df.x.mean())",
     ])
-    done = nbtrack("run", notebook.name, "-e", "data", "--no-progress", cwd=folder)
+    done = nbtrack_cli("run", notebook.name, "-e", "data", "--no-progress", cwd=folder)
     assert done.returncode == 0, done.stderr
     original = client.search_runs([client.get_experiment_by_name("data").experiment_id])[0]
     assert original.data.metrics["mean_x"] == 2.0
 
     (folder / "data.csv").write_text("x\n1\n2\n30\n")  # someone fixed a value in place
-    done = nbtrack("reproduce", original.info.run_id, "--execute", cwd=tmp_path)
+    done = nbtrack_cli("reproduce", original.info.run_id, "--execute", cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "data changed: dataset 'df' had digest" in done.stderr
     assert "metrics differ from the original's beyond rtol" in done.stderr

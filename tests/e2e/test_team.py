@@ -16,9 +16,8 @@ import sys
 import uuid
 from pathlib import Path
 
-import nbformat
 import pytest
-from conftest import Shell, run_notebook
+from conftest import Shell, nbtrack_cli, run_notebook, write_notebook
 from servers import readme_blocks
 
 SETUP = """
@@ -76,24 +75,6 @@ def track_fits(shell, experiment, cs=(0.01, 1.0)):
     for c in cs:
         shell.ok(FIT.format(experiment=experiment, name=f"C{c}", c=c))
     flush()
-
-
-def write_notebook(path: Path, cells, parameters=None) -> Path:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    if parameters is not None:
-        cell = nbformat.v4.new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        notebook.cells.append(cell)
-    notebook.cells += [nbformat.v4.new_code_cell(source) for source in cells]
-    nbformat.write(notebook, path)
-    return path
-
-
-def nbtrack_cli(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "nbtrack", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
 # -- the same integration tests on every store ---------------------------------------------

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 
-import nbformat
-from conftest import run_notebook
+from conftest import run_notebook, write_notebook
 
 # Each run of a cell is compiled under a file name of its own: /tmp/ipykernel_<pid>/<hash>.py.
 CELL_FILE = re.compile(r"\S*ipykernel_\d+/\d+\.py")
@@ -39,11 +38,7 @@ CELLS = [
 
 
 def notebook(path, first: str, prefix: str):
-    book = nbformat.v4.new_notebook()
-    book.cells = [nbformat.v4.new_code_cell(first)]
-    book.cells += [nbformat.v4.new_code_cell(prefix + source) for source in CELLS]
-    nbformat.write(book, path)
-    return path
+    return write_notebook(path, [first, *(prefix + source for source in CELLS)])
 
 
 def stderr_lines(executed) -> list[list[str]]:
@@ -123,14 +118,12 @@ WARNED.touch()
 
 
 def test_a_cell_warning_while_the_writer_saves_a_model_is_shown(tmp_path, store):
-    book = nbformat.v4.new_notebook()
-    book.cells = [nbformat.v4.new_code_cell(source) for source in (
+    write_notebook(tmp_path / "slow.ipynb", [
         "%load_ext nbtrack",
         SLOW_TO_SAVE,
         "%%track\nmodel = SlowToSave().fit(np.zeros((4, 2)), np.array([0, 1, 0, 1]))",
         NEXT_CELL,
-    )]
-    nbformat.write(book, tmp_path / "slow.ipynb")
+    ])
     executed = run_notebook(tmp_path / "slow.ipynb", tmp_path, env={"NBTRACK_WAIT_FOR_STORE": "0"})
     assert (tmp_path / "warned").exists()
     assert any("UserWarning: while the model is saved" in line
