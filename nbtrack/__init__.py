@@ -185,10 +185,12 @@ def leaderboard(experiment: str | None = None, metric: str | None = None, ascend
     >>> board  # shows it  # doctest: +SKIP
 
     """
-    from nbtrack.board.widget import Leaderboard
+    tracker = _tracker()
+    if tracker is None:  # nbtrack not loaded in this kernel: a board of the store as it is
+        from nbtrack.tracker import Tracker
 
-    return Leaderboard(experiment=experiment, metric=metric, ascending=ascending, top=top,
-                       tracker=_tracker())
+        tracker = Tracker()
+    return tracker.leaderboard(experiment, metric=metric, ascending=ascending, top=top)
 
 
 def load(reference: str):

@@ -77,3 +77,17 @@ def resolve_experiment(option: str | None, configured: str, notebook_dir: Path) 
         if candidate:
             return candidate
     return project_name(notebook_dir)
+
+
+# The run index's files (nbtrack.store.index), and how often it re-reads every run.
+CACHE_ENV = "NBTRACK_CACHE_DIR"
+RECONCILE_ENV = "NBTRACK_INDEX_RECONCILE_SECONDS"
+DEFAULT_RECONCILE_SECONDS = 600.0
+
+
+def cache_dir() -> Path:
+    """Folder of the index files: ``$NBTRACK_CACHE_DIR``, else the user's cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nbtrack"

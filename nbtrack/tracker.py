@@ -86,6 +86,17 @@ class Tracker:
         folder = notebook.parent if notebook is not None else cwd
         return resolve_experiment(option, self.settings.experiment, folder)
 
+    def leaderboard(self, experiment: str | None = None, **options):
+        """The board of ``experiment`` (default: where tracked cells here go), given what it must
+        not reach for itself: this tracker, the notebook and the user.
+        """
+        from nbtrack.board.widget import Leaderboard
+
+        notebook = lineage.notebook_path(self.environ, {}, Path.cwd())
+        return Leaderboard(experiment=experiment or self.experiment_for(None, Path.cwd(), notebook),
+                           tracker=self, notebook=str(notebook) if notebook else None,
+                           user=lineage.current_user(self.environ), **options)
+
     def tracking_uri(self) -> str:
         """The store tracked cells write to now (a relative SQLite path made absolute)."""
         from nbtrack.store.kernel_state import tracking_uri

@@ -11,14 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-from pathlib import Path
 
 import ipywidgets as widgets
 
 from nbtrack import display
 from nbtrack.board import render
-from nbtrack.capture import lineage
 from nbtrack.errors import NbtrackError
 from nbtrack.store import query, registry
 
@@ -51,17 +48,13 @@ class Leaderboard(widgets.VBox):
     """
 
     def __init__(self, experiment=None, metric=None, ascending=False, top=50, tracker=None,
-                 tracking_uri=None, filter=None):
-        from nbtrack.tracker import current
-
-        self._tracker = tracker if tracker is not None else current()
-        if experiment is None:
-            experiment = (
-                self._tracker.experiment_for(None, Path.cwd())
-                if self._tracker is not None
-                else query.default_experiment()
-            )
-        self.experiment = experiment
+                 tracking_uri=None, filter=None, notebook: str | None = None, user: str = ""):
+        # Given, never reached for: the kernel's tracker (the board waits for its writes and
+        # refreshes after each run), the notebook and the user a champion's move is recorded with.
+        self._tracker = tracker
+        self._notebook = notebook
+        self._user = user
+        self.experiment = experiment or query.default_experiment()
         self.top = top
         self.tracking_uri = tracking_uri
         self.runs = None  # the ranked DataFrame shown
@@ -268,8 +261,8 @@ class Leaderboard(widgets.VBox):
         alias = (alias or "champion").strip()
         try:
             previous = registry.set_alias(
-                name, alias, number, moved_by=lineage.current_user(),
-                notebook=self._notebook(), tracking_uri=self.tracking_uri)
+                name, alias, number, moved_by=self._user,
+                notebook=self._notebook, tracking_uri=self.tracking_uri)
         except Exception as error:
             self._say(f"Could not move @{alias} of {name} to v{number}: {_reason(error)}",
                       error=True)
@@ -398,10 +391,6 @@ class Leaderboard(widgets.VBox):
             if len(match):
                 return str(match["experiment_id"].iloc[0])
         return query.get_run(run_id, self.tracking_uri).info.experiment_id
-
-    def _notebook(self) -> str | None:
-        path = lineage.notebook_path(os.environ, {}, Path.cwd())
-        return str(path) if path else None
 
     # -- display -----------------------------------------------------------------------------
 

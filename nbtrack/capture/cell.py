@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nbtrack.capture import datasets, estimators, lineage, sanitize
 from nbtrack.capture.figures import FigureCollector
@@ -34,9 +34,6 @@ from nbtrack.record import (
     Series,
     TrackOptions,
 )
-
-if TYPE_CHECKING:
-    from nbtrack.durable.journal import SeriesSpool
 
 # git answers in milliseconds; a repository on a hung network mount must not hold the cell.
 GIT_WAIT_SECONDS = 5
@@ -62,7 +59,7 @@ class ActiveCell:
     tracking_uri: str | None = None
     begun_path: Path | None = None
     git: Future | None = None  # the repository's state, read on a thread while the cell runs
-    spool: SeriesSpool | None = None  # the series so far, on disk, for a kernel that dies
+    spool: Any = None  # the journal's SeriesSpool: the series so far, for a kernel that dies
     spooled_ms: int = 0  # when the series were last spooled (or the cell started)
     spool_failed: bool = False
     explicit_params: dict[str, Any] = field(default_factory=dict)

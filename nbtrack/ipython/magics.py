@@ -126,10 +126,8 @@ class TrackMagics(Magics):
         args = _parse(self.track_board, line)
         if args.top < 1:
             raise UsageError("%track_board: --top takes a positive number of runs.")
-        from nbtrack.board.widget import Leaderboard
-
-        return Leaderboard(experiment=args.experiment, metric=args.metric, ascending=args.asc,
-                           top=args.top, tracker=self.tracker)
+        return self.tracker.leaderboard(args.experiment, metric=args.metric, ascending=args.asc,
+                                        top=args.top)
 
     def parse_options(self, line: str) -> TrackOptions:
         """Parse a ``%%track`` line's arguments; raise UsageError naming what is wrong."""

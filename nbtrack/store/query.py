@@ -103,6 +103,7 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
 
     from nbtrack.errors import NbtrackError
     from nbtrack.store import index as run_index
+    from nbtrack.store import summaries
 
     _read_your_writes(tracker)
     if experiment is None:
@@ -127,10 +128,10 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
         if filter and error.error_code == "INVALID_PARAMETER_VALUE":
             raise NbtrackError(f"filter {filter!r} not understood: {error.message}") from None
         raise
-    keys = run_index.metric_keys(matched)
-    metric = metric or run_index.default_metric(matched)
-    ranked = run_index.rank_by(matched, metric if metric in keys else None, ascending)
-    table = run_index.to_frame(ranked[:top], metrics=keys)
+    keys = summaries.metric_keys(matched)
+    metric = metric or summaries.default_metric(matched)
+    ranked = summaries.rank_by(matched, metric if metric in keys else None, ascending)
+    table = summaries.to_frame(ranked[:top], metrics=keys)
     table.attrs["metric"] = metric
     table.attrs["matched"] = len(matched)
     return table
