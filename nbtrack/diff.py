@@ -1,6 +1,6 @@
 """Why two runs differ: params, metrics, the tracked cell's source, data, packages, git commits.
 
-:func:`compare` works on two :class:`~nbtrack.facts.RunFacts`; ``nbtrack diff`` prints
+:func:`compare` works on two :class:`~nbtrack.record.RunFacts`; ``nbtrack diff`` prints
 :func:`text` of it and the board's compare view renders the same :class:`RunDiff` as HTML
 (:func:`nbtrack.board.render.diff_html`). Nothing here imports MLflow.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from nbtrack.facts import RunFacts
+from nbtrack.record import RunFacts
 
 MISSING = None  # a key one of the two runs does not have
 

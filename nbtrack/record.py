@@ -1,7 +1,9 @@
-"""The values that flow from capture to the recorder.
+"""The typed values that flow between the rooms, and the tags nbtrack writes.
 
-A tracked cell produces one :class:`CellRecord`. Capture builds it from the live namespace;
-the recorder turns it into MLflow calls. Nothing here imports MLflow or IPython.
+What ``%%track`` was asked (:class:`TrackOptions`) about which cell (:class:`CellContext`); the
+:class:`CellRecord` one tracked cell yields, built by capture from the live namespace and turned into
+MLflow calls by the recorder; and :class:`RunFacts`, what a recorded run says about itself, which
+reproduce and diff work from. Nothing here imports MLflow or IPython.
 """
 
 from __future__ import annotations
@@ -152,3 +154,58 @@ class CellContext:
     cell_id: str | None = None
     history: tuple[tuple[int, str], ...] = ()  # earlier inputs of this kernel, in order
     cwd: Path = field(default_factory=Path.cwd)
+
+
+# -- what a recorded run says about itself: what reproduce and diff work from --------------
+# (nbtrack.store.query.run_facts reads one from the store)
+
+VERSION_TAG = "nbtrack.version."
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset input of a run: its name, digest, and how the cell used it (read or bound)."""
+
+    name: str
+    digest: str
+    context: str = ""
+    profile: str = ""  # MLflow's profile of it, e.g. '{"num_rows": 426, ...}'
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One run's params, metrics, tags, data and lineage artifacts."""
+
+    run_id: str
+    name: str
+    experiment: str
+    status: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    datasets: tuple[DatasetRef, ...] = ()
+    source: str | None = None  # cell/source.py
+    history: str | None = None  # lineage/history.py
+    notebook: bytes | None = None  # lineage/<notebook>.ipynb, the notebook as saved
+
+    @property
+    def notebook_path(self) -> str | None:
+        """The notebook the run came from, as recorded (None when run outside one)."""
+        path = self.tags.get("nbtrack.notebook")
+        return None if path in (None, "", "<ipython>") else path
+
+    @property
+    def git_commit(self) -> str | None:
+        """The commit of the notebook's repository when the run was made."""
+        return self.tags.get(GIT_COMMIT_TAG)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Python and package versions the run was made with: ``{"scikit-learn": "1.5.2"}``."""
+        return {k[len(VERSION_TAG):]: v for k, v in self.tags.items() if k.startswith(VERSION_TAG)}
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """Dataset name to digest."""
+        return {d.name: d.digest for d in self.datasets}

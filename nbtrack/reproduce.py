@@ -20,7 +20,7 @@ from pathlib import Path
 from nbtrack.capture import history
 from nbtrack.capture.secrets import REDACTED
 from nbtrack.errors import NbtrackError
-from nbtrack.facts import RunFacts
+from nbtrack.record import RunFacts
 
 REPRODUCES_TAG = "nbtrack.reproduces"  # on the reproduction's run of the tracked cell
 REPRODUCTION_OF_TAG = "nbtrack.reproduction_of"  # on runs of earlier tracked cells it re-ran

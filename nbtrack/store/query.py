@@ -292,7 +292,7 @@ def figure_images(run_id: str, tracking_uri=None) -> list[tuple[str, bytes]]:
 
 def run_facts(run_id: str, tracking_uri=None):
     """A run's params, metrics, tags, datasets and lineage artifacts, as a
-    :class:`nbtrack.facts.RunFacts`; NbtrackError when there is no such run.
+    :class:`nbtrack.record.RunFacts`; NbtrackError when there is no such run.
 
     Examples
     --------
@@ -300,7 +300,7 @@ def run_facts(run_id: str, tracking_uri=None):
     {'X_train': '5b0e1a2c', 'y_train': '9d7f3a10'}
 
     """
-    from nbtrack.facts import DatasetRef, RunFacts
+    from nbtrack.record import DatasetRef, RunFacts
 
     run = get_run(run_id, tracking_uri)
     client = _client(tracking_uri)
