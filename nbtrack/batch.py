@@ -22,7 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nbtrack.config import (
+    BATCH_ENV,
+    EXECUTION_ID_ENV,
+    EXPERIMENT_NAME_ENV,
+    PARAMETERS_ENV,
+    SWEEP_ID_ENV,
+    TRACKING_URI_ENV,
+)
 from nbtrack.errors import BadOptionError, NbtrackError, NotebookError
+from nbtrack.record import BATCH_TAG
 
 OK, FAILED, KILLED = "ok", "FAILED", "KILLED"
 _EXIT_FAILED, _EXIT_KILLED = 1, 3
@@ -233,12 +242,12 @@ def kernel_environment(execution: Execution, tracking_uri: str) -> dict[str, str
     """
     return {
         "JPY_SESSION_NAME": str(execution.notebook.resolve()),
-        "NBTRACK_BATCH": "nbtrack run",
-        "NBTRACK_SWEEP_ID": execution.sweep_id,
-        "NBTRACK_EXECUTION_ID": execution.execution_id,
-        "NBTRACK_PARAMETERS": json.dumps(execution.parameters, default=str),
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "MLFLOW_EXPERIMENT_NAME": execution.experiment,
+        BATCH_ENV: "nbtrack run",
+        SWEEP_ID_ENV: execution.sweep_id,
+        EXECUTION_ID_ENV: execution.execution_id,
+        PARAMETERS_ENV: json.dumps(execution.parameters, default=str),
+        TRACKING_URI_ENV: tracking_uri,
+        EXPERIMENT_NAME_ENV: execution.experiment,
     }
 
 
@@ -274,7 +283,7 @@ def _execute_in_process(execution: Execution, tracking_uri: str) -> ExecutionRes
         "cwd": str(execution.cwd) if execution.cwd is not None else None,
         "kernel": asdict(execution.kernel) if execution.kernel is not None else None,
     }, default=str)
-    done = subprocess.run([sys.executable, "-m", "nbtrack.batch", request], env=env,
+    done = subprocess.run([sys.executable, "-m", BATCH_TAG, request], env=env,
                           capture_output=True, text=True)
     reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
     status = {0: OK, _EXIT_KILLED: KILLED}.get(done.returncode, FAILED)

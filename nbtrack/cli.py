@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from nbtrack.config import TRACKING_URI_ENV
 from nbtrack.errors import NbtrackError
+from nbtrack.record import EXECUTION_TAG
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -213,7 +215,8 @@ def _promote(args) -> int:
 
 
 def _sync(args) -> int:
-    from nbtrack.durable.journal import KernelJournal, journal_root, kernel_folders, waiting_count
+    from nbtrack.config import journal_root
+    from nbtrack.durable.journal import KernelJournal, kernel_folders, waiting_count
     from nbtrack.durable.writer import recover
     from nbtrack.store.recorder import Recorder
 
@@ -257,7 +260,7 @@ def _ui(args) -> int:
                "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     try:
-        return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        return subprocess.call(command, env={**os.environ, TRACKING_URI_ENV: uri})
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -398,7 +401,7 @@ def _execute_reproduction(facts, output: Path):
                                 cwd=rebuild.execution_folder(facts, output))
     print(f"executing {output} in {execution.cwd} ...", flush=True)
     result = batch.run_sweep([execution], jobs=1, progress=False)[0]
-    runs = [r for r in query.runs_tagged(facts.experiment, "nbtrack.execution",
+    runs = [r for r in query.runs_tagged(facts.experiment, EXECUTION_TAG,
                                          execution.execution_id)
             if r.data.tags.get(rebuild.REPRODUCES_TAG) == facts.run_id]
     return result, (query.run_facts(runs[-1].info.run_id) if runs else None)

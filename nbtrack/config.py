@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from traitlets import Bool, Float, Int, Unicode
@@ -73,7 +74,7 @@ def resolve_experiment(option: str | None, configured: str, notebook_dir: Path) 
     """Pick the experiment: ``-e`` first, then ``%track_config`` / traitlet, then
     ``MLFLOW_EXPERIMENT_NAME``, then the project's name.
     """
-    for candidate in (option, configured, os.environ.get("MLFLOW_EXPERIMENT_NAME")):
+    for candidate in (option, configured, os.environ.get(EXPERIMENT_NAME_ENV)):
         if candidate:
             return candidate
     return project_name(notebook_dir)
@@ -91,3 +92,47 @@ def cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "nbtrack"
+
+
+# Every environment variable nbtrack reads or sets: its own, and MLflow's it honours.
+EXECUTION_ID_ENV = "NBTRACK_EXECUTION_ID"
+BATCH_ENV = "NBTRACK_BATCH"
+SWEEP_ID_ENV = "NBTRACK_SWEEP_ID"
+PARAMETERS_ENV = "NBTRACK_PARAMETERS"
+WAIT_FOR_STORE_ENV = "NBTRACK_WAIT_FOR_STORE"
+JOURNAL_DIR_ENV = "NBTRACK_JOURNAL_DIR"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+EXPERIMENT_NAME_ENV = "MLFLOW_EXPERIMENT_NAME"
+TRACKING_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+ARTIFACTS_PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+def journal_root() -> Path:
+    """The journal folder: ``$NBTRACK_JOURNAL_DIR``, else ``~/.local/state/nbtrack/journal``."""
+    configured = os.environ.get(JOURNAL_DIR_ENV)
+    if configured:
+        return Path(configured)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(state) / "nbtrack" / "journal"
+
+
+def batch_runner(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Which headless runner executes this kernel: ``nbtrack run``, ``nbconvert``, ``papermill``
+    (None when a person is at the notebook).
+
+    ``nbtrack run`` says so in ``NBTRACK_BATCH``; for the others, the kernel's parent process
+    (``JPY_PARENT_PID``, set by jupyter_client) is looked at, where /proc shows it.
+    """
+    if environ.get(BATCH_ENV):
+        return environ[BATCH_ENV]
+    parent = environ.get("JPY_PARENT_PID")
+    if not parent or not parent.isdigit():
+        return None
+    try:
+        command = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    for runner in ("papermill", "nbconvert", "nbclient"):
+        if runner in command:
+            return runner
+    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from nbtrack.record import FINISHED, CellRecord, RunOutcome
+from nbtrack.record import FINISHED, HIDDEN_STATE_TAG, CellRecord, RunOutcome
 
 PREFIX = "nbtrack:"
 
@@ -71,7 +71,7 @@ def summary_line(record: CellRecord, outcome: RunOutcome | None,
     else:
         head = f"run '{record.run_name}'{status} ({outcome.run_id[:8]})"
     line = f"{PREFIX} {head} · {', '.join(parts)} · {where}"
-    hidden = record.tags.get("nbtrack.hidden_state")
+    hidden = record.tags.get(HIDDEN_STATE_TAG)
     if hidden:  # the saved notebook would not rebuild this run: say so where it is seen
         line += " · hidden state: " + (hidden if len(hidden) <= 300 else hidden[:300] + "...")
     if outcome is not None and outcome.registered:

@@ -209,3 +209,22 @@ class RunFacts:
     def digests(self) -> dict[str, str]:
         """Dataset name to digest."""
         return {d.name: d.digest for d in self.datasets}
+
+
+# The tags nbtrack writes on a run, besides MLflow's own (mlflow.*).
+NOTEBOOK_TAG = "nbtrack.notebook"
+EXECUTION_TAG = "nbtrack.execution"
+CELL_TAG = "nbtrack.cell"
+BATCH_TAG = "nbtrack.batch"
+SWEEP_TAG = "nbtrack.sweep"
+SUPERSEDES_TAG = "nbtrack.supersedes"
+KILLED_REASON_TAG = "nbtrack.killed_reason"
+HIDDEN_STATE_TAG = "nbtrack.hidden_state"
+EXECUTION_COUNT_TAG = "nbtrack.execution_count"
+REPRODUCTION_OF_TAG = "nbtrack.reproduction_of"
+REPRODUCES_TAG = "nbtrack.reproduces"
+GIT_DIRTY_TAG = "nbtrack.git.dirty"
+GIT_BRANCH_TAG = "nbtrack.git.branch"
+ERROR_TAG = "nbtrack.error"
+CELL_ID_TAG = "nbtrack.cell_id"
+CAPTURE_TAG = "nbtrack.capture"

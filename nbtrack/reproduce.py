@@ -20,10 +20,17 @@ from pathlib import Path
 from nbtrack.capture import history
 from nbtrack.capture.secrets import REDACTED
 from nbtrack.errors import NbtrackError
-from nbtrack.record import RunFacts
+from nbtrack.record import (
+    EXECUTION_COUNT_TAG,
+    GIT_BRANCH_TAG,
+    GIT_DIRTY_TAG,
+    REPRODUCES_TAG,
+    REPRODUCTION_OF_TAG,
+    RunFacts,
+)
 
-REPRODUCES_TAG = "nbtrack.reproduces"  # on the reproduction's run of the tracked cell
-REPRODUCTION_OF_TAG = "nbtrack.reproduction_of"  # on runs of earlier tracked cells it re-ran
+REPRODUCES_TAG = REPRODUCES_TAG  # on the reproduction's run of the tracked cell
+REPRODUCTION_OF_TAG = REPRODUCTION_OF_TAG  # on runs of earlier tracked cells it re-ran
 DEFAULT_RTOL = 1e-9
 
 
@@ -92,7 +99,7 @@ def entries_of(facts: RunFacts) -> list[history.Entry]:
         if entries:
             return entries
     if facts.source:
-        count = int(facts.tags.get("nbtrack.execution_count") or 0)
+        count = int(facts.tags.get(EXECUTION_COUNT_TAG) or 0)
         return [history.Entry(count, facts.source)]
     raise NbtrackError(f"run {facts.run_id!r} recorded no cell source or history, so there is "
                        "nothing to rebuild it from (was it made by %%track?).")
@@ -150,9 +157,9 @@ def _header(facts: RunFacts, findings: Sequence[history.Finding], notes: Sequenc
     lines.append(f"- **source notebook**: {code(facts.notebook_path or 'none (not run from a notebook)')}")
     commit = facts.git_commit
     if commit:
-        dirty = facts.tags.get("nbtrack.git.dirty")
+        dirty = facts.tags.get(GIT_DIRTY_TAG)
         state = " (uncommitted changes)" if dirty == "true" else ""
-        branch = facts.tags.get("nbtrack.git.branch")
+        branch = facts.tags.get(GIT_BRANCH_TAG)
         lines.append(f"- **git commit**: {code(commit)}" + (f" on {code(branch)}" if branch else "")
                      + state)
     else:

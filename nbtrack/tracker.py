@@ -21,7 +21,7 @@ from nbtrack.capture import lineage, sanitize
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.source import analyze
 from nbtrack.capture.values import metric_number, param_text
-from nbtrack.config import Nbtrack, resolve_experiment
+from nbtrack.config import EXECUTION_ID_ENV, Nbtrack, resolve_experiment
 from nbtrack.display import short_error as _short
 from nbtrack.durable.queue import SPOOL_INTERVAL_MS, KernelQueue
 from nbtrack.record import CellContext, CellRecord, RunOutcome, Series, TrackOptions
@@ -138,7 +138,7 @@ class Tracker:
         except RuntimeError:  # no new threads while the interpreter shuts down
             active.git = None
         self.active = active
-        batch_execution = bool(self.environ.get("NBTRACK_EXECUTION_ID"))
+        batch_execution = bool(self.environ.get(EXECUTION_ID_ENV))
         if (syntax.uses_mlflow and not syntax.starts_own_run) or batch_execution:
             # The cell calls mlflow.log_* itself: open the run now so those calls land in it.
             # In a batch execution too: a kernel that dies mid-cell then leaves a run that

@@ -21,12 +21,22 @@ from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.secrets import Redactor, is_secret_name
 from nbtrack.capture.source import CellSyntax, is_shell_name
 from nbtrack.capture.values import flatten_param, metric_number, param_text
-from nbtrack.config import Nbtrack
+from nbtrack.config import BATCH_ENV, EXECUTION_ID_ENV, PARAMETERS_ENV, SWEEP_ID_ENV, Nbtrack, batch_runner
 from nbtrack.display import short_error as _short
 from nbtrack.record import (
+    BATCH_TAG,
+    CAPTURE_TAG,
+    CELL_ID_TAG,
+    CELL_TAG,
+    ERROR_TAG,
+    EXECUTION_COUNT_TAG,
+    EXECUTION_TAG,
     FAILED,
     FINISHED,
+    HIDDEN_STATE_TAG,
     KILLED,
+    NOTEBOOK_TAG,
+    SWEEP_TAG,
     Artifact,
     CellContext,
     CellRecord,
@@ -125,7 +135,7 @@ def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseEx
     if settings.history:
         hidden = hidden_state(active, redactor, snapshot, warn)
         if hidden:
-            tags["nbtrack.hidden_state"] = hidden
+            tags[HIDDEN_STATE_TAG] = hidden
     if error is not None and status == FAILED:
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         artifacts.append(Artifact("error/traceback.txt", redactor.redact(trace).encode()))
@@ -157,7 +167,7 @@ def minimal_record(active: ActiveCell, error: BaseException | None, ended_ms: in
         start_time_ms=active.started_ms,
         end_time_ms=ended_ms,
         status=run_status(error),
-        tags={"mlflow.source.type": "NOTEBOOK", "nbtrack.capture": "partial"},
+        tags={"mlflow.source.type": "NOTEBOOK", CAPTURE_TAG: "partial"},
         artifacts=(Artifact("cell/source.py", redactor.redact(active.cell.raw_source).encode()),),
         run_id=active.run_id,
     )
@@ -218,7 +228,7 @@ def cell_params(active: ActiveCell, namespace: Mapping[str, Any], warn) -> dict[
 
 def injected_parameters(environ: Mapping[str, str], limit: int, warn) -> dict[str, Any]:
     """Values ``nbtrack run -p/--grid`` injected into this execution's notebook."""
-    text = environ.get("NBTRACK_PARAMETERS")
+    text = environ.get(PARAMETERS_ENV)
     if not text:
         return {}
     import json
@@ -301,13 +311,13 @@ def run_tags(active: ActiveCell, error: BaseException | None, redactor: Redactor
         "mlflow.source.name": notebook,
         "mlflow.user": lineage.current_user(active.environ),
         "mlflow.note.content": "```python\n" + redactor.redact(cell.raw_source) + "\n```",
-        "nbtrack.notebook": notebook,
-        "nbtrack.cell": identity,
+        NOTEBOOK_TAG: notebook,
+        CELL_TAG: identity,
     }
     if cell.cell_id:
-        tags["nbtrack.cell_id"] = cell.cell_id
+        tags[CELL_ID_TAG] = cell.cell_id
     if cell.execution_count is not None:
-        tags["nbtrack.execution_count"] = str(cell.execution_count)
+        tags[EXECUTION_COUNT_TAG] = str(cell.execution_count)
     git = git_state(active)
     if "commit" in git:
         tags["mlflow.source.git.commit"] = git["commit"]
@@ -316,15 +326,15 @@ def run_tags(active: ActiveCell, error: BaseException | None, redactor: Redactor
             tags[f"nbtrack.git.{key}"] = git[key]
     for package, version in lineage.package_versions().items():
         tags[f"nbtrack.version.{package}"] = version
-    runner = lineage.batch_runner(active.environ)
+    runner = batch_runner(active.environ)
     if runner:
-        tags["nbtrack.batch"] = runner
-    for variable, tag in (("NBTRACK_SWEEP_ID", "nbtrack.sweep"),
-                          ("NBTRACK_EXECUTION_ID", "nbtrack.execution")):
+        tags[BATCH_TAG] = runner
+    for variable, tag in ((SWEEP_ID_ENV, SWEEP_TAG),
+                          (EXECUTION_ID_ENV, EXECUTION_TAG)):
         if active.environ.get(variable):
             tags[tag] = active.environ[variable]
     if error is not None:
-        tags["nbtrack.error"] = redactor.redact(
+        tags[ERROR_TAG] = redactor.redact(
             f"{type(error).__name__}: {error}".strip().rstrip(":")
         )[:500]
     for key, value in active.options.tags.items():
@@ -339,10 +349,10 @@ def opening_tags(active: ActiveCell) -> dict[str, str]:
     """
     notebook = str(active.notebook) if active.notebook else "<ipython>"
     tags = {"mlflow.source.type": "NOTEBOOK", "mlflow.source.name": notebook,
-            "nbtrack.notebook": notebook}
-    for variable, tag in (("NBTRACK_SWEEP_ID", "nbtrack.sweep"),
-                          ("NBTRACK_EXECUTION_ID", "nbtrack.execution"),
-                          ("NBTRACK_BATCH", "nbtrack.batch")):
+            NOTEBOOK_TAG: notebook}
+    for variable, tag in ((SWEEP_ID_ENV, SWEEP_TAG),
+                          (EXECUTION_ID_ENV, EXECUTION_TAG),
+                          (BATCH_ENV, BATCH_TAG)):
         if active.environ.get(variable):
             tags[tag] = active.environ[variable]
     return tags

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nbtrack.capture.secrets import Redactor
-from nbtrack.config import git_root
+from nbtrack.config import TRACKING_USERNAME_ENV, git_root
 
 # Distribution name -> module whose presence in sys.modules means the user's code uses it.
 KEY_PACKAGES = {
@@ -179,8 +179,8 @@ def current_user(environ: Mapping[str, str] = os.environ) -> str:
     The tracking user is the one MLflow logs in with: ``MLFLOW_TRACKING_USERNAME``, else
     ``mlflow_tracking_username`` in ``~/.mlflow/credentials`` (read the way MLflow reads it).
     """
-    if environ.get("MLFLOW_TRACKING_USERNAME"):
-        return environ["MLFLOW_TRACKING_USERNAME"]
+    if environ.get(TRACKING_USERNAME_ENV):
+        return environ[TRACKING_USERNAME_ENV]
     from_file = _credentials_user(environ)
     if from_file:
         return from_file
@@ -216,25 +216,3 @@ def _user_in_credentials(path: str, changed: int) -> str | None:
     except (configparser.Error, UnicodeDecodeError):  # MLflow itself would refuse the file
         return None
     return parser.get("mlflow", "mlflow_tracking_username", fallback=None) or None
-
-
-def batch_runner(environ: Mapping[str, str] = os.environ) -> str | None:
-    """Which headless runner executes this kernel: ``nbtrack run``, ``nbconvert``, ``papermill``
-    (None when a person is at the notebook).
-
-    ``nbtrack run`` says so in ``NBTRACK_BATCH``; for the others, the kernel's parent process
-    (``JPY_PARENT_PID``, set by jupyter_client) is looked at, where /proc shows it.
-    """
-    if environ.get("NBTRACK_BATCH"):
-        return environ["NBTRACK_BATCH"]
-    parent = environ.get("JPY_PARENT_PID")
-    if not parent or not parent.isdigit():
-        return None
-    try:
-        command = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return None
-    for runner in ("papermill", "nbconvert", "nbclient"):
-        if runner in command:
-            return runner
-    return None

@@ -39,18 +39,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from nbtrack.config import journal_root
 from nbtrack.record import CellRecord, Series
 
 LOCK_NAME = "owner.lock"
-
-
-def journal_root() -> Path:
-    """The journal folder: ``$NBTRACK_JOURNAL_DIR``, else ``~/.local/state/nbtrack/journal``."""
-    configured = os.environ.get("NBTRACK_JOURNAL_DIR")
-    if configured:
-        return Path(configured)
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
-    return Path(state) / "nbtrack" / "journal"
 
 
 @dataclass(frozen=True)

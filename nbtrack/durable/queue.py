@@ -18,10 +18,9 @@ from typing import Any
 
 from nbtrack import display, threads
 from nbtrack.capture.cell import ActiveCell
-from nbtrack.capture.lineage import batch_runner
-from nbtrack.config import Nbtrack
+from nbtrack.config import EXECUTION_ID_ENV, WAIT_FOR_STORE_ENV, Nbtrack, batch_runner
 from nbtrack.display import short_error as _short
-from nbtrack.record import CellRecord, RunOutcome
+from nbtrack.record import CELL_TAG, SUPERSEDES_TAG, CellRecord, RunOutcome
 
 # How often a running cell's nbtrack.log_metric points are appended to the journal.
 SPOOL_INTERVAL_MS = 1000
@@ -144,9 +143,9 @@ class KernelQueue:
         """
         if record.register_as or not self.settings.background:
             return True
-        if self.environ.get("NBTRACK_WAIT_FOR_STORE", "").lower() in ("1", "true", "yes"):
+        if self.environ.get(WAIT_FOR_STORE_ENV, "").lower() in ("1", "true", "yes"):
             return True
-        return bool(self.environ.get("NBTRACK_EXECUTION_ID") or batch_runner(self.environ))
+        return bool(self.environ.get(EXECUTION_ID_ENV) or batch_runner(self.environ))
 
     @property
     def refusal(self) -> str | None:
@@ -197,16 +196,16 @@ class KernelQueue:
 
     def _with_supersedes(self, record: CellRecord) -> CellRecord:
         """Tag a re-run of a cell with the run it supersedes (the cell's previous run here)."""
-        previous = self._previous_runs.get(record.tags.get("nbtrack.cell", ""))
-        if not previous or "nbtrack.supersedes" in record.tags:
+        previous = self._previous_runs.get(record.tags.get(CELL_TAG, ""))
+        if not previous or SUPERSEDES_TAG in record.tags:
             return record
-        return replace(record, tags={**record.tags, "nbtrack.supersedes": previous})
+        return replace(record, tags={**record.tags, SUPERSEDES_TAG: previous})
 
     def _written(self, record: CellRecord, outcome: RunOutcome) -> None:
         """The writer put a run in the store (called on its thread)."""
         from nbtrack.store import index
 
-        self._previous_runs[record.tags.get("nbtrack.cell", "")] = outcome.run_id
+        self._previous_runs[record.tags.get(CELL_TAG, "")] = outcome.run_id
         index.note_written(outcome.tracking_uri, outcome.run_id)
         self._on_written(record, outcome)
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 
 from nbtrack import display, threads
+from nbtrack.config import TRACKING_URI_ENV
 from nbtrack.display import short_error as _short
 from nbtrack.threads import THREAD_PREFIX, warnings_dropped
 
@@ -47,7 +48,7 @@ def tracking_uri(environ: Mapping[str, str] = os.environ) -> str:
     if mlflow is None or getattr(mlflow.__spec__, "_initializing", False):
         # MLflow is still being imported in the background (nobody can have called its
         # set_tracking_uri yet): the environment says where, without waiting for it.
-        configured = environ.get("MLFLOW_TRACKING_URI")
+        configured = environ.get(TRACKING_URI_ENV)
         if configured:
             return absolute_tracking_uri(configured)
     return absolute_tracking_uri()
@@ -143,7 +144,7 @@ def _store_creation_lock(uri: str):
     import fcntl
     import hashlib
 
-    from nbtrack.durable.journal import journal_root
+    from nbtrack.config import journal_root
 
     try:
         root = journal_root()

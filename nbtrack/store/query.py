@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nbtrack.config import ARTIFACTS_PROGRESS_BAR_ENV
+
 
 def default_experiment() -> str:
     """The experiment tracked cells in the current folder go to when nothing else says."""
@@ -275,8 +277,8 @@ def figure_images(run_id: str, tracking_uri=None) -> list[tuple[str, bytes]]:
 
     client = _client(tracking_uri)
     found = []
-    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no bars inside a board
+    saved = os.environ.get(ARTIFACTS_PROGRESS_BAR_ENV)
+    os.environ[ARTIFACTS_PROGRESS_BAR_ENV] = "false"  # no bars inside a board
     try:
         for item in client.list_artifacts(run_id, "figures"):
             if item.path.endswith(".png"):
@@ -284,9 +286,9 @@ def figure_images(run_id: str, tracking_uri=None) -> list[tuple[str, bytes]]:
                 found.append((item.path, Path(local).read_bytes()))
     finally:
         if saved is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            os.environ.pop(ARTIFACTS_PROGRESS_BAR_ENV, None)
         else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
+            os.environ[ARTIFACTS_PROGRESS_BAR_ENV] = saved
     return found
 
 
@@ -352,16 +354,16 @@ class _no_progress_bar:
     def __enter__(self):
         import os
 
-        self.saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        self.saved = os.environ.get(ARTIFACTS_PROGRESS_BAR_ENV)
+        os.environ[ARTIFACTS_PROGRESS_BAR_ENV] = "false"
 
     def __exit__(self, *exc):
         import os
 
         if self.saved is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            os.environ.pop(ARTIFACTS_PROGRESS_BAR_ENV, None)
         else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = self.saved
+            os.environ[ARTIFACTS_PROGRESS_BAR_ENV] = self.saved
 
 
 def runs_tagged(experiment: str, key: str, value: str, tracking_uri=None) -> list:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nbtrack.display import short_error as _short
 from nbtrack.errors import StoreError
-from nbtrack.record import CellRecord, FigureSnapshot, RunOutcome, Series
+from nbtrack.record import KILLED_REASON_TAG, CellRecord, FigureSnapshot, RunOutcome, Series
 from nbtrack.store import registry
 from nbtrack.store.kernel_state import experiment_of, quiet_mlflow, store_opening, without_run_urls
 from nbtrack.threads import GATE, IMPORT_GUARD
@@ -233,7 +233,7 @@ class Recorder:
                 if on_created is not None:
                     on_created(run_id)
                 client.log_text(run_id, str(facts.get("source", "")), "cell/source.py")
-            client.log_batch(run_id, tags=[RunTag("nbtrack.killed_reason", reason[:500])])
+            client.log_batch(run_id, tags=[RunTag(KILLED_REASON_TAG, reason[:500])])
             _log_metrics(client, run_id, _series_metrics(series))
             client.set_terminated(run_id, status="KILLED")
         return run_id
@@ -262,7 +262,7 @@ class Recorder:
             runs = [r for r in self.execution_runs(experiment, execution_id)
                     if r.info.status == "RUNNING"]
             for run in runs:
-                self.client.set_tag(run.info.run_id, "nbtrack.killed_reason", reason[:500])
+                self.client.set_tag(run.info.run_id, KILLED_REASON_TAG, reason[:500])
                 self.client.set_terminated(run.info.run_id, status="KILLED")
         return len(runs)
 
