@@ -376,19 +376,21 @@ def _when_store_answers(step: Callable[[], object], failed: str) -> str | None:
     it: what could not be done is returned as one line (None when all went well).
     """
     from nbtrack.display import short_error
+    from nbtrack.durable.writer import retry_pause
     from nbtrack.store.recorder import store_refused
 
     deadline = time.monotonic() + STORE_WAIT_SECONDS
-    pause = 0.5
+    attempt = 0
     while True:
         try:
             step()
             return None
         except Exception as error:
+            pause = retry_pause(attempt)
             if not store_refused(error) or time.monotonic() + pause > deadline:
                 return f"{failed} ({short_error(error)})"
         time.sleep(pause)
-        pause = min(pause * 2, 5.0)
+        attempt += 1
 
 
 def _redactor(notebook: Path):

@@ -32,6 +32,11 @@ from nbtrack.threads import GATE, start, with_imports
 RETRY_PAUSES = (0.5, 1, 2, 5, 10, 30)
 
 
+def retry_pause(attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (from 0) at a store that refused."""
+    return RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
+
+
 def write_entry(recorder, journal: KernelJournal | None, entry: Entry,
                 prepare: Callable[[CellRecord], CellRecord] | None = None) -> RunOutcome:
     """Write one journaled record, resuming from what was already written; forget it once the
@@ -230,7 +235,7 @@ class BackgroundWriter:
                     self._queue.popleft()
                     self._condition.notify_all()
             if outcome is None:
-                pause = RETRY_PAUSES[min(attempts, len(RETRY_PAUSES) - 1)]
+                pause = retry_pause(attempts)
                 attempts += 1
                 with self._condition:
                     self._condition.wait_for(lambda: self._stopping, timeout=pause)

@@ -30,22 +30,12 @@ def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri
     from nbtrack.errors import NbtrackError
 
     _read_your_writes(tracker)
-    if experiment is None:
-        if tracker is not None:
-            experiment = tracker.experiment_for(None, Path.cwd())
-        else:
-            experiment = default_experiment()
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None and missing_ok:
+    found = _experiment(client, experiment, tracker, missing_ok)
+    if found is None:
         import pandas as pd
 
         return pd.DataFrame()
-    if found is None:
-        raise NbtrackError(
-            f"no experiment named {experiment!r} in {client.tracking_uri}: track a cell into it "
-            "first, or pass experiment=... (mlflow experiments search lists them)."
-        )
     if isinstance(order_by, str):
         order_by = [order_by]
     from mlflow.exceptions import MlflowException
@@ -108,20 +98,12 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
     from nbtrack.store import summaries
 
     _read_your_writes(tracker)
-    if experiment is None:
-        experiment = (tracker.experiment_for(None, Path.cwd()) if tracker is not None
-                      else default_experiment())
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
+    found = _experiment(client, experiment, tracker, missing_ok)
     if found is None:
-        if missing_ok:
-            import pandas as pd
+        import pandas as pd
 
-            return pd.DataFrame()
-        raise NbtrackError(
-            f"no experiment named {experiment!r} in {client.tracking_uri}: track a cell into it "
-            "first, or pass experiment=... (mlflow experiments search lists them)."
-        )
+        return pd.DataFrame()
     index = run_index.RunIndex.shared(client.tracking_uri, found.experiment_id)
     index.refresh(background=background)
     try:
@@ -137,6 +119,23 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
     table.attrs["metric"] = metric
     table.attrs["matched"] = len(matched)
     return table
+
+
+def _experiment(client, name: str | None, tracker, missing_ok: bool):
+    """The experiment called ``name`` (default: where tracked cells here go); None when it does
+    not exist and ``missing_ok``, else NbtrackError naming it.
+    """
+    from nbtrack.errors import NbtrackError
+
+    if name is None:
+        name = tracker.experiment_for(None, Path.cwd()) if tracker is not None else default_experiment()
+    found = client.get_experiment_by_name(name)
+    if found is None and not missing_ok:
+        raise NbtrackError(
+            f"no experiment named {name!r} in {client.tracking_uri}: track a cell into it "
+            "first, or pass experiment=... (mlflow experiments search lists them)."
+        )
+    return found
 
 
 def _read_your_writes(tracker) -> None:
