@@ -5,7 +5,10 @@ disk and the ``nbtrack`` command line."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -53,13 +56,32 @@ def nbtrack_cli(*args: str, cwd=None, env: dict[str, str] | None = None, timeout
     return done
 
 
+@pytest.fixture(scope="session")
+def empty_store_file(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables made and nothing in it, copied for each test's store
+    (making the tables takes seconds)."""
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # MLflow resolves the Default experiment's ./mlruns here
+        MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, empty_store_file):
     """A fresh SQLite MLflow store in a temporary folder that is also the working directory."""
     work = tmp_path / "project"
     work.mkdir()
     monkeypatch.chdir(work)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    database = tmp_path / "mlflow.db"
+    shutil.copy(empty_store_file, database)
+    # The Default experiment's artifacts go where a store made here would put them: ./mlruns.
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?) "
+                   "WHERE experiment_id = 0", (str(empty_store_file.parent), str(work)))
+    uri = f"sqlite:///{database}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.setenv("NBTRACK_JOURNAL_DIR", str(tmp_path / "journal"))

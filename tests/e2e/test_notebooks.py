@@ -81,19 +81,6 @@ SUMMARY = re.compile(r"^nbtrack: run '.*$", re.MULTILINE)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def empty_store_file(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its tables made and nothing in it, to copy for each test (making
-    the tables takes seconds)."""
-    from mlflow import MlflowClient
-
-    folder = tmp_path_factory.mktemp("template")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)  # MLflow resolves the Default experiment's ./mlruns here
-        MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    return folder / "mlflow.db"
-
-
 def store_file(store: str) -> Path:
     return Path(store.removeprefix("sqlite:///"))
 
