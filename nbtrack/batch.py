@@ -90,9 +90,9 @@ def sweep_points(parameters: list[str], grid: list[str]) -> list[dict]:
 
 def notebook_parameters(notebook: Path) -> set[str] | None:
     """Names the notebook's ``parameters`` cell defines, or None when it has no such cell."""
-    import nbformat
+    from nbtrack.capture.notebook import read
 
-    parsed = nbformat.read(os.fspath(notebook), as_version=4)
+    parsed = read(notebook)
     for cell in parsed.cells:
         if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
             try:
@@ -173,10 +173,11 @@ def choose_kernel(notebook: Path, name: str | None = None) -> Kernel:
     Kernel(name='python3', language='python')
 
     """
-    import nbformat
     from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
 
-    kernelspec = nbformat.read(os.fspath(notebook), as_version=4).metadata.get("kernelspec") or {}
+    from nbtrack.capture.notebook import read
+
+    kernelspec = read(notebook).metadata.get("kernelspec") or {}
     chosen = name or kernelspec.get("name") or NATIVE_KERNEL_NAME
     specs = KernelSpecManager()
     installed = sorted(specs.find_kernel_specs())  # names in lower case, as Jupyter matches them
@@ -397,19 +398,13 @@ def _redactor(notebook: Path):
     """What to redact from an executed notebook: secret-named environment variables, URL
     passwords, and the secrets its cells assign (the injected parameters cell included).
     """
-    import nbformat
-
+    from nbtrack.capture.notebook import code_sources
     from nbtrack.capture.secrets import Redactor
 
     redactor = Redactor()
     redactor.add_from_environment(os.environ)
-    try:
-        cells = nbformat.read(os.fspath(notebook), as_version=4).cells
-    except Exception:  # not written (the kernel never started): nothing more to learn from it
-        cells = []
-    for cell in cells:
-        if cell.get("cell_type") == "code":
-            redactor.add_from_source(cell.get("source", ""))
+    for source in code_sources(notebook):
+        redactor.add_from_source(source)
     return redactor
 
 
@@ -417,7 +412,7 @@ def _redacted_copy(notebook: Path, folder: Path, redactor) -> Path | None:
     """A copy of the executed notebook, under the same name, with its secrets redacted: that
     copy, never the original, is logged with the runs (None when it cannot be read).
     """
-    from nbtrack.capture.lineage import notebook_snapshot
+    from nbtrack.capture.notebook import notebook_snapshot
 
     text = notebook_snapshot(notebook, redactor)
     if text is None:

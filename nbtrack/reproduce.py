@@ -9,7 +9,6 @@ through :mod:`nbtrack.batch` like any ``nbtrack run``. Nothing here imports MLfl
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import math
 import shlex
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nbtrack.capture import history
+from nbtrack.capture.notebook import parameters_source, saved_cells
 from nbtrack.capture.secrets import REDACTED
 from nbtrack.errors import NbtrackError
 from nbtrack.record import (
@@ -69,25 +69,6 @@ class Verdict:
 
 
 # -- reading a run's lineage --------------------------------------------------------------------
-
-
-# Each tracked cell compares the kernel's history with the saved notebook, which mostly has not
-# changed since the last cell: parse a snapshot once.
-@functools.lru_cache(maxsize=4)
-def saved_cells(snapshot: bytes | None) -> tuple[tuple[int, str], ...] | None:
-    """The code cells of a notebook snapshot as ``(cell number, source)``, numbered from 1 among
-    all cells; None when there is no snapshot or it cannot be read.
-    """
-    if not snapshot:
-        return None
-    import nbformat
-
-    try:
-        notebook = nbformat.reads(snapshot.decode(), as_version=4)
-    except Exception:  # not JSON, not a notebook: as if there were none
-        return None
-    return tuple((number, cell.source) for number, cell in enumerate(notebook.cells, start=1)
-                 if cell.cell_type == "code")
 
 
 def entries_of(facts: RunFacts) -> list[history.Entry]:
@@ -222,7 +203,7 @@ def plan(facts: RunFacts, minimal: bool = False) -> Plan:
         notes.append("secrets were redacted when the run was recorded: set them again before "
                      "running this notebook.")
     saved = saved_cells(facts.notebook) or []
-    parameters = _parameters_source(facts.notebook)
+    parameters = parameters_source(facts.notebook)
     notebook = nbformat.v4.new_notebook()
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                        "language": "python"}
@@ -239,22 +220,6 @@ def plan(facts: RunFacts, minimal: bool = False) -> Plan:
         cells.append(cell)
     notebook.cells = cells
     return Plan(notebook, facts, tuple(entries), tuple(findings), tuple(notes))
-
-
-def _parameters_source(snapshot: bytes | None) -> str | None:
-    """The source of the saved notebook's ``parameters``-tagged cell, stripped."""
-    if not snapshot:
-        return None
-    import nbformat
-
-    try:
-        notebook = nbformat.reads(snapshot.decode(), as_version=4)
-    except Exception:
-        return None
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            return cell.source.strip()
-    return None
 
 
 def default_output(facts: RunFacts, folder: Path | None = None) -> Path:

@@ -19,6 +19,7 @@ from nbtrack import display
 from nbtrack.capture import cell as capture
 from nbtrack.capture import lineage, sanitize
 from nbtrack.capture.figures import FigureCollector
+from nbtrack.capture.notebook import notebook_path
 from nbtrack.capture.source import analyze
 from nbtrack.capture.values import metric_number, param_text
 from nbtrack.config import EXECUTION_ID_ENV, Nbtrack, resolve_experiment
@@ -92,7 +93,7 @@ class Tracker:
         """
         from nbtrack.board.widget import Leaderboard
 
-        notebook = lineage.notebook_path(self.environ, {}, Path.cwd())
+        notebook = notebook_path(self.environ, {}, Path.cwd())
         return Leaderboard(experiment=experiment or self.experiment_for(None, Path.cwd(), notebook),
                            tracker=self, notebook=str(notebook) if notebook else None,
                            user=lineage.current_user(self.environ), **options)
@@ -115,7 +116,7 @@ class Tracker:
         if self.active is not None:  # a cell that never ended (its post hook did not run)
             self.end(namespace, None)
         syntax = analyze(cell.code)
-        notebook = lineage.notebook_path(self.environ, namespace, cell.cwd)
+        notebook = notebook_path(self.environ, namespace, cell.cwd)
         collector = FigureCollector()
         collector.start()
         active = capture.ActiveCell(

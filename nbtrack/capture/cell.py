@@ -18,6 +18,7 @@ from typing import Any
 
 from nbtrack.capture import datasets, estimators, lineage, sanitize
 from nbtrack.capture.figures import FigureCollector
+from nbtrack.capture.notebook import notebook_snapshot, saved_cells
 from nbtrack.capture.secrets import Redactor, is_secret_name
 from nbtrack.capture.source import CellSyntax, is_shell_name
 from nbtrack.capture.values import flatten_param, metric_number, param_text
@@ -126,7 +127,7 @@ def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseEx
         )
     snapshot = None
     if active.notebook is not None and (settings.notebook_snapshot or settings.history):
-        snapshot = lineage.notebook_snapshot(active.notebook, redactor)
+        snapshot = notebook_snapshot(active.notebook, redactor)
     if settings.notebook_snapshot and snapshot is not None:
         artifacts.append(Artifact(f"lineage/{active.notebook.name}", snapshot))
 
@@ -384,7 +385,6 @@ def hidden_state(active: ActiveCell, redactor: Redactor, snapshot: bytes | None,
     """
     try:
         from nbtrack.capture import history
-        from nbtrack.reproduce import saved_cells
 
         cell = active.cell
         entries = [history.Entry(count, redactor.redact_cached(source))

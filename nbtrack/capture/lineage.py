@@ -33,32 +33,6 @@ KEY_PACKAGES = {
 }
 
 
-def notebook_path(environ: Mapping[str, str], namespace: Mapping[str, Any], cwd: Path) -> Path | None:
-    """Find the notebook the kernel runs, from what frontends and runners tell the kernel.
-
-    JupyterLab and Notebook 7 set ``JPY_SESSION_NAME``, VS Code binds ``__vsc_ipynb_file__``,
-    papermill sets ``PAPERMILL_INPUT_PATH``, and ``nbtrack run`` sets ``JPY_SESSION_NAME``.
-    """
-    candidates = [
-        namespace.get("__vsc_ipynb_file__"),
-        environ.get("JPY_SESSION_NAME"),
-        environ.get("PAPERMILL_INPUT_PATH"),
-    ]
-    for candidate in candidates:
-        if not candidate or not isinstance(candidate, str):
-            continue
-        path = Path(candidate)
-        if not path.is_absolute():
-            # JupyterLab gives a path relative to the server's root; the kernel runs in the
-            # notebook's folder, so the file name is what finds it.
-            for option in (cwd / path, cwd / path.name):
-                if option.exists():
-                    return option.resolve()
-            return (cwd / path.name).resolve()
-        return path
-    return None
-
-
 def git_state_soon(folder: Path) -> Future:
     """:func:`git_state` on a background thread, started now: git takes milliseconds a call,
     which the cell's own run time then hides. The future's result is the state.
@@ -128,49 +102,6 @@ def history_text(entries: Iterable[tuple[int, str]], redactor: Redactor) -> str:
     parts = [f"# In[{count}]:\n{redactor.redact_cached(source).rstrip()}\n"
              for count, source in entries if source.strip()]
     return "\n".join(parts)
-
-
-def notebook_snapshot(path: Path, redactor: Redactor) -> bytes | None:
-    """A copy of the saved notebook with secrets redacted, or None when it cannot be read."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    # Reading, validating and redacting a notebook takes milliseconds, and most cells run
-    # without the notebook being saved in between: keep the last copy while the file is unchanged.
-    return _notebook_snapshot(os.fspath(path), status.st_mtime_ns, status.st_size, redactor.key())
-
-
-@functools.lru_cache(maxsize=4)
-def _notebook_snapshot(path: str, mtime_ns: int, size: int,
-                       secrets: frozenset[str]) -> bytes | None:
-    import nbformat
-
-    redactor = Redactor(secrets)
-    try:
-        notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-    except Exception:  # unreadable, not JSON, not a notebook: lineage goes on without it
-        return None
-    for cell in notebook.get("cells", []):
-        source = cell.get("source", "")
-        cell["source"] = redactor.redact("".join(source) if isinstance(source, list) else source)
-        # Every text an output holds: streams, every mime type but images, error messages
-        # and tracebacks (a failing cell's message often quotes the value it choked on).
-        if "outputs" in cell:  # code cells only: a markdown cell with outputs is not valid
-            cell["outputs"] = [_redact_output(output, redactor) for output in cell["outputs"]]
-    return nbformat.writes(notebook).encode()
-
-
-def _redact_output(value: Any, redactor: Redactor, key: str = "") -> Any:
-    if key.startswith("image/"):
-        return value
-    if isinstance(value, str):
-        return redactor.redact(value)
-    if isinstance(value, list):
-        return [_redact_output(item, redactor) for item in value]
-    if isinstance(value, dict):
-        return type(value)((k, _redact_output(v, redactor, str(k))) for k, v in value.items())
-    return value
 
 
 def current_user(environ: Mapping[str, str] = os.environ) -> str:
