@@ -88,7 +88,16 @@ def store(tmp_path, monkeypatch, empty_store_file):
     monkeypatch.setenv("NBTRACK_CACHE_DIR", str(tmp_path / "cache"))  # the run index's files
     for variable in ("JPY_SESSION_NAME", "PAPERMILL_INPUT_PATH", "NBTRACK_BATCH"):
         monkeypatch.delenv(variable, raising=False)
-    return uri
+    _forget_mlflow_tracking_uri()
+    yield uri
+    _forget_mlflow_tracking_uri()
+
+
+def _forget_mlflow_tracking_uri() -> None:
+    """Let MLflow's fluent API follow MLFLOW_TRACKING_URI again: a URI set in-process by an earlier
+    test (mlflow.set_tracking_uri) would send this test's fluent calls to that test's store."""
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
 
 
 @pytest.fixture

@@ -10,48 +10,9 @@ import nbformat
 import pytest
 from conftest import SHOWCASE, nbtrack_cli, write_notebook
 
-from nbtrack.capture import history
-from nbtrack.capture.history import Entry
-
 
 def code_cells(path):
     return [c.source for c in nbformat.read(path, 4).cells if c.cell_type == "code"]
-
-
-# -- the history analysis, on its own ----------------------------------------------------------
-
-
-def test_history_reports_out_of_order_edited_and_undefined_names():
-    saved = [(1, "a = 1"), (2, "b = a + 1"), (3, "%%track\nc = b * k")]
-    in_order = [Entry(1, "a = 1"), Entry(2, "b = a + 1"), Entry(3, "%%track\nc = b * k")]
-    findings = history.find(in_order, saved)
-    assert [f.kind for f in findings] == [history.UNDEFINED]  # k: nothing saved defines it
-    assert "'k'" in findings[0].message
-
-    ran = [Entry(1, "a = 1"), Entry(2, "k = 3"), Entry(3, "b = a + 1"), Entry(4, "a = 1"),
-           Entry(5, "b = a + 1"), Entry(6, "%%track\nc = b * k")]
-    kinds = {(f.kind, f.count) for f in history.find(ran, saved)}
-    assert (history.EDITED, 2) in kinds  # k = 3 is in no saved cell
-    assert (history.OUT_OF_ORDER, 4) in kinds  # cell 1 again, after cell 2
-    assert any(kind == history.UNDEFINED for kind, _ in kinds)
-    undefined = next(f for f in history.find(ran, saved) if f.kind == history.UNDEFINED)
-    assert "In[2] of the history did" in undefined.message
-
-
-def test_history_of_a_papermill_run_with_injected_parameters_is_clean():
-    saved = [(1, "%load_ext nbtrack"), (2, "seed = 1"), (3, "%%track\nscore = seed * 2")]
-    ran = [Entry(1, "%load_ext nbtrack"), Entry(2, "seed = 1"),
-           Entry(3, "# Parameters\nseed = 7\n"), Entry(4, "%%track\nscore = seed * 2")]
-    assert history.find(ran, saved) == []
-
-
-def test_minimal_follows_names_back_through_the_cells_that_bound_them():
-    ran = [Entry(1, "%load_ext nbtrack"), Entry(2, "import numpy as np\nimport pandas as pd"),
-           Entry(3, "x = np.arange(10)"), Entry(4, "print('look at the data')"),
-           Entry(5, "unused = pd.DataFrame()"), Entry(6, "model = Holder()\nscale = 2"),
-           Entry(7, "model.fit(x)"), Entry(8, "%%track -n fit\nscore = model.score(x) * scale")]
-    kept = [e.count for e in history.minimal(ran)]
-    assert kept == [1, 2, 3, 6, 7, 8]
 
 
 # -- hidden state at capture time, and reproduce in process ------------------------------------
