@@ -181,9 +181,9 @@ class RunFacts:
     name: str
     experiment: str
     status: str
+    tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
     datasets: tuple[DatasetRef, ...] = ()
     source: str | None = None  # cell/source.py
     history: str | None = None  # lineage/history.py
