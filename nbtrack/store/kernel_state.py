@@ -72,6 +72,31 @@ def absolute_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+@contextmanager
+def fluent_tracking_uri(uri: str | None):
+    """MLflow's fluent API pointed at ``uri`` for a moment (no-op for None), then left as it was:
+    its own setting (often none: the environment decides) and ``MLFLOW_TRACKING_URI``, which
+    ``mlflow.set_tracking_uri`` sets too. Restoring by ``set_tracking_uri(get_tracking_uri())``
+    would pin the URI the environment gave, and a later ``MLFLOW_TRACKING_URI`` would be ignored.
+    """
+    if not uri:
+        yield
+        return
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    setting, variable = utils._tracking_uri, os.environ.get(TRACKING_URI_ENV)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(setting)
+        if variable is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = variable
+
+
 def leave_run_of_cell(run_id: str) -> None:
     """The run opened before a cell is MLflow's active run in this thread: leave it, so the
     user's next ``mlflow.start_run()`` is not nested in it. The writer finishes it.

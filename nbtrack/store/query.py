@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nbtrack.config import ARTIFACTS_PROGRESS_BAR_ENV
+from nbtrack.store.kernel_state import fluent_tracking_uri
 
 
 def default_experiment() -> str:
@@ -41,7 +42,7 @@ def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri
     from mlflow.exceptions import MlflowException
 
     try:
-        with _tracking_uri(tracking_uri):
+        with fluent_tracking_uri(tracking_uri):
             return mlflow.search_runs(
                 experiment_ids=[found.experiment_id], filter_string=filter or "",
                 order_by=order_by,
@@ -50,27 +51,6 @@ def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri
         if filter and error.error_code == "INVALID_PARAMETER_VALUE":
             raise NbtrackError(f"filter {filter!r} not understood: {error.message}") from None
         raise
-
-
-class _tracking_uri:
-    """Point MLflow's fluent API at ``uri`` for a moment (no-op for None)."""
-
-    def __init__(self, uri):
-        self.uri = uri
-        self.previous = None
-
-    def __enter__(self):
-        if self.uri:
-            import mlflow
-
-            self.previous = mlflow.get_tracking_uri()
-            mlflow.set_tracking_uri(self.uri)
-
-    def __exit__(self, *exc):
-        if self.uri:
-            import mlflow
-
-            mlflow.set_tracking_uri(self.previous)
 
 
 def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50, tracker=None,

@@ -48,9 +48,6 @@ def test_runs_of_a_missing_experiment_or_with_a_bad_filter_are_readable_errors(t
         query.runs("exp", filter="metrics.auc >>> 1", tracking_uri=store)
 
 
-@pytest.mark.xfail(strict=True, reason="query._tracking_uri restores the URI MLflow had resolved "
-                   "(from the environment) with set_tracking_uri, pinning it: a later "
-                   "MLFLOW_TRACKING_URI is ignored by MLflow's fluent API")
 def test_runs_with_a_tracking_uri_leaves_mlflows_own_uri_as_it_was(three_runs, store, tmp_path,
                                                                   monkeypatch):
     import mlflow
