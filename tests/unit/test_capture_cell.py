@@ -119,6 +119,10 @@ def test_loop_variables_are_no_metrics():
                     "    total = total + loss")
     assert "epoch" not in record.metrics and "epoch" not in record.params
     assert record.metrics == {"loss": pytest.approx(1 / 3), "total": pytest.approx(11 / 6)}
+    # A computed name the cell then loops over is a loop variable too.
+    record, _ = run("epoch = start * 1\nfor epoch in range(epoch, 3):\n    loss = 0.5 * epoch",
+                    {"start": 1})
+    assert record.metrics == {"loss": 1.0}
 
 
 def test_private_and_shell_names_are_never_params_or_metrics():

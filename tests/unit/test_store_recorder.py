@@ -231,3 +231,24 @@ def test_register_without_a_model_is_a_problem_and_the_run_still_ends(store, cli
     assert outcome.problems == ("--register toy: the cell bound no fitted scikit-learn estimator "
                                 "that could be logged; nothing was registered.",)
     assert client.get_run(outcome.run_id).info.status == FINISHED
+
+
+def test_artifacts_the_store_cannot_take_yet_are_a_retry_that_resumes(store, client, tmp_path):
+    # A real refusal: the experiment's artifact folder lies under a file, for now.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    client.create_experiment("exp", artifact_location=str(blocked / "artifacts"))
+    recorder, progress = Recorder(store), {}
+    outcome = recorder.write(a_record(), progress=progress)
+    assert outcome.retry and outcome.run_id == progress["run_id"]
+    assert outcome.problems[0].startswith("artifacts of run 'fit #3' not written yet:")
+    assert progress["done"] == ["values"]
+    assert client.get_run(outcome.run_id).info.status == "RUNNING"  # not ended while incomplete
+
+    blocked.unlink()
+    blocked.mkdir()
+    again = recorder.write(a_record(), progress=progress)
+    assert again.run_id == outcome.run_id and not again.retry and again.problems == ()
+    assert client.get_run(outcome.run_id).info.status == FINISHED
+    assert [a.path for a in client.list_artifacts(outcome.run_id, "cell")] == ["cell/source.py"]
+    assert len(runs_of(client, "exp")) == 1
