@@ -176,13 +176,11 @@ class Recorder:
         if record.artifacts:
             attempt("artifacts", "artifacts",
                     lambda: self._log_artifacts(client, run_id, record, problems))
-        # Datasets and models are digested and saved by MLflow and the model's flavor, which
-        # import and change warning filters: with the gate, while no user code runs.
         for index, data in enumerate(record.datasets):
-            def log_dataset(data=data):
-                with GATE.idle():
-                    self._log_dataset(client, run_id, data)
-            attempt(f"dataset-{index}", f"dataset {data.name!r}", log_dataset)
+            attempt(f"dataset-{index}", f"dataset {data.name!r}",
+                    lambda data=data: self._log_dataset(client, run_id, data))
+        # A model is saved by its MLflow flavor, which imports and changes warning filters (its
+        # signature inference does): with the gate, while no user code runs.
         for model in record.models:
             def log_model(model=model):
                 with GATE.idle():
