@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the browser the real-browser tests drive (tests/test_browser.py): Debian's chromium and
+# Install the browser the real-browser tests drive (tests/e2e/test_browser.py): Debian's chromium and
 # chromium-driver. Playwright's own browser download (`playwright install`) is never used: the tests
 # launch /usr/bin/chromium through Playwright's executable_path.
 #
@@ -14,7 +14,7 @@ cannot_install() {
     echo "install_browser: NBTRACK_REQUIRE_ALL=1: the browser tests may not skip, so this fails." >&2
     exit 1
   fi
-  echo "install_browser: until then the browser tests (tests/test_browser.py) skip." >&2
+  echo "install_browser: until then the browser tests (tests/e2e/test_browser.py) skip." >&2
   exit 0
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install PostgreSQL for the team-server tests (tests/test_team.py, the "http-postgres" store):
+# Install PostgreSQL for the team-server tests (tests/e2e/test_team.py, the "http-postgres" store):
 # Debian's postgresql package. The tests make their own throwaway cluster with its initdb and
 # pg_ctl (/usr/lib/postgresql/<version>/bin), owned by the package's `postgres` user.
 #
@@ -20,7 +20,7 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "install_postgres: NBTRACK_REQUIRE_ALL=1: the PostgreSQL cases may not skip, so this fails." >&2
     exit 1
   fi
-  echo "install_postgres: until then the PostgreSQL store cases of tests/test_team.py skip." >&2
+  echo "install_postgres: until then the PostgreSQL store cases of tests/e2e/test_team.py skip." >&2
   exit 0
 fi
 
