@@ -89,14 +89,14 @@ class Tracker:
 
     def leaderboard(self, experiment: str | None = None, **options):
         """The board of ``experiment`` (default: where tracked cells here go), given what it must
-        not reach for itself: this tracker, the notebook and the user.
+        not reach for itself: this tracker, the notebook, and who is logged in when a champion moves.
         """
         from nbtrack.board.widget import Leaderboard
 
         notebook = notebook_path(self.environ, {}, Path.cwd())
         return Leaderboard(experiment=experiment or self.experiment_for(None, Path.cwd(), notebook),
                            tracker=self, notebook=str(notebook) if notebook else None,
-                           user=lineage.current_user(self.environ), **options)
+                           user=lambda: lineage.current_user(self.environ), **options)
 
     def tracking_uri(self) -> str:
         """The store tracked cells write to now (a relative SQLite path made absolute)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable
 
 import ipywidgets as widgets
 
@@ -48,9 +49,10 @@ class Leaderboard(widgets.VBox):
     """
 
     def __init__(self, experiment=None, metric=None, ascending=False, top=50, tracker=None,
-                 tracking_uri=None, filter=None, notebook: str | None = None, user: str = ""):
+                 tracking_uri=None, filter=None, notebook: str | None = None,
+                 user: Callable[[], str] = lambda: ""):
         # Given, never reached for: the kernel's tracker (the board waits for its writes and
-        # refreshes after each run), the notebook and the user a champion's move is recorded with.
+        # refreshes after each run), the notebook, and who is logged in when a champion moves.
         self._tracker = tracker
         self._notebook = notebook
         self._user = user
@@ -261,7 +263,7 @@ class Leaderboard(widgets.VBox):
         alias = (alias or "champion").strip()
         try:
             previous = registry.set_alias(
-                name, alias, number, moved_by=self._user,
+                name, alias, number, moved_by=self._user(),
                 notebook=self._notebook, tracking_uri=self.tracking_uri)
         except Exception as error:
             self._say(f"Could not move @{alias} of {name} to v{number}: {_reason(error)}",
