@@ -5,6 +5,7 @@ reads, what it fits. Pure AST analysis; the cell is never evaluated again.
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,12 +216,8 @@ def _walk_skipping_scopes(node: ast.AST):
 
 
 def _read_names(tree: ast.Module) -> tuple[str, ...]:
-    names = [
-        node.id
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
-    ]
-    return tuple(dict.fromkeys(names))
+    """Every name the cell reads, in order, but for the locals of its functions and comprehensions."""
+    return tuple(dict.fromkeys(name for statement in tree.body for name in _loads(statement)))
 
 
 def _uses_mlflow(tree: ast.Module) -> bool:
@@ -232,3 +229,113 @@ def _uses_mlflow(tree: ast.Module) -> bool:
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mlflow":
             return True
     return False
+
+
+# -- the names a cell defines and reads at notebook level (hidden state, reproduce --minimal) --
+
+@dataclass(frozen=True)
+class Names:
+    """What a cell does with names at notebook level."""
+
+    defines: frozenset[str]  # names it binds, imports, or changes (``clf.fit(...)``, ``df[c] = v``)
+    reads: tuple[str, ...]  # names it uses before binding them itself, in order
+
+
+# Each tracked cell looks at the whole history: parse each distinct source once per kernel.
+@functools.lru_cache(maxsize=4096)
+def names(code: str) -> Names:
+    r"""The names a cell defines and reads at notebook level.
+
+    >>> n = names("import numpy as np\nx = np.ones(3) * scale\nclf.fit(x)")
+    >>> sorted(n.defines), n.reads
+    (['clf', 'np', 'x'], ('scale', 'clf'))
+    """
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return Names(frozenset(), ())
+    bound: set[str] = set()
+    reads: list[str] = []
+    for statement in tree.body:
+        changed = _changed(statement)
+        for name in [*_loads(statement), *sorted(changed)]:
+            if name not in bound and name not in reads:
+                reads.append(name)
+        bound |= _stores(statement) | changed
+    return Names(frozenset(bound), tuple(reads))
+
+
+def _stores(node: ast.AST) -> set[str]:
+    """Names a statement binds at notebook level (not inside functions, classes, comprehensions)."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.add(current.name)
+            stack.extend(current.decorator_list)
+            continue
+        if isinstance(current, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+                                ast.GeneratorExp)):
+            continue
+        if isinstance(current, ast.Name) and isinstance(current.ctx, ast.Store):
+            found.add(current.id)
+        elif isinstance(current, (ast.Import, ast.ImportFrom)):
+            for alias in current.names:
+                if alias.name != "*":
+                    found.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(current, ast.ExceptHandler) and current.name:
+            found.add(current.name)
+        stack.extend(ast.iter_child_nodes(current))
+    return found
+
+
+def _changed(statement: ast.stmt) -> set[str]:
+    """Names whose object a statement changes in place: ``clf.fit(X)`` on its own line,
+    ``df["c"] = ...``, ``model.coef_ = ...``, ``x += 1``.
+    """
+    changed: set[str] = set()
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
+        func = statement.value.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            changed.add(func.value.id)
+    targets: list[ast.expr] = []
+    if isinstance(statement, ast.Assign):
+        targets = statement.targets
+    elif isinstance(statement, (ast.AugAssign, ast.AnnAssign)):
+        targets = [statement.target]
+    for target in targets:
+        base = target
+        while isinstance(base, (ast.Attribute, ast.Subscript)):
+            base = base.value
+        if isinstance(base, ast.Name) and (base is not target or isinstance(statement, ast.AugAssign)):
+            changed.add(base.id)
+    return changed
+
+
+def _loads(node: ast.AST) -> list[str]:
+    """Names a statement reads, leaving out those local to the functions and comprehensions in it."""
+    local: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            arguments = sub.args
+            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                        arguments.vararg, arguments.kwarg]:
+                if arg is not None:
+                    local.add(arg.arg)
+            if not isinstance(sub, ast.Lambda):
+                for inner in sub.body:
+                    local |= _stores(inner)
+        elif isinstance(sub, ast.comprehension):
+            local |= {n.id for n in ast.walk(sub.target) if isinstance(n, ast.Name)}
+        # Bound by the statement before its body reads them: `for i in ...`, `with ... as f`,
+        # `except E as err`.
+        elif isinstance(sub, (ast.For, ast.AsyncFor)):
+            local |= {n.id for n in ast.walk(sub.target) if isinstance(n, ast.Name)}
+        elif isinstance(sub, ast.withitem) and sub.optional_vars is not None:
+            local |= {n.id for n in ast.walk(sub.optional_vars) if isinstance(n, ast.Name)}
+        elif isinstance(sub, ast.ExceptHandler) and sub.name:
+            local.add(sub.name)
+    loads = [sub.id for sub in ast.walk(node)
+             if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and sub.id not in local]
+    return list(dict.fromkeys(loads))

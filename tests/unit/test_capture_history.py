@@ -3,7 +3,7 @@ parse, python_code, names, find (out of order, edited, undefined), summary, mini
 
 from __future__ import annotations
 
-from nbtrack.capture import history
+from nbtrack.capture import history, source
 from nbtrack.capture.history import EDITED, OUT_OF_ORDER, UNDEFINED, Entry, Finding
 
 
@@ -27,7 +27,7 @@ def test_names_tell_what_a_cell_defines_and_reads_first():
                           "def f(a):\n    return a + hidden\n")
     assert found.defines == {"np", "x", "clf", "df", "i", "total", "f"}
     assert found.reads == ("scale", "clf", "df", "range", "hidden")  # a global f reads
-    assert history.names("x = (") == history.Names(frozenset(), ())
+    assert history.names("x = (") == source.Names(frozenset(), ())
 
 
 def test_find_without_a_saved_notebook_checks_names_against_the_history():

@@ -48,3 +48,11 @@ def test_reads_and_mlflow_use():
 
 def test_unparsable_source_is_reported_not_raised():
     assert analyze("x = (").parsed is False
+
+
+def test_names_local_to_functions_and_comprehensions_are_not_read_from_the_notebook():
+    # One name analyser for capture and history: a comprehension's or a function's own names are
+    # not values the cell takes from earlier cells (a global `x` must not become a param here).
+    syntax = analyze("def f(x):\n    return x * scale\nsizes = [len(df) for df in frames]\ny = f(3)")
+    assert "x" not in syntax.read_names and "df" not in syntax.read_names
+    assert {"scale", "frames", "f"} <= set(syntax.read_names)
