@@ -181,13 +181,15 @@ class RunFacts:
     name: str
     experiment: str
     status: str
-    tags: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    datasets: tuple[DatasetRef, ...] = ()
+    # Its lineage artifacts: what reproduce rebuilds from.
     source: str | None = None  # cell/source.py
     history: str | None = None  # lineage/history.py
     notebook: bytes | None = None  # lineage/<notebook>.ipynb, the notebook as saved
+    # What it recorded: what diff compares.
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    datasets: tuple[DatasetRef, ...] = ()
 
     @property
     def notebook_path(self) -> str | None:
