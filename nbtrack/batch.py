@@ -42,6 +42,11 @@ STORE_WAIT_SECONDS = 120.0
 # starting at once on two busy cores (seen: "Kernel didn't respond in 60 seconds"); a kernel
 # that dies while starting is reported at once whatever this is.
 KERNEL_START_SECONDS = 300
+# How many times a kernel that died before answering is started again. Kernels started at once
+# can pick the same free port (jupyter_client finds one, frees it, and the kernel binds it later),
+# and the loser dies at once; none of the notebook has run then, so starting it again is safe.
+KERNEL_START_ATTEMPTS = 3
+_DIED_STARTING = "Kernel died before replying to kernel_info"
 
 
 def parse_value(text: str):
@@ -348,12 +353,18 @@ def _worker(request: dict) -> int:
     try:
         kernel = (Kernel(**request["kernel"]) if request.get("kernel")
                   else choose_kernel(notebook))
-        papermill.execute_notebook(
-            str(notebook), str(output), parameters=request["parameters"],
-            kernel_name=kernel.name, language=kernel.language,
-            cwd=request.get("cwd") or str(notebook.resolve().parent), progress_bar=False,
-            start_timeout=KERNEL_START_SECONDS,
-        )
+        for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+            try:
+                papermill.execute_notebook(
+                    str(notebook), str(output), parameters=request["parameters"],
+                    kernel_name=kernel.name, language=kernel.language,
+                    cwd=request.get("cwd") or str(notebook.resolve().parent),
+                    progress_bar=False, start_timeout=KERNEL_START_SECONDS,
+                )
+                break
+            except RuntimeError as error:
+                if _DIED_STARTING not in str(error) or attempt == KERNEL_START_ATTEMPTS:
+                    raise
     except NbtrackError as error:  # the notebook's kernel is not installed
         code = _EXIT_FAILED
         reason = str(error)

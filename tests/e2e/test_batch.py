@@ -280,6 +280,28 @@ def test_kernel_option_overrides_the_notebooks_kernelspec(tmp_path, store, clien
     assert run.data.metrics["score"] == 2
 
 
+def test_kernel_that_dies_while_starting_is_started_again(tmp_path, store, client):
+    """Injected fault: a kernelspec whose first start exits before answering, as a kernel does
+    that lost its port to another kernel starting at the same moment; the second start is a real
+    ipykernel."""
+    folder = tmp_path / "kernels" / "kernels" / "dies-once"
+    folder.mkdir(parents=True)
+    first = tmp_path / "first-start-happened"
+    starter = (f"if [ ! -e {first} ]; then touch {first}; exit 1; fi; "
+               f"exec {sys.executable} -m ipykernel_launcher -f \"$0\"")
+    (folder / "kernel.json").write_text(json.dumps({
+        "argv": ["sh", "-c", starter, "{connection_file}"],
+        "display_name": "dies once", "language": "python"}))
+    notebook = write_notebook(tmp_path / "project" / "nb.ipynb", KERNEL_CELLS, parameters="C = 1")
+    done = nbtrack_cli("run", "nb.ipynb", "-k", "dies-once", "-p", "C=5", "-e", "restart",
+                       "--no-progress", cwd=notebook.parent,
+                       env={"JUPYTER_PATH": str(tmp_path / "kernels")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert first.exists()
+    [run] = experiment_runs(client, "restart")
+    assert run.data.metrics["score"] == 10 and run.info.status == "FINISHED"
+
+
 @pytest.mark.parametrize("kernelspec, args", [
     ("python3", ["-k", "nosuchkernel"]),
     ("nosuchkernel", []),
