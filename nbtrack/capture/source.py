@@ -25,7 +25,7 @@ class CellSyntax:
     literal_bindings: dict[str, Any] = field(default_factory=dict)
     computed_names: tuple[str, ...] = ()
     loop_variables: frozenset[str] = frozenset()
-    read_names: tuple[str, ...] = ()
+    read_names: tuple[str, ...] = ()  # read before the cell binds them (from earlier cells), in order
     # estimator name -> name of the first argument given to its fit call (None when not a plain name)
     fitted: dict[str, str | None] = field(default_factory=dict)
     uses_mlflow: bool = False
@@ -47,7 +47,7 @@ def is_shell_name(name: str) -> bool:
 def analyze(source: str) -> CellSyntax:
     r"""Analyze Python source (IPython syntax already transformed).
 
-    >>> analyze("C = 0.1\\nacc = model.score(X, y)").literal_bindings
+    >>> analyze("C = 0.1\nacc = model.score(X, y)").literal_bindings
     {'C': 0.1}
     """
     try:
@@ -56,12 +56,12 @@ def analyze(source: str) -> CellSyntax:
                        flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
     except SyntaxError as error:
         return CellSyntax(parsed=False, error=error)
-    except ValueError:  # null bytes
+    except (ValueError, RecursionError):  # null bytes; nesting deeper than the parser goes
         return CellSyntax(parsed=False)
     visitor = _BindingVisitor()
     for statement in tree.body:
         visitor.statement(statement)
-    reads = _read_names(tree)
+    reads = _flow(tree.body).reads
     literal = {k: v for k, v in visitor.literals.items() if k not in visitor.computed}
     computed = tuple(dict.fromkeys(n for n in visitor.computed_order if n in visitor.computed))
     return CellSyntax(
@@ -215,11 +215,6 @@ def _walk_skipping_scopes(node: ast.AST):
             stack.append(child)
 
 
-def _read_names(tree: ast.Module) -> tuple[str, ...]:
-    """Every name the cell reads, in order, but for the locals of its functions and comprehensions."""
-    return tuple(dict.fromkeys(name for statement in tree.body for name in _loads(statement)))
-
-
 def _uses_mlflow(tree: ast.Module) -> bool:
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id == "mlflow":
@@ -231,7 +226,8 @@ def _uses_mlflow(tree: ast.Module) -> bool:
     return False
 
 
-# -- the names a cell defines and reads at notebook level (hidden state, reproduce --minimal) --
+# -- the names a cell defines and reads at notebook level (hidden state, reproduce --minimal,
+#    params read from earlier cells, upstream params) --
 
 @dataclass(frozen=True)
 class Names:
@@ -239,6 +235,13 @@ class Names:
 
     defines: frozenset[str]  # names it binds, imports, or changes (``clf.fit(...)``, ``df[c] = v``)
     reads: tuple[str, ...]  # names it uses before binding them itself, in order
+
+
+def _parse(code: str) -> list[ast.stmt] | None:
+    try:
+        return ast.parse(code).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 # Each tracked cell looks at the whole history: parse each distinct source once per kernel.
@@ -250,44 +253,150 @@ def names(code: str) -> Names:
     >>> sorted(n.defines), n.reads
     (['clf', 'np', 'x'], ('scale', 'clf'))
     """
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return Names(frozenset(), ())
-    bound: set[str] = set()
-    reads: list[str] = []
-    for statement in tree.body:
-        changed = _changed(statement)
-        for name in [*_loads(statement), *sorted(changed)]:
-            if name not in bound and name not in reads:
-                reads.append(name)
-        bound |= _stores(statement) | changed
-    return Names(frozenset(bound), tuple(reads))
+    body = _parse(code)
+    return Names(frozenset(), ()) if body is None else _flow(body).names
 
 
-def _stores(node: ast.AST) -> set[str]:
-    """Names a statement binds at notebook level (not inside functions, classes, comprehensions)."""
-    found: set[str] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            found.add(current.name)
-            stack.extend(current.decorator_list)
-            continue
-        if isinstance(current, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
-                                ast.GeneratorExp)):
-            continue
-        if isinstance(current, ast.Name) and isinstance(current.ctx, ast.Store):
-            found.add(current.id)
-        elif isinstance(current, (ast.Import, ast.ImportFrom)):
-            for alias in current.names:
-                if alias.name != "*":
-                    found.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(current, ast.ExceptHandler) and current.name:
-            found.add(current.name)
-        stack.extend(ast.iter_child_nodes(current))
-    return found
+@functools.lru_cache(maxsize=4096)
+def statement_names(code: str) -> tuple[Names, ...]:
+    r"""What each top-level statement of a cell defines and reads, in order; ``()`` when the
+    code does not parse. A statement's reads leave out only what it binds itself first.
+
+    >>> [sorted(n.defines) for n in statement_names("a = f(seed)\nb = a + 1")]
+    [['a'], ['b']]
+    """
+    body = _parse(code)
+    return () if body is None else tuple(_flow([statement]).names for statement in body)
+
+
+def _flow(statements: list[ast.stmt]) -> _Flow:
+    flow = _Flow()
+    flow.block(statements)
+    flow.finish()
+    return flow
+
+
+class _Flow:
+    """Walk code in the order it runs and note every name read before the code bound it.
+
+    Branches count as taken (a name bound in an ``if`` is bound after it) and a loop body runs
+    once. A comprehension's own names stay its own. Function and lambda bodies run when called,
+    not where defined: their reads of names that are not their own are noted at the end, once
+    the code has bound all it binds. A class body runs at once, but its names are not its
+    methods'. Iterative rather than recursive: a long expression must not exhaust the stack.
+    """
+
+    def __init__(self, bound: set[str] | None = None,
+                 later: list[tuple[set[str], list[ast.AST]]] | None = None) -> None:
+        self.bound: set[str] = set() if bound is None else bound
+        self.changed: set[str] = set()
+        self._reads: dict[str, None] = {}
+        self._later = [] if later is None else later  # function bodies: (their own names, body)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(self._reads)
+
+    @property
+    def names(self) -> Names:
+        return Names(frozenset(self.bound | self.changed), self.reads)
+
+    def read(self, name: str) -> None:
+        if name not in self.bound:
+            self._reads.setdefault(name)
+
+    def block(self, nodes: list[ast.AST]) -> None:
+        stack: list[Any] = list(reversed(nodes))
+        while stack:
+            task = stack.pop()
+            if callable(task):  # a step due after the nodes before it on the stack
+                task()
+            else:
+                stack.extend(reversed(self._steps(task)))
+
+    def finish(self) -> None:
+        while self._later:
+            own, body = self._later.pop(0)
+            inner = _Flow(bound=set(own))
+            inner.block(body)
+            inner.finish()
+            for name in inner.reads:
+                if name not in inner.bound:  # bound anywhere in a function: its local
+                    self.read(name)
+
+    def _bind(self, *names: str) -> None:
+        self.bound.update(names)
+
+    def _steps(self, node: ast.AST) -> list[Any]:
+        """Do what ``node`` does itself now; return what follows, in order (nodes, steps)."""
+        if isinstance(node, ast.stmt):
+            self.changed |= _changed(node)
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                self.read(node.id)
+            elif isinstance(node.ctx, ast.Store):
+                self._bind(node.id)
+            return []
+        if isinstance(node, ast.Assign):
+            return [node.value, *node.targets]
+        if isinstance(node, ast.AugAssign):
+            if isinstance(node.target, ast.Name):
+                self.read(node.target.id)
+            return [node.value, node.target]
+        if isinstance(node, ast.AnnAssign):
+            if node.value is None:  # ``x: int`` binds nothing
+                return [node.annotation] + ([] if isinstance(node.target, ast.Name) else [node.target])
+            return [node.value, node.annotation, node.target]
+        if isinstance(node, ast.NamedExpr):
+            return [node.value, node.target]
+        if isinstance(node, (ast.For, ast.AsyncFor)):
+            return [node.iter, node.target, *node.body, *node.orelse]
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            return self._comprehension(node)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return self._function(node)
+        if isinstance(node, ast.ClassDef):
+            return [*node.decorator_list, *node.bases, *node.keywords, lambda: self._class(node)]
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            self._bind(*(a.asname or a.name.split(".")[0] for a in node.names if a.name != "*"))
+            return []
+        if isinstance(node, ast.ExceptHandler):
+            bind = [lambda: self._bind(node.name)] if node.name else []
+            return [*([node.type] if node.type else []), *bind, *node.body]
+        if isinstance(node, (ast.MatchAs, ast.MatchStar, ast.MatchMapping)):
+            name = node.rest if isinstance(node, ast.MatchMapping) else node.name
+            bind = [lambda: self._bind(name)] if name else []
+            return [*ast.iter_child_nodes(node), *bind]
+        return list(ast.iter_child_nodes(node))
+
+    def _comprehension(self, node: ast.expr) -> list[Any]:
+        before = set(self.bound)
+        own = {n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+
+        def leave() -> None:  # its targets are its own; a walrus in it binds outside it
+            self.bound = before | (self.bound - own)
+
+        steps: list[Any] = [part for g in node.generators for part in (g.iter, g.target, *g.ifs)]
+        results = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+        return [*steps, *results, leave]
+
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> list[Any]:
+        a = node.args
+        own = {arg.arg for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
+               if arg is not None}
+        body = [node.body] if isinstance(node, ast.Lambda) else node.body
+        self._later.append((own, body))
+        if isinstance(node, ast.Lambda):
+            return [a]
+        return [*node.decorator_list, a, *([node.returns] if node.returns else []),
+                lambda: self._bind(node.name)]
+
+    def _class(self, node: ast.ClassDef) -> None:
+        inner = _Flow(bound=set(self.bound), later=self._later)
+        inner.block(node.body)
+        for name in inner.reads:
+            self.read(name)
+        self._bind(node.name)
 
 
 def _changed(statement: ast.stmt) -> set[str]:
@@ -311,31 +420,3 @@ def _changed(statement: ast.stmt) -> set[str]:
         if isinstance(base, ast.Name) and (base is not target or isinstance(statement, ast.AugAssign)):
             changed.add(base.id)
     return changed
-
-
-def _loads(node: ast.AST) -> list[str]:
-    """Names a statement reads, leaving out those local to the functions and comprehensions in it."""
-    local: set[str] = set()
-    for sub in ast.walk(node):
-        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            arguments = sub.args
-            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
-                        arguments.vararg, arguments.kwarg]:
-                if arg is not None:
-                    local.add(arg.arg)
-            if not isinstance(sub, ast.Lambda):
-                for inner in sub.body:
-                    local |= _stores(inner)
-        elif isinstance(sub, ast.comprehension):
-            local |= {n.id for n in ast.walk(sub.target) if isinstance(n, ast.Name)}
-        # Bound by the statement before its body reads them: `for i in ...`, `with ... as f`,
-        # `except E as err`.
-        elif isinstance(sub, (ast.For, ast.AsyncFor)):
-            local |= {n.id for n in ast.walk(sub.target) if isinstance(n, ast.Name)}
-        elif isinstance(sub, ast.withitem) and sub.optional_vars is not None:
-            local |= {n.id for n in ast.walk(sub.optional_vars) if isinstance(n, ast.Name)}
-        elif isinstance(sub, ast.ExceptHandler) and sub.name:
-            local.add(sub.name)
-    loads = [sub.id for sub in ast.walk(node)
-             if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and sub.id not in local]
-    return list(dict.fromkeys(loads))

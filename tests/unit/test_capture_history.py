@@ -95,3 +95,22 @@ def test_minimal_follows_names_back_through_the_cells_that_bound_them():
     assert kept == [1, 2, 3, 6, 7, 8]
 
 
+
+
+def test_a_tracked_loop_that_binds_before_it_reads_shows_no_hidden_state():
+    loop = ("%%track\nfor epoch in range(3):\n    loss = 1.0 / (epoch + 1)\n"
+            "    nbtrack.log_metric('loss', loss, step=epoch)")
+    assert history.find([Entry(1, "import nbtrack"), Entry(2, loop)], None) == []
+    cell = ("%%track\nwith open('f') as fh:\n    rows = fh.readlines()\n"
+            "try:\n    n = len(rows)\nexcept TypeError as err:\n    n = str(err)\n"
+            "sizes = [len(r) for r in rows if (last := r)]\nprint(n, sizes, last)")
+    assert history.find([Entry(1, cell)], None) == []
+    [finding] = history.find([Entry(1, "%%track\nx = x + 1")], None)
+    assert "'x'" in finding.message  # read before the cell binds it
+
+
+def test_names_follow_the_order_of_statements_inside_blocks():
+    found = history.names("for i in range(3):\n    clf.partial_fit(batch(i))\n    best = i\n"
+                          "print(best)\nprint(later)\nlater = 1")
+    assert found.reads == ("range", "clf", "batch", "print", "later")
+    assert found.defines == {"i", "clf", "best", "later"}  # partial_fit changes clf in a loop too

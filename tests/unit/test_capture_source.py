@@ -55,4 +55,37 @@ def test_names_local_to_functions_and_comprehensions_are_not_read_from_the_noteb
     # not values the cell takes from earlier cells (a global `x` must not become a param here).
     syntax = analyze("def f(x):\n    return x * scale\nsizes = [len(df) for df in frames]\ny = f(3)")
     assert "x" not in syntax.read_names and "df" not in syntax.read_names
-    assert {"scale", "frames", "f"} <= set(syntax.read_names)
+    assert {"scale", "frames"} <= set(syntax.read_names)
+    assert "f" not in syntax.read_names  # the cell defines f before it calls it
+
+
+LOOP_CELL = ("for epoch in range(3):\n    loss = 1.0 / (epoch + 1)\n"
+             "    nbtrack.log_metric('loss', loss, step=epoch)\n")
+
+
+def test_names_a_cell_binds_before_reading_them_are_not_read_from_earlier_cells():
+    assert analyze(LOOP_CELL).read_names == ("range", "nbtrack")
+    cell = ("with open(path) as fh:\n    text = fh.read()\nprint(text)\n"
+            "try:\n    import yaml\nexcept ImportError as err:\n    yaml = None\n    print(err)\n"
+            "if (n := len(text)) > limit:\n    print(n, yaml)\n"
+            "squares = [v * v for v in range(n) if (last := v)]\nprint(last, squares)\n"
+            "while True:\n    done = check()\n    if done:\n        break\n")
+    assert analyze(cell).read_names == ("open", "path", "print", "ImportError", "len", "limit",
+                                        "range", "check")
+
+
+def test_a_name_read_before_the_cell_binds_it_is_still_read_from_earlier_cells():
+    assert analyze("x = x + 1").read_names == ("x",)
+    assert analyze("total += step").read_names == ("total", "step")
+    assert analyze("print(y)\ny = 2\nprint(y)").read_names == ("print", "y")
+    assert analyze("model = Model(seed=seed)\nmodel.fit(X)").read_names == ("Model", "seed", "X")
+    # A comprehension's own name stays its own: the cell still reads the global after it.
+    assert analyze("a = [v for v in vs]\nb = v").read_names == ("vs", "v")
+
+
+def test_a_function_body_reads_names_when_called_not_where_defined():
+    syntax = analyze("def f():\n    return g() + scale\ndef g():\n    return 1\nout = f()")
+    assert syntax.read_names == ("scale",)
+    nested = analyze("def outer(a):\n    b = a\n    return lambda: a + b + c\nclass K:\n"
+                     "    size = 3\n    def m(self):\n        return size\n")
+    assert nested.read_names == ("c", "size")  # a class's names are not its methods'
