@@ -32,6 +32,13 @@ def short_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _model(model) -> str:
+    """``clf``, or ``booster (xgboost)``: a model's name, and its flavor when not scikit-learn's."""
+    if model.note:
+        return f"{model.name} ({model.note})"
+    return model.name if model.flavor == "sklearn" else f"{model.name} ({model.flavor})"
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
@@ -53,10 +60,11 @@ def summary_line(record: CellRecord, outcome: RunOutcome | None,
     ]
     if outcome is None:
         if record.models:
-            parts.append("model " + ", ".join(m.name for m in record.models))
+            parts.append("model " + ", ".join(map(_model, record.models)))
     else:
         if outcome.model_uris:
-            parts.append("model " + ", ".join(outcome.model_uris))
+            parts.append("model " + ", ".join(_model(m) for m in record.models
+                                              if m.name in outcome.model_uris))
         missing = [m.name for m in record.models if m.name not in outcome.model_uris]
         if missing and outcome.run_id is not None:
             parts.append("model " + ", ".join(missing) + " NOT logged")

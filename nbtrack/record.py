@@ -65,14 +65,19 @@ class FigureSnapshot:
 
 @dataclass(frozen=True)
 class ModelCapture:
-    """A fitted estimator the cell bound, with a small sample of what it was fitted on.
+    """A trained model the cell bound or trained, with a small sample of its input.
 
-    ``estimator`` is the live object: the recorder serializes it with MLflow's sklearn flavor.
+    ``estimator`` is the live object: the recorder serializes it with the MLflow ``flavor`` named
+    (sklearn, xgboost, lightgbm, catboost, pytorch, keras, transformers).
     """
 
     name: str
     estimator: Any
     input_example: Any = None
+    flavor: str = "sklearn"
+    tokenizer: Any = None  # a Hugging Face tokenizer or processor (transformers flavor)
+    serve_logits: bool = False  # a Hugging Face model: pyfunc returns its logits
+    note: str = ""  # why this flavor, when it is a fallback: shown in the summary line
 
 
 @dataclass(frozen=True)
@@ -230,3 +235,5 @@ GIT_BRANCH_TAG = "nbtrack.git.branch"
 ERROR_TAG = "nbtrack.error"
 CELL_ID_TAG = "nbtrack.cell_id"
 CAPTURE_TAG = "nbtrack.capture"
+# The params that came from earlier cells the tracked cell's inputs were made from.
+UPSTREAM_TAG = "nbtrack.upstream_params"

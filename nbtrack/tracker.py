@@ -18,6 +18,7 @@ from typing import Any
 from nbtrack import display
 from nbtrack.capture import cell as capture
 from nbtrack.capture import lineage, sanitize
+from nbtrack.capture.curves import LightningTap
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.notebook import notebook_path
 from nbtrack.capture.source import analyze
@@ -134,6 +135,9 @@ class Tracker:
             environ=self.environ,
         )
         active.spooled_ms = active.started_ms
+        # Lightning's self.log, recorded while this cell runs only (removed in end()).
+        active.lightning = LightningTap()
+        active.lightning.install()
         try:
             active.git = lineage.git_state_soon(notebook.parent if notebook else cell.cwd)
         except RuntimeError:  # no new threads while the interpreter shuts down
@@ -178,6 +182,8 @@ class Tracker:
             return None
         if active.spool is not None:
             active.spool.close()
+        if active.lightning is not None:
+            active.lightning.remove()
         ended_ms = now_ms()
         with warnings_dropped():  # what reading the cell's objects warns is not the cell's
             try:

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbtrack.capture import datasets, estimators, lineage, sanitize
+from nbtrack.capture import curves, datasets, estimators, frameworks, lineage, sanitize
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.notebook import notebook_snapshot, saved_cells
 from nbtrack.capture.secrets import Redactor, is_secret_name
 from nbtrack.capture.source import CellSyntax, is_shell_name
+from nbtrack.capture.training import cell_models, cell_series, setting_names
+from nbtrack.capture.upstream import upstream_params
 from nbtrack.capture.values import flatten_param, metric_number, param_text
 from nbtrack.config import BATCH_ENV, EXECUTION_ID_ENV, PARAMETERS_ENV, SWEEP_ID_ENV, Nbtrack, batch_runner
 from nbtrack.display import short_error as _short
@@ -38,6 +40,7 @@ from nbtrack.record import (
     KILLED,
     NOTEBOOK_TAG,
     SWEEP_TAG,
+    UPSTREAM_TAG,
     Artifact,
     CellContext,
     CellRecord,
@@ -75,6 +78,7 @@ class ActiveCell:
     spool_failed: bool = False
     explicit_params: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Series] = field(default_factory=dict)
+    lightning: curves.LightningTap | None = None  # self.log, recorded while the cell runs
     problems: list[str] = field(default_factory=list)
 
 
@@ -88,7 +92,8 @@ def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseEx
     options, syntax, settings = active.options, active.syntax, active.settings
     redactor = redactor_for(active, namespace)
 
-    params = cell_params(active, namespace, warn)
+    upstream = cell_upstream(active, namespace, warn)
+    params = cell_params(active, namespace, warn, upstream)
     params_text = {}
     for key, value in params.items():
         try:
@@ -96,7 +101,9 @@ def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseEx
         except Exception as error:  # e.g. a __str__ that raises
             warn(f"param {key!r} not logged: its value cannot be written as text "
                  f"({_short(error)}).")
-    metrics = cell_metrics(active, namespace, warn)
+    series = cell_series(active, namespace, ended_ms)
+    metrics = {key: value for key, value in cell_metrics(active, namespace, warn).items()
+               if key not in series}
 
     models: list[ModelCapture] = []
     if options.model and settings.models:
@@ -133,6 +140,9 @@ def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseEx
 
     status = run_status(error)
     tags = run_tags(active, error, redactor)
+    from_upstream = sorted(k for k in upstream if k in params and params[k] is upstream[k])
+    if from_upstream:
+        tags[UPSTREAM_TAG] = ", ".join(from_upstream)
     if settings.history:
         hidden = hidden_state(active, redactor, snapshot, warn)
         if hidden:
@@ -141,7 +151,7 @@ def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseEx
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         artifacts.append(Artifact("error/traceback.txt", redactor.redact(trace).encode()))
 
-    series = tuple(sanitize.series(list(active.series.values()), warn))
+    series = tuple(sanitize.series(list(series.values()), warn))
     return CellRecord(
         experiment=active.experiment,
         run_name=active.run_name,
@@ -188,10 +198,12 @@ def redactor_for(active: ActiveCell, namespace: Mapping[str, Any] | None = None)
     return redactor
 
 
-def cell_params(active: ActiveCell, namespace: Mapping[str, Any], warn) -> dict[str, Any]:
-    """The params: names ``--params`` lists, else literals the cell binds, simple values it reads
-    from earlier cells and fitted estimators' hyperparameters; then injected values and
-    ``log_param`` calls (which win). Secret-named ones are left out.
+def cell_params(active: ActiveCell, namespace: Mapping[str, Any], warn,
+                upstream: Mapping[str, Any] = {}) -> dict[str, Any]:  # noqa: B006 (never changed)
+    """The params: names ``--params`` lists, else ``upstream`` values, literals the cell binds,
+    simple values it reads from earlier cells and the settings of models, optimizers and trainers
+    it binds, fits or reads; then injected values and ``log_param`` calls (which win).
+    Secret-named ones are left out.
     """
     limit = active.settings.max_collection_items
     params: dict[str, Any] = {}
@@ -207,17 +219,21 @@ def cell_params(active: ActiveCell, namespace: Mapping[str, Any], warn) -> dict[
                 continue
             params.update(flat)
     else:
+        params.update(upstream)
         params.update(active.read_params)
         for name, literal in active.syntax.literal_bindings.items():
-            if is_shell_name(name):
+            # What the cell set, not what it computed since (`losses = []`, then appends).
+            if is_shell_name(name) or not _unchanged(namespace.get(name, literal), literal):
                 continue
-            flat = flatten_param(name, namespace.get(name, literal), limit)
+            flat = flatten_param(name, literal, limit)
             if flat is not None:
                 params.update(flat)
-        for name in estimator_names(active):
+        for name in setting_names(active):
             value = namespace.get(name)
             if estimators.is_estimator(value) and estimators.is_fitted(value):
                 params.update(estimators.hyperparameters(name, value))
+            elif frameworks.has_hyperparameters(value):
+                params.update(frameworks.hyperparameters(name, value, limit))
     params.update(injected_parameters(active.environ, active.settings.max_collection_items, warn))
     params = {k: v for k, v in params.items() if not is_secret_name(k)}
     for key, value in active.explicit_params.items():
@@ -226,6 +242,22 @@ def cell_params(active: ActiveCell, namespace: Mapping[str, Any], warn) -> dict[
                  f"the cell's value {param_text(params[key])!r} is not logged.")
         params[key] = value
     return params
+
+def cell_upstream(active: ActiveCell, namespace: Mapping[str, Any], warn) -> dict[str, Any]:
+    """Simple values of earlier cells that what the cell reads was made from (the ``seed`` its
+    ``X_train`` was split with), through the kernel's history; {} with ``--params``.
+    """
+    if active.options.params is not None or not active.settings.history:
+        return {}
+    syntax = active.syntax
+    try:
+        return upstream_params(active.cell.history, syntax.read_names, namespace,
+                               active.settings.max_collection_items,
+                               bound_names=[*syntax.bound_names, *syntax.loop_variables])
+    except Exception as error:  # a rule of ours must not cost the cell its run
+        warn(f"upstream params not followed: {_short(error)}")
+        return {}
+
 
 def injected_parameters(environ: Mapping[str, str], limit: int, warn) -> dict[str, Any]:
     """Values ``nbtrack run -p/--grid`` injected into this execution's notebook."""
@@ -274,28 +306,12 @@ def cell_metrics(active: ActiveCell, namespace: Mapping[str, Any], warn) -> dict
         metrics[name] = number
     return metrics
 
-def estimator_names(active: ActiveCell) -> list[str]:
-    """Names the cell binds or fits, in order: where its models may be."""
-    names = [*active.syntax.bound_names, *active.syntax.fitted]
-    return [n for n in dict.fromkeys(names) if not is_shell_name(n)]
+def _unchanged(value: Any, literal: Any) -> bool:
+    try:
+        return type(value) is type(literal) and bool(value == literal)
+    except Exception:  # an == that raises or is not a truth value
+        return False
 
-def cell_models(active: ActiveCell, namespace: Mapping[str, Any], warn) -> list[ModelCapture]:
-    """Fitted scikit-learn estimators the cell binds or fits, with an input example; other
-    model objects get a one-line note.
-    """
-    models = []
-    for name in estimator_names(active):
-        value = namespace.get(name)
-        if estimators.is_estimator(value):
-            if estimators.is_fitted(value):
-                data = namespace.get(active.syntax.fitted.get(name) or "")
-                models.append(ModelCapture(name, value, estimators.input_example(data)))
-            continue
-        kind = estimators.looks_like_model(value)
-        if kind is not None:
-            warn(f"model {name!r} ({kind}) not logged: nbtrack logs scikit-learn estimators; "
-                 "log this one with the matching mlflow.<flavor>.log_model in the cell.")
-    return models
 
 def run_tags(active: ActiveCell, error: BaseException | None, redactor: Redactor):
     """The run's tags: source and notebook, cell identity, user, git state, package versions,

@@ -37,7 +37,9 @@ def looks_like_model(value: Any) -> str | None:
     """Name the kind of a non-scikit-learn model object (for a 'not logged' note), else None."""
     cls = type(value)
     module = cls.__module__.split(".")[0]
-    if module in {"torch", "tensorflow", "keras", "xgboost", "lightgbm", "catboost"}:
+    # torch, Keras and the boosters have flavors (capture/frameworks.py); TensorFlow's own
+    # modules do not.
+    if module == "tensorflow":
         if callable(getattr(value, "predict", None)) or callable(getattr(value, "forward", None)):
             return f"{cls.__module__}.{cls.__qualname__}"
     return None

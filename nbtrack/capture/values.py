@@ -9,16 +9,27 @@ from typing import Any
 SCALAR_TYPES = (bool, int, float, str, type(None))
 
 
+# Array libraries whose 0-d arrays are numbers: read with .item(), which copies one number (from a
+# GPU too) and needs no import of the library.
+_ARRAY_MODULES = frozenset({"numpy", "torch", "jax", "jaxlib", "tensorflow"})
+
+
 def _numpy_scalar(value: Any) -> Any:
-    """Return the Python scalar inside a numpy scalar (or 0-d array), else the value itself."""
-    module = type(value).__module__
-    if module == "numpy" and hasattr(value, "item"):
-        try:
-            if getattr(value, "ndim", 0) == 0:
-                return value.item()
-        except (TypeError, ValueError):
+    """Return the Python scalar inside a numpy scalar or a 0-d numpy array, torch tensor, jax or
+    TensorFlow array; else the value itself.
+    """
+    module = type(value).__module__.split(".")[0]
+    if module not in _ARRAY_MODULES or isinstance(value, type):
+        return value
+    try:
+        shape = getattr(value, "shape", None)
+        if shape is None or len(shape) != 0:
             return value
-    return value
+        if hasattr(value, "item"):
+            return value.item()
+        return value.numpy().item()  # a TensorFlow eager tensor
+    except Exception:  # not a scalar after all, or an array that cannot be read here
+        return value
 
 
 def is_simple_scalar(value: Any) -> bool:

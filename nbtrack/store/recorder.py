@@ -18,7 +18,7 @@ from pathlib import Path
 from nbtrack.display import short_error as _short
 from nbtrack.errors import StoreError
 from nbtrack.record import KILLED_REASON_TAG, CellRecord, FigureSnapshot, RunOutcome, Series
-from nbtrack.store import registry
+from nbtrack.store import flavors, registry
 from nbtrack.store.kernel_state import experiment_of, quiet_mlflow, store_opening, without_run_urls
 from nbtrack.threads import GATE, IMPORT_GUARD
 
@@ -184,7 +184,7 @@ class Recorder:
         for model in record.models:
             def log_model(model=model):
                 with GATE.idle():
-                    model_uris[model.name] = self._log_model(run_id, record, model)
+                    model_uris[model.name] = self._log_model(run_id, record, model, problems)
             attempt(f"model-{model.name}", f"model {model.name!r}", log_model)
         registered = progress.get("registered")
         if record.register_as and not refused:
@@ -322,40 +322,31 @@ class Recorder:
             run_id, datasets=[DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, data.context)])]
         )
 
-    def _log_model(self, run_id: str, record: CellRecord, model) -> str:
-        """Log one estimator with MLflow's sklearn flavor as a model of the run; return its URI.
+    def _log_model(self, run_id: str, record: CellRecord, model, problems: list[str]) -> str:
+        """Log one model with its framework's MLflow flavor as a model of the run; return its URI.
 
         The logged model is created here, in the run's experiment, and handed to log_model: the
         writer runs on a thread of its own, where MLflow has no active run, and its default
         experiment may be one the user chose for their own runs since.
         """
-        import mlflow.sklearn
-
         client = self.client
         run = client.get_run(run_id)
         logged = client.create_logged_model(
             run.info.experiment_id, name=model.name, source_run_id=run_id,
             params=dict(run.data.params),
         )
-        # MLflow saves scikit-learn models with skops: loading them elsewhere needs it too.
-        requirements = mlflow.sklearn.get_default_pip_requirements(include_skops=True)
-        info = mlflow.sklearn.log_model(
-            model.estimator,
-            name=model.name,
-            input_example=model.input_example,
-            # Inferring requirements starts a subprocess that takes seconds.
-            pip_requirements=requirements,
-            skops_trusted_types=_trusted_types(model.estimator),
-            model_id=logged.model_id,
-            run_id=run_id,
-        )
-        return info.model_uri
+        uri, flavor = flavors.log_model(model, run_id, logged.model_id)
+        if flavor != model.flavor:
+            problems.append(f"model {model.name!r} of run '{record.run_name}' saved with the "
+                            f"{flavor} flavor: MLflow's {model.flavor} flavor has no pipeline "
+                            "for it.")
+        return uri
 
     def _register(self, record, model_uris, run_id: str, problems: list[str]) -> str | None:
         if not model_uris:
             problems.append(
-                f"--register {record.register_as}: the cell bound no fitted scikit-learn "
-                "estimator that could be logged; nothing was registered."
+                f"--register {record.register_as}: the cell bound no trained model "
+                "that could be logged; nothing was registered."
             )
             return None
         name, uri = list(model_uris.items())[-1]
@@ -427,20 +418,3 @@ def store_refused(error: BaseException) -> bool:
                 return True
         error = error.__cause__ or error.__context__
     return False
-
-
-def _trusted_types(estimator) -> list[str] | None:
-    """The types skops will not load unless told to trust them, for a model nbtrack saves itself.
-
-    MLflow saves scikit-learn models with skops, which refuses e.g. a random forest's tree
-    storage unless its type is listed as trusted. The file is written here from the user's own
-    object, so its types are trusted; the list is stored in the model's MLmodel, and
-    ``mlflow.pyfunc.load_model`` reads it from there.
-    """
-    try:
-        import skops.io
-    except ImportError:  # MLflow then saves with cloudpickle, which needs no list
-        return None
-    return skops.io.get_untrusted_types(data=skops.io.dumps(estimator)) or None
-
-

@@ -210,7 +210,7 @@ def test_fitted_model_logged_with_signature_and_example_loadable_by_pyfunc(shell
     assert model.metadata.saved_input_example_info is not None
 
 
-def test_no_model_option_and_non_sklearn_models_are_skipped_with_a_note(shell, capsys):
+def test_no_model_option_and_native_boosters_logged_with_their_flavor(shell, capsys):
     import mlflow
 
     shell.ok(SETUP)
@@ -221,20 +221,23 @@ def test_no_model_option_and_non_sklearn_models_are_skipped_with_a_note(shell, c
     assert run.data.params["clf.max_iter"] == "500"
     capsys.readouterr()
 
-    # A model of another library (a LightGBM Booster, trained with its native API): one line
-    # says it is not logged and how to log it; the cell and its run are otherwise complete.
+    # A model of another library (a LightGBM Booster, trained with its native API): logged with
+    # MLflow's lightgbm flavor, named in the summary line with it, its rounds a param.
     shell.ok("%%track -e exp\nimport lightgbm as lgb\n"
              "booster = lgb.train({'objective': 'multiclass', 'num_class': 3, 'verbose': -1},\n"
              "                    lgb.Dataset(X, y), num_boost_round=2)\n"
              "acc = float((booster.predict(X).argmax(axis=1) == y).mean())")
-    notes = [line for line in capsys.readouterr().err.splitlines() if "'booster'" in line]
-    assert len(notes) == 1, notes
-    assert "model 'booster' (lightgbm.basic.Booster) not logged" in notes[0]
-    assert "mlflow.<flavor>.log_model" in notes[0]
+    out = capsys.readouterr()
+    assert "model booster (lightgbm)" in out.out, out
+    assert "not logged" not in out.err
     booster_run = shell.last()
     assert booster_run.info.run_id != run.info.run_id and "acc" in booster_run.data.metrics
-    assert mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                       output_format="list") == []
+    assert booster_run.data.params["booster.num_boost_round"] == "2"
+    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                           output_format="list")
+    model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    assert "lightgbm" in model.metadata.flavors
+    assert model.predict(shell.ip.user_ns["X"][:3]).shape[0] == 3
 
 
 def test_datasets_read_and_bound_logged_with_digest_and_shape(shell):

@@ -228,7 +228,7 @@ def test_a_fitted_estimator_is_logged_loadable_and_registered(store, client):
 def test_register_without_a_model_is_a_problem_and_the_run_still_ends(store, client):
     outcome = Recorder(store).write(a_record(register_as="toy"))
     assert outcome.registered is None
-    assert outcome.problems == ("--register toy: the cell bound no fitted scikit-learn estimator "
+    assert outcome.problems == ("--register toy: the cell bound no trained model "
                                 "that could be logged; nothing was registered.",)
     assert client.get_run(outcome.run_id).info.status == FINISHED
 
