@@ -144,7 +144,10 @@ class Tracker:
             active.git = None
         self.active = active
         batch_execution = bool(self.environ.get(EXECUTION_ID_ENV))
-        if (syntax.uses_mlflow and not syntax.starts_own_run) or batch_execution:
+        from nbtrack.store.kernel_state import autologging
+
+        # An mlflow.autolog() left on logs into the cell's run, not a second run of its own.
+        if ((syntax.uses_mlflow or autologging()) and not syntax.starts_own_run) or batch_execution:
             # The cell calls mlflow.log_* itself: open the run now so those calls land in it.
             # In a batch execution too: a kernel that dies mid-cell then leaves a run that
             # `nbtrack run` can end as KILLED, instead of no run at all.
@@ -184,6 +187,10 @@ class Tracker:
             active.spool.close()
         if active.lightning is not None:
             active.lightning.remove()
+        if active.run_id is not None:
+            from nbtrack.store.kernel_state import autologged_model_flavors
+
+            active.autologged = autologged_model_flavors()
         ended_ms = now_ms()
         with warnings_dropped():  # what reading the cell's objects warns is not the cell's
             try:

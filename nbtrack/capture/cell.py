@@ -79,6 +79,7 @@ class ActiveCell:
     explicit_params: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Series] = field(default_factory=dict)
     lightning: curves.LightningTap | None = None  # self.log, recorded while the cell runs
+    autologged: frozenset[str] = frozenset()  # flavors whose models mlflow.autolog logs itself
     problems: list[str] = field(default_factory=list)
 
 
@@ -107,7 +108,8 @@ def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseEx
 
     models: list[ModelCapture] = []
     if options.model and settings.models:
-        models = cell_models(active, namespace, warn)
+        models = [model for model in cell_models(active, namespace, warn)
+                  if model.flavor not in active.autologged]  # autolog logged it in this run
 
     data: list = []
     if settings.datasets:

@@ -251,3 +251,24 @@ def experiment_of(experiment_id: str):
         yield
     finally:
         fluent._active_experiment_id = chosen
+
+
+def autologging() -> bool:
+    """Whether an ``mlflow.autolog()`` (or a flavor's) is on in this kernel: a tracked cell then
+    opens its run as MLflow's active run first, so what autolog logs lands in it, not in a run of
+    its own. False while MLflow is not imported (nobody can have turned it on).
+    """
+    utils = sys.modules.get("mlflow.utils.autologging_utils")
+    integrations = getattr(utils, "AUTOLOGGING_INTEGRATIONS", None) or {}
+    return any(not config.get("disable", False) for config in list(integrations.values()))
+
+
+def autologged_model_flavors() -> frozenset[str]:
+    """The flavors whose models MLflow's autolog logs itself now: nbtrack does not log them twice."""
+    utils = sys.modules.get("mlflow.utils.autologging_utils")
+    integrations = getattr(utils, "AUTOLOGGING_INTEGRATIONS", None) or {}
+    flavors = set()
+    for name, config in list(integrations.items()):
+        if not config.get("disable", False) and config.get("log_models", True):
+            flavors.add(name)
+    return frozenset(flavors)

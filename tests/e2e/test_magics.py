@@ -349,6 +349,27 @@ def test_users_own_mlflow_calls_land_in_the_tracked_run(shell):
     assert mlflow_active_run() is None
 
 
+def test_autolog_left_on_logs_into_the_tracked_run_and_its_model_is_not_logged_twice(shell):
+    import mlflow
+
+    shell.ok(SETUP)
+    shell.ok("import mlflow\nmlflow.sklearn.autolog(silent=True)")
+    try:
+        shell.ok("%%track -e exp\nclf = LogisticRegression(max_iter=300).fit(X, y)")
+    finally:
+        mlflow.sklearn.autolog(disable=True)
+    [run] = shell.runs("exp")  # waits for the writer
+    every_run = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.run_id for r in every_run] == [run.info.run_id]  # autolog made no run
+    assert "training_accuracy_score" in run.data.metrics  # autolog's
+    assert run.data.params["clf.max_iter"] == "300"  # nbtrack's
+    assert run.info.status == "FINISHED"
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         output_format="list")
+    assert len(models) == 1  # autolog's; nbtrack does not log the same model again
+    assert mlflow_active_run() is None
+
+
 def mlflow_active_run():
     import mlflow
 
