@@ -769,3 +769,24 @@ def test_a_figure_copy_drawn_on_the_cells_own_thread_does_not_wait_for_itself(sh
     finally:
         faulthandler.cancel_dump_traceback_later()
     assert shell.ip.user_ns["png"].startswith(b"\x89PNG")
+
+
+def test_upstream_seed_a_loop_series_and_a_list_the_cell_fills(shell):
+    shell.ok("seed = 7")
+    shell.ok(SETUP + "from sklearn.model_selection import train_test_split\n"
+             "X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=seed)")
+    shell.ok("%%track -e up\nimport nbtrack\nlosses = []\nfor epoch in range(3):\n"
+             "    loss = 1.0 / (epoch + 1)\n    losses.append(loss)\n"
+             "    nbtrack.log_metric('loss', loss, step=epoch)\n"
+             "clf = LogisticRegression(max_iter=300).fit(X_train, y_train)")
+    [run] = shell.runs("up")
+    # seed made X_train, which the cell reads: an upstream param, tagged as such.
+    assert run.data.params["seed"] == "7"
+    assert run.data.tags["nbtrack.upstream_params"] == "seed"
+    # losses = [] was filled by the cell: computed, not set; not a param.
+    assert "losses" not in run.data.params
+    # loss is the logged series only: no extra point from the variable of the same name.
+    points = shell.client.get_metric_history(run.info.run_id, "loss")
+    assert [(p.step, p.value) for p in points] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    # loss is bound in the loop before it is read: not hidden state.
+    assert "loss" not in run.data.tags.get("nbtrack.hidden_state", "")
