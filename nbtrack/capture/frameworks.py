@@ -130,6 +130,10 @@ def is_hf_trainer(value: Any) -> bool:
     return _is(value, HF_TRAINER)
 
 
+def _is_trainer(value: Any) -> bool:
+    return is_hf_trainer(value) or is_lightning_trainer(value)
+
+
 def hf_model(name: str, trainer: Any) -> Model | None:
     """The model a Hugging Face Trainer trained, with the flavor to save it by: ``transformers``
     when its tokenizer or processor is at hand, else ``pytorch`` (its logits are served).
@@ -153,6 +157,9 @@ def models_in(names: Iterable[str], namespace: Mapping[str, Any], trained_by: Ma
     found: dict[str, Model] = {}
     notes: list[str] = []
     seen: set[int] = set()
+    # Trainers first: the model a Trainer trained is saved as the Trainer's (a Hugging Face
+    # model with its tokenizer), not as the bare module the cell also bound (`bert = ...`).
+    names = sorted(dict.fromkeys(names), key=lambda n: not _is_trainer(namespace.get(n)))
     for name in names:
         value = namespace.get(name)
         if value is None or id(value) in seen:
@@ -184,6 +191,21 @@ def models_in(names: Iterable[str], namespace: Mapping[str, Any], trained_by: Ma
 
 
 # -- what a model was given --------------------------------------------------------------------
+
+def _features(data: Any) -> Any:
+    """The features a torch DataLoader or TensorDataset holds (its first tensor), else ``data``.
+
+    Read from the dataset's tensors, never by iterating the loader: that would draw from the
+    user's random number generator (a shuffling loader) and change what the cell computes next.
+    """
+    if not type(data).__module__.startswith("torch.utils.data"):
+        return data
+    dataset = getattr(data, "dataset", data)
+    tensors = getattr(dataset, "tensors", None)
+    if isinstance(tensors, tuple) and tensors:
+        return tensors[0]
+    return data
+
 
 def _rows(data: Any, count: int = INPUT_EXAMPLE_ROWS) -> Any:
     """The first ``count`` rows of a frame, array or tensor, as pandas or numpy; None otherwise."""
@@ -243,7 +265,7 @@ def input_example(model: Model, candidates: Iterable[str], namespace: Mapping[st
     """
     expected = expected_input(model)
     for name in candidates:
-        data = namespace.get(name)
+        data = _features(namespace.get(name))
         shape = _width(data)
         if not shape or len(shape) < 2:
             continue

@@ -85,9 +85,18 @@ def _pytorch(model: ModelCapture, run_id: str, model_id: str) -> str:
         from nbtrack.store.logits import logits_of
 
         network = logits_of(network)
-    return mlflow.pytorch.log_model(
-        network, **_common(model, run_id, model_id,
-                           mlflow.pytorch.get_default_pip_requirements())).model_uri
+    common = _common(model, run_id, model_id, mlflow.pytorch.get_default_pip_requirements())
+    if model.input_example is not None:
+        try:
+            # MLflow's default, "pt2", traces forward() on the example: the saved graph loads
+            # without the class's code.
+            return mlflow.pytorch.log_model(network, serialization_format="pt2",
+                                            **common).model_uri
+        except Exception:  # a forward() torch.export cannot trace: the pickled module instead
+            pass
+    # "pt2" cannot save a module without an input example; pickling (cloudpickle, so classes
+    # defined in the notebook travel by value) needs none.
+    return mlflow.pytorch.log_model(network, serialization_format="pickle", **common).model_uri
 
 
 def _keras(model: ModelCapture, run_id: str, model_id: str) -> str:
@@ -115,7 +124,32 @@ def _transformers(model: ModelCapture, run_id: str, model_id: str) -> str:
     parts = {"model": network, "tokenizer": model.tokenizer}
     return mlflow.transformers.log_model(
         parts, task=HF_TASKS[suffix], name=model.name, model_id=model_id, run_id=run_id,
-        pip_requirements=mlflow.transformers.get_default_pip_requirements(network)).model_uri
+        pip_requirements=_transformers_requirements(network)).model_uri
+
+
+def _transformers_requirements(network: Any) -> list[str]:
+    """MLflow's requirements for a transformers model, else the same packages that are here:
+    MLflow 3.17 pins torchvision for every torch model and fails where it is not installed.
+    """
+    import mlflow.transformers
+
+    try:
+        return mlflow.transformers.get_default_pip_requirements(network)
+    except ImportError:  # torchvision (or another package it names) is not installed
+        return _pinned("transformers", "torch", "tokenizers", "accelerate")
+
+
+def _pinned(*packages: str) -> list[str]:
+    """``package==version`` for each of ``packages`` installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for package in packages:
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
 
 
 _SAVERS = {"sklearn": _sklearn, "xgboost": _xgboost, "lightgbm": _lightgbm,
