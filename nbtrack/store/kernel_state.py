@@ -260,7 +260,8 @@ def autologging() -> bool:
     """
     utils = sys.modules.get("mlflow.utils.autologging_utils")
     integrations = getattr(utils, "AUTOLOGGING_INTEGRATIONS", None) or {}
-    return any(not config.get("disable", False) for config in list(integrations.values()))
+    # An integration MLflow registered but nobody turned on has no "disable" key: it is off.
+    return any(config.get("disable", True) is False for config in list(integrations.values()))
 
 
 def autologged_model_flavors() -> frozenset[str]:
@@ -269,6 +270,37 @@ def autologged_model_flavors() -> frozenset[str]:
     integrations = getattr(utils, "AUTOLOGGING_INTEGRATIONS", None) or {}
     flavors = set()
     for name, config in list(integrations.items()):
-        if not config.get("disable", False) and config.get("log_models", True):
+        if config.get("disable", True) is False and config.get("log_models", True):
             flavors.add(name)
     return frozenset(flavors)
+
+
+# scikit-learn vendors array_api_compat with a subpackage per array library; skops' first import
+# lists every estimator by walking scikit-learn's packages, which imports those subpackages and,
+# through them, torch or cupy when installed: seconds of import, and every later run of the
+# kernel would list torch among the packages it used. While nbtrack saves a model, those
+# subpackages are not imported for a library the kernel has not imported itself (pkgutil's walk
+# skips a package that fails to import; a later import by the user is unaffected).
+_VENDORED_ARRAY_API = ("sklearn.externals.array_api_compat.",)
+_ARRAY_LIBRARIES = frozenset({"torch", "cupy", "dask", "jax"})
+
+
+class _UnusedArrayLibraries:
+    def find_spec(self, name, path=None, target=None):
+        for prefix in _VENDORED_ARRAY_API:
+            if name.startswith(prefix):
+                library = name[len(prefix):].split(".")[0]
+                if library in _ARRAY_LIBRARIES and library not in sys.modules:
+                    raise ImportError(f"{name} is not imported while nbtrack saves a model")
+        return None
+
+
+@contextmanager
+def unused_array_libraries_left_alone():
+    """While a model is saved: do not import array libraries the kernel has not (see above)."""
+    finder = _UnusedArrayLibraries()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)

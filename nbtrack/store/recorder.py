@@ -19,7 +19,13 @@ from nbtrack.display import short_error as _short
 from nbtrack.errors import StoreError
 from nbtrack.record import KILLED_REASON_TAG, CellRecord, FigureSnapshot, RunOutcome, Series
 from nbtrack.store import flavors, registry
-from nbtrack.store.kernel_state import experiment_of, quiet_mlflow, store_opening, without_run_urls
+from nbtrack.store.kernel_state import (
+    experiment_of,
+    quiet_mlflow,
+    store_opening,
+    unused_array_libraries_left_alone,
+    without_run_urls,
+)
 from nbtrack.threads import GATE, IMPORT_GUARD
 
 # MLflow's per-call limits for log_batch (mlflow.utils.validation).
@@ -335,7 +341,8 @@ class Recorder:
             run.info.experiment_id, name=model.name, source_run_id=run_id,
             params=dict(run.data.params),
         )
-        uri, flavor = flavors.log_model(model, run_id, logged.model_id)
+        with unused_array_libraries_left_alone():
+            uri, flavor = flavors.log_model(model, run_id, logged.model_id)
         if flavor != model.flavor:
             problems.append(f"model {model.name!r} of run '{record.run_name}' saved with the "
                             f"{flavor} flavor: MLflow's {model.flavor} flavor has no pipeline "
