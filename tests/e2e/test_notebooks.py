@@ -318,6 +318,9 @@ def test_showcase_runs_under_plain_nbconvert(tmp_path, store, empty_store_file):
         assert run.data.params.get("seed") == "42", (name, run.data.params)
         assert run.data.tags["nbtrack.notebook"].endswith("train_v2_final.ipynb"), name
         assert run.data.tags.get("nbtrack.batch") == "nbconvert", name
+        # Saving models imported no torch the notebook never imported (skops' first import
+        # would, through scikit-learn's vendored array API): the lineage lists no torch.
+        assert "nbtrack.version.torch" not in run.data.tags, name
     assert runs["logreg-C0.1"].data.params["C"] == "0.1"
 
     forest = runs["random-forest"].info.run_id
