@@ -24,10 +24,14 @@ class Nbtrack(Configurable):
         "",
         help="Experiment for tracked cells; empty: MLFLOW_EXPERIMENT_NAME, else the project's name.",
     ).tag(config=True)
+    system_metrics = Bool(
+        True, help="Sample CPU, memory (and NVIDIA GPUs) while a tracked cell runs, as system/ "
+                   "metric series."
+    ).tag(config=True)
     figures = Bool(True, help="Log matplotlib figures the cell shows as PNG artifacts.").tag(
         config=True
     )
-    models = Bool(True, help="Log fitted scikit-learn estimators with MLflow's sklearn flavor.").tag(
+    models = Bool(True, help="Log trained models with their framework's MLflow flavor.").tag(
         config=True
     )
     datasets = Bool(True, help="Log DataFrames and arrays the cell uses as dataset inputs.").tag(

@@ -114,7 +114,10 @@ class CellRecord:
         figures = sum(1 for a in self.artifacts if a.path.startswith("figures/"))
         return {
             "params": len(self.params),
-            "metrics": len(self.metrics) + len({s.key for s in self.series} - set(self.metrics)),
+            # System metrics (system/...) are the machine's, not the cell's: not counted.
+            "metrics": len(self.metrics) + len({s.key for s in self.series
+                                                if not s.key.startswith(SYSTEM_PREFIX)}
+                                               - set(self.metrics)),
             "figures": figures,
             "models": len(self.models),
             "datasets": len(self.datasets),
@@ -235,5 +238,6 @@ GIT_BRANCH_TAG = "nbtrack.git.branch"
 ERROR_TAG = "nbtrack.error"
 CELL_ID_TAG = "nbtrack.cell_id"
 CAPTURE_TAG = "nbtrack.capture"
+SYSTEM_PREFIX = "system/"  # MLflow's prefix for system metrics (CPU, memory, GPU)
 # The params that came from earlier cells the tracked cell's inputs were made from.
 UPSTREAM_TAG = "nbtrack.upstream_params"

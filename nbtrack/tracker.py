@@ -22,6 +22,7 @@ from nbtrack.capture.curves import LightningTap
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.notebook import notebook_path
 from nbtrack.capture.source import analyze
+from nbtrack.capture.system import SystemSampler
 from nbtrack.capture.values import metric_number, param_text
 from nbtrack.config import EXECUTION_ID_ENV, Nbtrack, resolve_experiment
 from nbtrack.display import short_error as _short
@@ -138,6 +139,11 @@ class Tracker:
         # Lightning's self.log, recorded while this cell runs only (removed in end()).
         active.lightning = LightningTap()
         active.lightning.install()
+        if self.settings.system_metrics:
+            active.system = SystemSampler()
+            active.system.start()
+            if active.system.problem:
+                display.warn(active.system.problem)
         try:
             active.git = lineage.git_state_soon(notebook.parent if notebook else cell.cwd)
         except RuntimeError:  # no new threads while the interpreter shuts down
@@ -187,6 +193,8 @@ class Tracker:
             active.spool.close()
         if active.lightning is not None:
             active.lightning.remove()
+        if active.system is not None:
+            active.system.stop()
         if active.run_id is not None:
             from nbtrack.store.kernel_state import autologged_model_flavors
 

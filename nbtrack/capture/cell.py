@@ -80,6 +80,7 @@ class ActiveCell:
     series: dict[str, Series] = field(default_factory=dict)
     lightning: curves.LightningTap | None = None  # self.log, recorded while the cell runs
     autologged: frozenset[str] = frozenset()  # flavors whose models mlflow.autolog logs itself
+    system: Any = None  # the SystemSampler of CPU, memory and GPU while the cell runs
     problems: list[str] = field(default_factory=list)
 
 
@@ -103,6 +104,9 @@ def build_record(active: ActiveCell, namespace: Mapping[str, Any], error: BaseEx
             warn(f"param {key!r} not logged: its value cannot be written as text "
                  f"({_short(error)}).")
     series = cell_series(active, namespace, ended_ms)
+    if active.system is not None:
+        for key, samples in active.system.series.items():
+            series.setdefault(key, samples)
     metrics = {key: value for key, value in cell_metrics(active, namespace, warn).items()
                if key not in series}
 

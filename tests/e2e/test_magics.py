@@ -790,3 +790,30 @@ def test_upstream_seed_a_loop_series_and_a_list_the_cell_fills(shell):
     assert [(p.step, p.value) for p in points] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
     # loss is bound in the loop before it is read: not hidden state.
     assert "loss" not in run.data.tags.get("nbtrack.hidden_state", "")
+
+
+def test_system_metrics_sampled_while_the_cell_runs_and_off_by_config(shell, capsys):
+    import threading
+
+    shell.ok("%%track -e sys\nimport time\ntime.sleep(4.5)\nwaited = 4.5 * 1")
+    [run] = shell.runs("sys")
+    keys = {k for k in run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+            "system/system_memory_usage_percentage", "system/process_memory_rss_megabytes",
+            "system/process_cpu_utilization_percentage"} <= keys
+    points = shell.client.get_metric_history(run.info.run_id, "system/process_memory_rss_megabytes")
+    assert len(points) >= 2 and [p.step for p in points] == list(range(len(points)))
+    assert all(p.value > 10 for p in points)  # megabytes of a Python process with IPython
+    # The summary counts the cell's metrics, not the machine's.
+    assert "1 metric," in capsys.readouterr().out
+    assert not [t for t in threading.enumerate() if t.name == "nbtrack-system-metrics"]
+
+    shell.ok("%%track -e sys -n short\nquick = 1 + 1")  # shorter than the interval: one sample
+    short = [r for r in shell.runs("sys") if r.info.run_name == "short"][0]
+    assert len(shell.client.get_metric_history(short.info.run_id,
+                                               "system/cpu_utilization_percentage")) == 1
+
+    shell.ok("%config Nbtrack.system_metrics = False")
+    shell.ok("%%track -e sys -n off\nquiet = 2 + 2")
+    off = [r for r in shell.runs("sys") if r.info.run_name == "off"][0]
+    assert not [k for k in off.data.metrics if k.startswith("system/")]
