@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nbtrack.config import ARTIFACTS_PROGRESS_BAR_ENV
+from nbtrack.record import SYSTEM_PREFIX
 from nbtrack.store.kernel_state import fluent_tracking_uri
 
 
@@ -306,7 +307,10 @@ def run_facts(run_id: str, tracking_uri=None):
     return RunFacts(
         run_id=run.info.run_id, name=tags.get("mlflow.runName", run.info.run_name or ""),
         experiment=experiment, status=run.info.status, params=dict(run.data.params),
-        metrics=dict(run.data.metrics), tags=tags, datasets=tuple(datasets),
+        # What the model scored, not what the machine did meanwhile (system/...): compared by
+        # diff and reproduce.
+        metrics={k: v for k, v in run.data.metrics.items() if not k.startswith(SYSTEM_PREFIX)},
+        tags=tags, datasets=tuple(datasets),
         source=source, history=history, notebook=notebook,
     )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 
+from nbtrack.record import SYSTEM_PREFIX
+
 INFO_FIELDS = ("run_id", "run_name", "experiment_id", "user_id", "status", "start_time",
                "end_time", "artifact_uri", "lifecycle_stage")
 RUNNING = "RUNNING"
@@ -131,6 +133,8 @@ def default_metric(runs: list[RunSummary]) -> str | None:
     counts: dict[str, int] = {}
     for run in runs:
         for key, value in run.data.metrics.items():
+            if key.startswith(SYSTEM_PREFIX):
+                continue
             counts.setdefault(key, 0)
             if not is_missing(value):
                 counts[key] += 1
@@ -152,11 +156,14 @@ def rank_by(runs: list[RunSummary], metric: str | None, ascending: bool) -> list
 
 
 def metric_keys(runs: list[RunSummary]) -> list[str]:
-    """Every metric key the runs have, in the order ``search_runs``'s DataFrame has them."""
+    """Every metric key the runs have, in the order ``search_runs``'s DataFrame has them; system
+    metrics (``system/...``: the machine's, not the model's) are left to the MLflow UI.
+    """
     keys: dict[str, None] = {}
     for run in runs:
         for key in run.data.metrics:
-            keys.setdefault(key, None)
+            if not key.startswith(SYSTEM_PREFIX):
+                keys.setdefault(key, None)
     return list(keys)
 
 
