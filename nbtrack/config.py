@@ -24,6 +24,11 @@ class Nbtrack(Configurable):
         "",
         help="Experiment for tracked cells; empty: MLFLOW_EXPERIMENT_NAME, else the project's name.",
     ).tag(config=True)
+    live = Bool(
+        None, allow_none=True,
+        help="Draw the series a tracked cell logs under it while it runs. None (default): yes, "
+             "except in batch executions (nbtrack run, papermill, nbconvert), where nobody watches.",
+    ).tag(config=True)
     system_metrics = Bool(
         True, help="Sample CPU, memory (and NVIDIA GPUs) while a tracked cell runs, as system/ "
                    "metric series."

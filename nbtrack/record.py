@@ -150,6 +150,7 @@ class TrackOptions:
     figures: bool = True
     model: bool = True
     register: str | None = None
+    live: bool | None = None  # the live panel: None follows Nbtrack.live
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ from nbtrack.capture.notebook import notebook_path
 from nbtrack.capture.source import analyze
 from nbtrack.capture.system import SystemSampler
 from nbtrack.capture.values import metric_number, param_text
-from nbtrack.config import EXECUTION_ID_ENV, Nbtrack, resolve_experiment
+from nbtrack.config import EXECUTION_ID_ENV, Nbtrack, batch_runner, resolve_experiment
 from nbtrack.display import short_error as _short
 from nbtrack.durable.queue import SPOOL_INTERVAL_MS, KernelQueue
-from nbtrack.record import CellContext, CellRecord, RunOutcome, Series, TrackOptions
+from nbtrack.live import LivePanel, Publish
+from nbtrack.record import SYSTEM_PREFIX, CellContext, CellRecord, RunOutcome, Series, TrackOptions
 from nbtrack.threads import warnings_dropped
 
 
@@ -61,6 +62,8 @@ class Tracker:
         # Called after each tracked cell (boards refresh themselves); weak, so a board that is
         # gone from the notebook does not keep being refreshed.
         self._after_run: list = []
+        # Publishes a display under the running cell (the IPython layer sets it): the live panel.
+        self.publish: Publish | None = None
 
     @property
     def recorder(self):
@@ -139,6 +142,8 @@ class Tracker:
         # Lightning's self.log, recorded while this cell runs only (removed in end()).
         active.lightning = LightningTap()
         active.lightning.install()
+        if self._wants_live(options):
+            active.live = LivePanel(self.publish, active.run_name)
         if self.settings.system_metrics:
             active.system = SystemSampler()
             active.system.start()
@@ -211,6 +216,8 @@ class Tracker:
                 record = capture.minimal_record(active, error, ended_ms)
             if record.run_id is not None:
                 self._leave_run(record)
+        if active.live is not None:
+            self._draw_last(active.live, record)
         for problem in active.problems:
             display.warn(problem)
         outcome = None
@@ -302,6 +309,43 @@ class Tracker:
         series.add(number, len(series) if step is None else int(step), timestamp_ms)
         if timestamp_ms - active.spooled_ms >= SPOOL_INTERVAL_MS:
             self.queue.spool(active, timestamp_ms)
+        if active.live is not None and active.live.due():
+            self._draw(active, active.series)
+
+    # -- the live panel ----------------------------------------------------------------------
+
+    def _wants_live(self, options: TrackOptions) -> bool:
+        """Whether this cell gets a live panel: ``--live``/``--no-live``, else Nbtrack.live,
+        else yes unless a batch runner executes the notebook (nobody watches; the saved
+        notebook stays clean).
+        """
+        if self.publish is None:
+            return False
+        if options.live is not None:
+            return options.live
+        if self.settings.live is not None:
+            return bool(self.settings.live)
+        return not batch_runner(self.environ)
+
+    def _draw(self, active: capture.ActiveCell, series: Mapping[str, Series]) -> None:
+        try:
+            active.live.draw(series)
+        except Exception as error:  # a panel that cannot draw must not cost the loop anything
+            active.live = None
+            display.warn(f"live panel stopped: {_short(error)}")
+
+    def _draw_last(self, panel: LivePanel, record: CellRecord) -> None:
+        """The final picture: every series of the run (framework curves and system metrics too),
+        when the panel was shown or the cell recorded curves of its own.
+        """
+        series = {s.key: s for s in record.series}
+        own = [k for k in series if not k.startswith(SYSTEM_PREFIX)]
+        if not (panel.shown or own):
+            return
+        try:
+            panel.draw(series)
+        except Exception as error:  # the run matters more than its picture
+            display.warn(f"live panel not drawn: {_short(error)}")
 
     def log_param(self, key: str, value: Any) -> None:
         """Record a param for the running tracked cell; it wins over a detected one."""

@@ -45,6 +45,11 @@ def write_notebook(path: Path, cells: list[str], parameters: str | None = None) 
     return path
 
 
+def own_metrics(metrics: dict) -> dict:
+    """A run's metrics without the machine's (``system/...``, sampled while every cell runs)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("system/")}
+
+
 def nbtrack_cli(*args: str, cwd=None, env: dict[str, str] | None = None, timeout: float = 900,
                 check: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m nbtrack ARGS`` in ``cwd`` (environment: this one plus ``env``); with

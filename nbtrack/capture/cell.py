@@ -81,6 +81,7 @@ class ActiveCell:
     lightning: curves.LightningTap | None = None  # self.log, recorded while the cell runs
     autologged: frozenset[str] = frozenset()  # flavors whose models mlflow.autolog logs itself
     system: Any = None  # the SystemSampler of CPU, memory and GPU while the cell runs
+    live: Any = None  # the LivePanel drawing the series under the running cell
     problems: list[str] = field(default_factory=list)
 
 

@@ -21,11 +21,19 @@ def load(shell) -> None:
     settings = Nbtrack(parent=shell)  # picks up c.Nbtrack.* from ipython_config.py
     shell.configurables.append(settings)  # so %config Nbtrack shows and sets it
     tracker = tracking.Tracker(settings)
+    tracker.publish = publish_display
     magics = TrackMagics(shell, tracker)
     shell.register_magics(magics)
     magics.hooks.install()
     tracking.set_current(tracker)
     _INSTALLED[id(shell)] = magics
+
+
+def publish_display(bundle, metadata, display_id: str, update: bool) -> None:
+    """Show ``bundle`` under the running cell, or replace the display ``display_id`` in place."""
+    from IPython.display import display
+
+    display(dict(bundle), raw=True, metadata=dict(metadata), display_id=display_id, update=update)
 
 
 def unload(shell) -> None:

@@ -65,7 +65,11 @@ class TrackMagics(Magics):
     @argument("--metrics", metavar="NAMES", help="Comma list of names to log as metrics, "
               "instead of detecting them.")
     @argument("--no-figures", action="store_true", help="Do not log the cell's figures.")
-    @argument("--no-model", action="store_true", help="Do not log fitted estimators as models.")
+    @argument("--no-model", action="store_true", help="Do not log trained models.")
+    @argument("--live", action="store_true", default=None,
+              help="Draw logged series under the running cell, also in batch executions.")
+    @argument("--no-live", action="store_false", dest="live",
+              help="Do not draw logged series under the running cell.")
     @argument("--register", metavar="MODEL_NAME",
               help="Register the logged model as a new version of MODEL_NAME.")
     @cell_magic
@@ -142,6 +146,7 @@ class TrackMagics(Magics):
                 figures=not args.no_figures,
                 model=not args.no_model,
                 register=args.register,
+                live=args.live,
             )
         except BadOptionError as error:
             raise UsageError(f"%%track: {error}") from None
