@@ -46,14 +46,10 @@ class SystemSampler:
         from nbtrack import threads
 
         try:
-            import psutil
-
-            self._psutil = psutil
-            self._process = psutil.Process(os.getpid())
-            self._gpus, self._nvml = _nvidia_gpus()
-            # A first read here, on the cell's thread: what psutil imports on first use is
-            # imported now, and CPU percentages are measured from the previous call.
-            self._read()
+            self._psutil, self._process, self._gpus, self._nvml = _sources()
+            # CPU percentages are measured from the previous call.
+            self._psutil.cpu_percent(None)
+            self._process.cpu_percent(None)
         except Exception as error:  # psutil missing or refused: no system metrics
             self.problem = f"system metrics not sampled: {type(error).__name__}: {error}"
             self._psutil = None
@@ -109,6 +105,28 @@ class SystemSampler:
         for index, handle in enumerate(self._gpus):
             values.update(_gpu_values(self._nvml, index, handle))
         return values
+
+
+_SOURCES: tuple | None = None
+
+
+def _sources() -> tuple[Any, Any, list[Any], Any]:
+    """psutil, this process, the NVIDIA GPUs and their library: found once per process, with a
+    first full read on the calling thread (the cell's), so what psutil imports on first use is
+    imported then and never by the sampling thread.
+    """
+    global _SOURCES
+    if _SOURCES is None or _SOURCES[1].pid != os.getpid():
+        import psutil
+
+        process = psutil.Process(os.getpid())
+        gpus, nvml = _nvidia_gpus()
+        psutil.virtual_memory()
+        process.memory_info()
+        for index, handle in enumerate(gpus):
+            _gpu_values(nvml, index, handle)
+        _SOURCES = (psutil, process, gpus, nvml)
+    return _SOURCES
 
 
 def _nvidia_gpus() -> tuple[list[Any], Any]:
