@@ -66,6 +66,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks import _framework_cells as frameworks
 from benchmarks._common import results_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ with mlflow.start_run(run_name="logreg-C0.01", experiment_id=hand_experiment_id)
     val_acc = accuracy_score(y_test, clf.predict(X_test))
     print(f"C={C}: val_auc={val_auc:.4f}")
 
-    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed,
+    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed, "test_size": test_size,
                        **{f"clf.{key}": value for key, value in clf.get_params().items()
                           if isinstance(value, (str, int, float, bool, type(None)))}})
     mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
@@ -147,7 +148,7 @@ with mlflow.start_run(run_name="logreg-C0.1", experiment_id=hand_experiment_id):
     val_acc = accuracy_score(y_test, clf.predict(X_test))
     print(f"C={C}: val_auc={val_auc:.4f}")
 
-    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed,
+    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed, "test_size": test_size,
                        **{f"clf.{key}": value for key, value in clf.get_params().items()
                           if isinstance(value, (str, int, float, bool, type(None)))}})
     mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
@@ -173,7 +174,7 @@ with mlflow.start_run(run_name="logreg-C1.0", experiment_id=hand_experiment_id):
     val_acc = accuracy_score(y_test, clf.predict(X_test))
     print(f"C={C}: val_auc={val_auc:.4f}")
 
-    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed,
+    mlflow.log_params({"C": C, "max_iter": max_iter, "seed": seed, "test_size": test_size,
                        **{f"clf.{key}": value for key, value in clf.get_params().items()
                           if isinstance(value, (str, int, float, bool, type(None)))}})
     mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
@@ -204,7 +205,7 @@ with mlflow.start_run(run_name="random-forest", experiment_id=hand_experiment_id
     mlflow.log_figure(fig, "figures/roc.png")
     plt.show()
 
-    mlflow.log_params({"n_estimators": n_estimators, "seed": seed,
+    mlflow.log_params({"n_estimators": n_estimators, "seed": seed, "test_size": test_size,
                        **{f"rf.{key}": value for key, value in rf.get_params().items()
                           if isinstance(value, (str, int, float, bool, type(None)))}})
     mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
@@ -238,7 +239,7 @@ with mlflow.start_run(run_name="sgd-epochs", experiment_id=hand_experiment_id):
     mlflow.log_figure(plt.gcf(), "figures/confusion-matrix.png")
     plt.show()
 
-    mlflow.log_params({"epochs": epochs, "seed": seed,
+    mlflow.log_params({"epochs": epochs, "seed": seed, "test_size": test_size,
                        **{f"scaler.{key}": value for key, value in scaler.get_params().items()
                           if isinstance(value, (str, int, float, bool, type(None)))},
                        **{f"sgd.{key}": value for key, value in sgd.get_params().items()
@@ -258,6 +259,39 @@ with mlflow.start_run(run_name="sgd-epochs", experiment_id=hand_experiment_id):
         models=("scaler", "sgd"),
         datasets=("X_train", "y_train", "X_test", "y_test", "X_train_s", "X_test_s"),
         series={"train_loss": "epochs"},
+    ),
+    HandWritten(
+        run_name="xgboost",
+        code='''\
+with mlflow.start_run(run_name="xgboost", experiment_id=hand_experiment_id):
+    import xgboost as xgb
+    dtrain = xgb.DMatrix(X_train, label=y_train)
+    dval = xgb.DMatrix(X_test, label=y_test)
+    {boost_params}
+    evals = {}
+    booster = xgb.train(boost_params, dtrain, num_boost_round=n_estimators, evals=[(dval, "val")],
+                        evals_result=evals, verbose_eval=False)
+    val_auc = roc_auc_score(y_test, booster.predict(dval))
+    val_acc = accuracy_score(y_test, booster.predict(dval) > 0.5)
+    print(f"xgboost: val_auc={val_auc:.4f} val_acc={val_acc:.4f}")
+
+    mlflow.log_params({"n_estimators": n_estimators, "seed": seed, "test_size": test_size,
+                       "booster.num_boost_round": n_estimators})
+    for step, value in enumerate(evals["val"]["auc"]):
+        mlflow.log_metric("val-auc", value, step=step)
+    mlflow.log_metrics({"val_auc": val_auc, "val_acc": val_acc})
+    mlflow.log_input(mlflow.data.from_pandas(X_train, name="X_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(y_train.to_frame(), name="y_train"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(X_test, name="X_test"), context="validation")
+    mlflow.log_input(mlflow.data.from_pandas(y_test.to_frame(), name="y_test"), context="validation")
+    mlflow.xgboost.log_model(booster, name="booster", input_example=X_train.head(5))
+'''.replace("{boost_params}", 'boost_params = {"objective": "binary:logistic", "eval_metric": "auc", '
+                                 '"max_depth": 3, "eta": 0.1, "seed": seed}'),
+        metrics=("val_auc", "val_acc", "val-auc"),
+        figures=0,
+        models=("booster",),
+        datasets=("X_train", "y_train", "X_test", "y_test"),
+        series={"val-auc": "n_estimators"},
     ),
     HandWritten(
         run_name="reference-10p-5m-1f",
@@ -316,6 +350,7 @@ HAND_SETUP = f"""\
 import mlflow
 import mlflow.data
 import mlflow.sklearn
+import mlflow.xgboost
 hand_experiment_id = mlflow.get_experiment_by_name({HAND_EXPERIMENT!r}).experiment_id
 """
 UNTRACKED_SETUP = f"""\
@@ -439,6 +474,8 @@ class Execution:
     stdout: str
     stderr: str
     back_to_back: bool = False  # run right after the previous cell, writer not drained
+    # tracked: from the cell's start until its run is FINISHED in the store with its models READY
+    store_s: float | None = None
 
 
 def make_shell():
@@ -522,9 +559,91 @@ def execute(shell, cell: TrackedCell, hand: HandWritten, variant: str, repeat: i
     drain_writer()
     before = last_run()
     seconds, stdout, stderr = run_cell(shell, code)
+    flushed = time.perf_counter()
+    if variant == "tracked":  # the cell returned; how long until the store has its run
+        drain_writer()
+    waited = time.perf_counter() - flushed
     after = last_run()
     run_id = after if after != before else None
-    return Execution(cell.name, variant, repeat, seconds, run_id, stdout, stderr)
+    store_s = None
+    if variant == "tracked" and run_id is not None:
+        polled = wait_in_store(run_id, hand.models)
+        store_s = None if polled is None else seconds + waited + polled
+    return Execution(cell.name, variant, repeat, seconds, run_id, stdout, stderr, store_s=store_s)
+
+
+STORE_WAIT_S = 30.0  # after nbtrack.flush(), how long to wait for a run to show as complete
+
+
+def wait_in_store(run_id: str, models: tuple[str, ...]) -> float | None:
+    """Seconds until the run is FINISHED with ``models`` READY: 0.0 if it already is (the usual
+    case right after ``nbtrack.flush()``), None if it is not within STORE_WAIT_S.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    started = time.perf_counter()
+    while True:
+        run = client.get_run(run_id)
+        ready = run.info.status == "FINISHED"
+        if ready and models:
+            logged = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                 filter_string=f"source_run_id = '{run_id}'")
+            ready = sorted(m.name for m in logged if str(m.status) == "READY") == sorted(models)
+        if ready:
+            return 0.0 if time.perf_counter() - started < 0.05 else time.perf_counter() - started
+        if time.perf_counter() - started > STORE_WAIT_S:
+            return None
+        time.sleep(0.02)
+
+
+def execute_autolog(shell, cell: frameworks.FrameworkCell, repeat: int) -> Execution:
+    """Run a framework cell with its flavor's MLflow autolog on (turned on and off untimed, as a
+    notebook's earlier cell would), in a run of its own.
+    """
+    use_backend(shell, True)
+    drain_writer()
+    run_cell(shell, cell.autolog_on)
+    before = _last_hand_run_id()
+    try:
+        seconds, stdout, stderr = run_cell(shell, cell.autolog)
+    finally:
+        run_cell(shell, cell.autolog_off)
+    after = _last_hand_run_id()
+    return Execution(cell.name, "autolog", repeat, seconds, after if after != before else None,
+                     stdout, stderr)
+
+
+def probe_torch_autolog(shell) -> dict:
+    """Run the PyTorch cell once with mlflow.pytorch.autolog() on and say what its run holds."""
+    from mlflow import MlflowClient
+
+    cell = frameworks.TORCH
+    try:
+        run_cell(shell, cell.autolog_on)
+        try:
+            run_cell(shell, frameworks.TORCH_AUTOLOG_PROBE)
+        finally:
+            run_cell(shell, cell.autolog_off)
+    except BenchmarkError as error:
+        return {"works": False, "error": _clip(str(error), 400), "note": frameworks.TORCH_AUTOLOG_NOTE}
+    client = MlflowClient()
+    run = client.get_run(_last_hand_run_id())
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    found = {"params": sorted(run.data.params), "metrics": sorted(run.data.metrics),
+             "models": [m.name for m in models],
+             "artifacts": [a.path for a in client.list_artifacts(run.info.run_id)]}
+    works = bool(found["params"] or found["metrics"] or found["models"])
+    return {"works": works, "recorded": found,
+            "note": None if works else frameworks.TORCH_AUTOLOG_NOTE}
+
+
+def framework_variant_order(repeat: int) -> tuple[str, ...]:
+    """The framework cells' four variants, rotated so none always goes first."""
+    variants = (*VARIANTS, "autolog")
+    shift = repeat % len(variants)
+    return variants[shift:] + variants[:shift]
 
 
 def execute_back_to_back(shell, cell: TrackedCell, hand: HandWritten, variant: str,
@@ -585,7 +704,8 @@ def summarize(executions: list[Execution], cells: list[TrackedCell]) -> list[dic
                                         "p95_s": percentile(samples, 95)}
         rows.append(row)
     total: dict = {"cell": "the notebook's tracked cells", "variants": {}}
-    notebook_rows = [row for row in rows if row["cell"] not in {c.name for c in REFERENCES}]
+    apart = {c.name for c in REFERENCES} | {c.name for c in frameworks.CELLS}
+    notebook_rows = [row for row in rows if row["cell"] not in apart]
     for variant in VARIANTS:
         total["variants"][variant] = {
             key: sum(row["variants"][variant][key] for row in notebook_rows)
@@ -599,6 +719,98 @@ def summarize(executions: list[Execution], cells: list[TrackedCell]) -> list[dic
         row["ratio_tracked_untracked"] = _ratio(medians["tracked"], medians["untracked"])
         row["ratio_tracked_hand"] = _ratio(medians["tracked"], medians["hand"])
     return rows
+
+
+def _samples(executions: list[Execution], cell: str, variant: str, key: str = "seconds") -> list:
+    return [getattr(e, key) for e in executions if e.cell == cell and e.variant == variant
+            and e.repeat >= 0 and not e.back_to_back and getattr(e, key) is not None]
+
+
+def _stats(samples: list[float]) -> dict | None:
+    if not samples:
+        return None
+    return {"samples_s": samples, "median_s": median(samples), "p95_s": percentile(samples, 95)}
+
+
+def summarize_frameworks(executions: list[Execution], torch_autolog: dict) -> list[dict]:
+    """Per framework cell: each variant's median and p95, what %%track, MLflow by hand and autolog
+    add to the untracked cell, and the ratios of %%track's time to the other two.
+    """
+    rows = []
+    for cell in frameworks.CELLS:
+        variants = {v: _stats(_samples(executions, cell.name, v)) for v in (*VARIANTS, "autolog")}
+        base = variants["untracked"]["median_s"]
+        row: dict = {"cell": cell.name, "flavor": cell.flavor, "variants": variants,
+                     "added_s": {v: None if variants[v] is None else variants[v]["median_s"] - base
+                                 for v in ("tracked", "hand", "autolog")}}
+        tracked = variants["tracked"]["median_s"]
+        row["ratio_tracked_hand"] = _ratio(tracked, variants["hand"]["median_s"])
+        row["ratio_tracked_autolog"] = (None if variants["autolog"] is None
+                                        else _ratio(tracked, variants["autolog"]["median_s"]))
+        if cell.autolog is None:
+            row["autolog_note"] = (torch_autolog.get("note") if cell is frameworks.TORCH
+                                   else "no autolog variant")
+        rows.append(row)
+    return rows
+
+
+def summarize_in_store(executions: list[Execution], cells: list[str]) -> list[dict]:
+    """Per cell that logs a model: how long the tracked cell takes to return and until its run is
+    in the store (FINISHED, models READY), against the hand-written cell, which is in the store
+    when it returns.
+    """
+    rows = []
+    for cell in cells:
+        in_store = _stats(_samples(executions, cell, "tracked", "store_s"))
+        hand = _stats(_samples(executions, cell, "hand"))
+        if in_store is None or hand is None:
+            continue
+        rows.append({"cell": cell, "tracked_returns": _stats(_samples(executions, cell, "tracked")),
+                     "tracked_in_store": in_store, "hand": hand,
+                     "ratio_in_store_hand": _ratio(in_store["median_s"], hand["median_s"])})
+    return rows
+
+
+def format_frameworks(rows: list[dict]) -> str:
+    header = ["framework cell", "untracked", "tracked", "p95", "hand", "p95", "autolog", "p95",
+              "+tracked", "+hand", "+autolog", "tracked/hand", "tracked/autolog"]
+    lines = []
+    for row in rows:
+        v, added = row["variants"], row["added_s"]
+        pair = [(ms(v[k]["median_s"]), ms(v[k]["p95_s"])) if v[k] else ("n/a", "n/a")
+                for k in ("tracked", "hand", "autolog")]
+        lines.append([row["cell"], ms(v["untracked"]["median_s"]), *pair[0], *pair[1], *pair[2],
+                      *(("+" + ms(added[k])) if added[k] is not None else "n/a"
+                        for k in ("tracked", "hand", "autolog")),
+                      _fmt_ratio(row["ratio_tracked_hand"]),
+                      _fmt_ratio(row["ratio_tracked_autolog"])])
+    return _fixed_width(header, lines)
+
+
+def format_in_store(rows: list[dict]) -> str:
+    header = ["model cell", "tracked returns", "tracked in store", "p95", "hand (in store)", "p95",
+              "in store/hand"]
+    lines = [[row["cell"], ms(row["tracked_returns"]["median_s"]),
+              ms(row["tracked_in_store"]["median_s"]), ms(row["tracked_in_store"]["p95_s"]),
+              ms(row["hand"]["median_s"]), ms(row["hand"]["p95_s"]),
+              _fmt_ratio(row["ratio_in_store_hand"])] for row in rows]
+    return _fixed_width(header, lines)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f}"
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _fixed_width(header: list[str], lines: list[list[str]]) -> str:
+    lines = [header, *lines]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(text.ljust(width) if i == 0 else text.rjust(width)
+                               for i, (text, width) in enumerate(zip(line, widths, strict=True)))
+                     for line in lines)
 
 
 def _runs_since(experiment: str, run_name: str, started_ms: int) -> list[str]:
@@ -773,6 +985,48 @@ def _compare(name: str, tracked, hand) -> list[str]:
     return found
 
 
+def verify_frameworks(client, executions: list[Execution]) -> tuple[list[str], list[str], int]:
+    """Read back every run the framework cells made; return problems, notes (how the variants'
+    params differ) and how many runs were checked.
+    """
+    experiments = [client.get_experiment_by_name(name) for name in
+                   (TRACKED_EXPERIMENT, HAND_EXPERIMENT, frameworks.AUTOLOG_EXPERIMENT)]
+    models_by_run: dict[str, list] = {}
+    for experiment in experiments:
+        for model in _logged_models(client, experiment.experiment_id):
+            models_by_run.setdefault(model.source_run_id, []).append(model)
+    cells = {cell.name: cell for cell in frameworks.CELLS}
+    problems, notes, checked = [], [], 0
+    first: dict[tuple[str, str], object] = {}
+    for execution in executions:
+        cell = cells.get(execution.cell)
+        if cell is None or execution.variant == "untracked":
+            continue
+        where = (f"{execution.variant} run of {cell.name!r} "
+                 f"({'warm-up' if execution.repeat < 0 else f'repeat {execution.repeat + 1}'})")
+        if execution.run_id is None:
+            problems.append(f"{where}: no run was recorded.")
+            continue
+        if execution.variant == "tracked" and execution.store_s is None:
+            problems.append(f"{where}: not FINISHED with its models READY {STORE_WAIT_S:.0f} s "
+                            "after nbtrack.flush() returned.")
+        run = client.get_run(execution.run_id)
+        checked += 1
+        first.setdefault((cell.name, execution.variant), run)
+        problems += [f"{where}: {item}." for item in
+                     frameworks.check_run(client, run, cell, execution.variant,
+                                          models_by_run.get(run.info.run_id, []))]
+    for cell in frameworks.CELLS:
+        tracked = first.get((cell.name, "tracked"))
+        for variant, label in (("hand", "by hand"), ("autolog", "autolog")):
+            other = first.get((cell.name, variant))
+            if tracked is not None and other is not None:
+                found, wrong = frameworks.differences(tracked, other, label)
+                notes += [f"{cell.name}: {text}" for text in found]
+                problems += [f"{cell.name}: {text}" for text in wrong]
+    return problems, notes, checked
+
+
 def _logged_models(client, experiment_id: str) -> list:
     models, token = [], None
     while True:
@@ -789,7 +1043,7 @@ def _logged_models(client, experiment_id: str) -> list:
 
 def messages(executions: list[Execution]) -> dict[str, list[tuple[str, int]]]:
     """Distinct stderr lines per variant, with how many executions printed each."""
-    found: dict[str, Counter] = {variant: Counter() for variant in VARIANTS}
+    found: dict[str, Counter] = {variant: Counter() for variant in (*VARIANTS, "autolog")}
     for execution in executions:
         lines = {line.strip() for line in execution.stderr.splitlines() if line.strip()}
         found[execution.variant].update(lines)
@@ -848,16 +1102,19 @@ def _isolate(store: Path, notebook: Path) -> None:
 
 
 def _create_experiments(store: Path) -> None:
-    """Create both experiments with their artifacts inside the temporary store."""
+    """Create the experiments with their artifacts inside the temporary store."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    for name in (TRACKED_EXPERIMENT, HAND_EXPERIMENT):
+    for name in (TRACKED_EXPERIMENT, HAND_EXPERIMENT, frameworks.AUTOLOG_EXPERIMENT):
         client.create_experiment(name, artifact_location=(store / "artifacts" / name).as_uri())
 
 
-def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
-    """Run the benchmark; return the results and the verification problems."""
+def run(repeats: int, notebook: Path, warm_frameworks: bool = True) -> tuple[dict, list[str]]:
+    """Run the benchmark; return the results and the verification problems.
+
+    ``warm_frameworks``: give the framework cells a warm-up pass too (--quick skips it to stay short).
+    """
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_at_start = _load_average()
@@ -877,6 +1134,10 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
     stray = [folder / name for name in ("mlruns", "mlartifacts") if not (folder / name).exists()]
     executions: list[Execution] = []
     blocks: list[dict] = []
+    framework_cells = [(TrackedCell(c.name, c.source, c.body),
+                        HandWritten(c.name, c.hand, c.metrics, 0, c.models, c.datasets), c)
+                       for c in frameworks.CELLS]
+    torch_autolog: dict = {}
     previous_cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="nbtrack-bench-") as temporary:
         store = Path(temporary)
@@ -885,10 +1146,13 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
         try:
             _create_experiments(store)
             shell = make_shell()
-            for source in [*setup, "%load_ext nbtrack", UNTRACKED_SETUP, TRACKED_SETUP, HAND_SETUP]:
+            for source in [*setup, "%load_ext nbtrack", UNTRACKED_SETUP, TRACKED_SETUP, HAND_SETUP,
+                           frameworks.SETUP]:
                 run_cell(shell, source)
-            print(f"notebook: {notebook} ({len(cells) - 1} tracked cells, {len(setup)} setup cells), "
-                  f"then the reference cells {', '.join(c.name for c in REFERENCES)}")
+            print(f"notebook: {notebook} ({len(cells) - len(REFERENCES)} tracked cells, "
+                  f"{len(setup)} setup cells), then the reference cells "
+                  f"{', '.join(c.name for c in REFERENCES)} and the framework cells "
+                  f"{', '.join(c.name for c in frameworks.CELLS)}")
             print(f"warm-up, then {repeats} repeat(s) of {len(VARIANTS)} variants per cell ...",
                   flush=True)
             for repeat in range(-1, repeats):  # -1: the warm-up, not counted
@@ -904,6 +1168,14 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
                                 shell, cell, hands[cell.name], variant, repeat, REFERENCE_RUNS)
                             executions += done
                             blocks.append(block)
+                for cell, hand, framework in framework_cells if repeat >= 0 or warm_frameworks else ():
+                    for variant in framework_variant_order(max(repeat, 0)):
+                        if variant != "autolog":
+                            executions.append(execute(shell, cell, hand, variant, repeat))
+                        elif framework.autolog is not None:
+                            executions.append(execute_autolog(shell, framework, repeat))
+                if repeat < 0:
+                    torch_autolog = probe_torch_autolog(shell)
                 label = "warm-up" if repeat < 0 else f"repeat {repeat + 1}/{repeats}"
                 print(f"  {label} done ({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -914,7 +1186,14 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
             flush = getattr(nbtrack, "flush", None)  # background writing: wait for the store
             if flush is not None:
                 flush()
-            problems, flagged, checked = verify(MlflowClient(), executions, hands, shell.user_ns)
+            framework_names = {c.name for c in frameworks.CELLS}
+            problems, flagged, checked = verify(
+                MlflowClient(), [e for e in executions if e.cell not in framework_names], hands,
+                shell.user_ns)
+            more, framework_notes, more_checked = verify_frameworks(MlflowClient(), executions)
+            problems += more
+            checked += more_checked
+            flagged |= {c.name for c in frameworks.CELLS if any(c.name in p for p in more)}
         finally:
             os.chdir(previous_cwd)
     for path in stray:
@@ -922,7 +1201,9 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
             problems.append(f"MLflow wrote into {path} during the benchmark (removed).")
             shutil.rmtree(path)
 
-    rows = summarize(executions, cells)
+    rows = summarize(executions, [*cells, *(cell for cell, _, _ in framework_cells)])
+    model_cells = [cell.name for cell in cells if hands[cell.name].models] + [
+        cell.name for cell in frameworks.CELLS]
     results = {
         "benchmark": "cell_overhead",
         "started_at": started_at,
@@ -936,12 +1217,16 @@ def run(repeats: int, notebook: Path) -> tuple[dict, list[str]]:
         "cells": rows,
         "back_to_back": summarize_back_to_back(blocks),
         "back_to_back_blocks": blocks,
+        "frameworks": {"cells": summarize_frameworks(executions, torch_autolog),
+                       "torch_autolog": torch_autolog, "notes": framework_notes},
+        "in_store": summarize_in_store(executions, model_cells),
         "verification": {"ok": not problems, "runs_checked": checked, "problems": problems,
                          "flagged_cells": sorted(flagged)},
         "stderr": {variant: [{"line": line, "executions": count} for line, count in lines]
                    for variant, lines in messages(executions).items()},
         "executions": [{"cell": e.cell, "variant": e.variant, "repeat": e.repeat,
-                        "seconds": e.seconds, "run_id": e.run_id, "back_to_back": e.back_to_back}
+                        "seconds": e.seconds, "run_id": e.run_id, "back_to_back": e.back_to_back,
+                        "store_s": e.store_s}
                        for e in executions],
     }
     return results, problems
@@ -968,9 +1253,34 @@ def report(results: dict) -> str:
         "store has every run, nbtrack.flush() included):",
         format_back_to_back(results["back_to_back"]),
     ]
+    framework = results["frameworks"]
+    lines += [
+        "",
+        "Framework cells, ms: %%track vs the same content by hand (mlflow.<flavor>.log_model, "
+        "log_params, log_metric) vs mlflow.<flavor>.autolog() (+ the cell's own score):",
+        format_frameworks(framework["cells"]),
+    ]
+    lines += [f"  {row['cell']}: {row['autolog_note']}" for row in framework["cells"]
+              if row.get("autolog_note")]
+    probe = framework["torch_autolog"]
+    if probe.get("recorded") is not None:
+        recorded = probe["recorded"]
+        lines.append(f"  (mlflow.pytorch.autolog() on for one untimed run of torch-mlp recorded "
+                     f"{len(recorded['params'])} params, {len(recorded['metrics'])} metrics, "
+                     f"{len(recorded['models'])} models)")
+    elif probe.get("error"):
+        lines.append(f"  (mlflow.pytorch.autolog() failed: {probe['error']})")
+    lines += [f"  content: {note}" for note in framework["notes"]]
+    lines += [
+        "",
+        "Until the model run is in the store, ms (tracked: cell start to nbtrack.flush() returning "
+        "with the run FINISHED and its models READY; by hand the run is in the store when the "
+        "cell returns):",
+        format_in_store(results["in_store"]),
+    ]
     if flagged:
         lines.append("(!) = a run of this cell failed verification; see below.")
-    for variant in VARIANTS:
+    for variant in (*VARIANTS, "autolog"):
         seen = results["stderr"][variant]
         # nbtrack's own messages are the point; the others are MLflow's and sklearn's warnings.
         shown = seen if variant == "tracked" else seen[:STDERR_LINES_SHOWN]
@@ -1012,7 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
 
     output = args.output or results_dir() / "cell_overhead.json"  # before run() clears NBTRACK_*
     try:
-        results, problems = run(repeats, args.notebook)
+        results, problems = run(repeats, args.notebook, warm_frameworks=not args.quick)
     except BenchmarkError as error:
         print(f"benchmark could not run: {error}", file=sys.stderr)
         return 2

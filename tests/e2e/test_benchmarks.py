@@ -33,6 +33,14 @@ def test_quick_benchmarks_run_verify_their_work_and_write_results_and_page(tmp_p
         assert (docs / "benchmarks" / f"{name}.png").stat().st_size > 0
         if "verification" in data:
             assert data["verification"]["ok"], data["verification"]
+    overhead = json.loads((results / "cell_overhead.json").read_text())
+    assert any(row["cell"] == "reference-10p-5m-1f" for row in overhead["cells"])
+    framework = {row["cell"]: row for row in overhead["frameworks"]["cells"]}
+    assert set(framework) == {"xgboost-train", "torch-mlp"}
+    assert all(row["variants"][v] for row in framework.values() for v in ("untracked", "tracked", "hand"))
+    assert framework["xgboost-train"]["variants"]["autolog"]  # mlflow.xgboost.autolog()
+    assert framework["torch-mlp"]["variants"]["autolog"] or framework["torch-mlp"]["autolog_note"]
+    assert {row["cell"] for row in overhead["in_store"]} >= set(framework)
     page = (docs / "benchmarks.md").read_text()
     assert "## Targets" in page and "Quick run" in page
     for name in expected:
