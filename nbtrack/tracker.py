@@ -310,7 +310,10 @@ class Tracker:
         if timestamp_ms - active.spooled_ms >= SPOOL_INTERVAL_MS:
             self.queue.spool(active, timestamp_ms)
         if active.live is not None and active.live.due():
-            self._draw(active, active.series)
+            # The sampler appends to its series on its thread; reading them here is safe (one
+            # length, then items below it), and a sample missed now shows at the next redraw.
+            machine = active.system.series if active.system is not None else {}
+            self._draw(active, {**active.series, **machine})
 
     # -- the live panel ----------------------------------------------------------------------
 
