@@ -29,6 +29,7 @@ from nbtrack.config import (
     PARAMETERS_ENV,
     SWEEP_ID_ENV,
     TRACKING_URI_ENV,
+    TRIAL_ENV,
 )
 from nbtrack.errors import BadOptionError, NbtrackError, NotebookError
 from nbtrack.record import BATCH_TAG
@@ -213,6 +214,7 @@ class Execution:
     execution_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     cwd: Path | None = None  # where the kernel runs; default: the notebook's folder
     kernel: Kernel | None = None  # default: choose_kernel(notebook), in the execution's process
+    trial: int | None = None  # the Optuna trial it is (nbtrack run --search)
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,9 @@ def kernel_environment(execution: Execution, tracking_uri: str) -> dict[str, str
     """What the execution's kernel is told: which notebook it runs, that it is a batch run, its
     injected parameters, and where runs go.
     """
+    trial = {TRIAL_ENV: str(execution.trial)} if execution.trial is not None else {}
     return {
+        **trial,
         "JPY_SESSION_NAME": str(execution.notebook.resolve()),
         BATCH_ENV: "nbtrack run",
         SWEEP_ID_ENV: execution.sweep_id,

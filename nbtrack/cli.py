@@ -33,11 +33,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="Execute a notebook headless (a sweep with --grid); print the leaderboard.",
-        description="Execute a notebook headless, tracked, once or once per point of a grid. "
-                    "Values go after the notebook's 'parameters' cell, as papermill does. It "
-                    "runs on the kernel the notebook's kernelspec names (python3 when it names "
-                    "none) unless -k names another.",
-        epilog="Example: nbtrack run train.ipynb -p seed=1 --grid C=0.01,0.1,1 -j 2",
+        description="Execute a notebook headless, tracked: once, once per point of a grid, or\n"
+                    "once per trial of an Optuna search. Values go after the notebook's\n"
+                    "'parameters' cell, as papermill does. It runs on the kernel the notebook's\n"
+                    "kernelspec names (python3 when it names none) unless -k names another.",
+        epilog="Examples: nbtrack run train.ipynb -p seed=1 --grid C=0.01,0.1,1 -j 2\n"
+               "          nbtrack run train.ipynb --search 'lr=loguniform(1e-4,1e-1)' "
+               "--search 'depth=int(2,8)' --trials 20 --objective val_auc -j 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("notebook", type=Path, help="The .ipynb to execute.")
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
@@ -55,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
                                                 "(default: the project's name).")
     run.add_argument("-m", "--metric", help="Metric to rank the printed leaderboard by.")
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    search = run.add_argument_group(
+        "search", "Let Optuna choose each execution's values from what earlier ones scored "
+                  "(each trial is a tracked execution; its runs are tagged nbtrack.trial).")
+    search.add_argument("--search", action="append", default=[], metavar="NAME=DIST",
+                        help="A parameter to search; repeatable. DIST: uniform(a,b), "
+                             "loguniform(a,b), int(a,b) or choice(v1,v2,...). --grid values are "
+                             "searched as choices, -p values stay fixed.")
+    search.add_argument("--trials", type=int, default=20, help="How many trials (default 20).")
+    search.add_argument("--objective", metavar="METRIC",
+                        help="The metric the notebook's runs log, to optimize.")
+    search.add_argument("--minimize", action="store_true",
+                        help="Minimize the objective (default: maximize).")
+    search.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
+                        help="Optuna's sampler (default tpe).")
+    search.add_argument("--seed", type=int, default=None, help="Seed of the sampler.")
 
     runs = commands.add_parser("runs", help="Print an experiment's leaderboard.",
                                description="Print an experiment's runs ranked by a metric, the "
@@ -65,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--top", type=int, default=20, help="How many runs (default 20).")
     runs.add_argument("--filter", help="MLflow filter, e.g. \"params.C = '0.1'\".")
     runs.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    runs.add_argument("--html", type=Path, metavar="FILE",
+                      help="Also write the board as a standalone HTML page: the table, the "
+                           "ranked metric against a param (the @champion's run marked), the "
+                           "runs in parallel coordinates, and the curves of the top runs.")
+    runs.add_argument("--param", metavar="NAME",
+                      help="The param the --html page plots the metric against (default: the "
+                           "first numeric param that differs between the runs).")
 
     promote = commands.add_parser(
         "promote", help="Register a run's model and move an alias to the new version.",
@@ -130,12 +155,20 @@ def _wait_for_running_kernels(limit: float = KERNEL_WAIT_SECONDS) -> None:
 
 
 def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table",
-                 filter=None, title=None) -> None:
+                 filter=None, title=None, html=None, param=None) -> None:
     from nbtrack.store import query
 
     _wait_for_running_kernels()
     board = query.leaderboard(experiment=experiment, metric=metric, ascending=ascending, top=top,
                               filter=filter)
+    ranked_by = board.attrs.get("metric")
+    caption = title or f"experiment '{experiment}'"
+    if ranked_by:
+        caption += f", ranked by {ranked_by}"
+    if param and f"params.{param}" not in board.columns:
+        shown = ", ".join(c[len("params."):] for c in board.columns if c.startswith("params."))
+        raise NbtrackError(f"no param {param!r} differs between the listed runs; params here: "
+                           f"{shown or 'none'}.")
     if fmt == "csv":
         print(board.to_csv(index=False), end="")
     elif fmt == "json":
@@ -143,12 +176,15 @@ def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table",
     else:
         from nbtrack.board import render
 
-        ranked_by = board.attrs.get("metric")
-        caption = title or f"experiment '{experiment}'"
-        if ranked_by:
-            caption += f", ranked by {ranked_by}"
         shown = board.drop(columns=["notebook"]) if "notebook" in board else board
         print(render.text_table(shown, caption=caption))
+    if html is not None:
+        from nbtrack.board import plots, render
+
+        body = render.html_table(board, caption=caption) + plots.board_plots(
+            board, ranked_by, param, history=plots.HistoryCache(), interactive=False)
+        html.write_text(render.page(f"nbtrack: {caption}", body), encoding="utf-8")
+        print(f"nbtrack runs: wrote {html}", file=sys.stderr)
 
 
 def _run(args) -> int:
@@ -158,6 +194,8 @@ def _run(args) -> int:
     notebook = args.notebook
     if args.jobs < 1:
         raise NbtrackError("-j/--jobs takes a positive number.")
+    if args.search:
+        return _search(args)
     points = batch.sweep_points(args.parameter, args.grid)
     names = {name for point in points for name in point}
     for warning in batch.check_notebook(notebook, names):
@@ -195,6 +233,59 @@ def _run(args) -> int:
     except NbtrackError as error:
         print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _search(args) -> int:
+    """``nbtrack run --search``: an Optuna study over tracked executions (see nbtrack.search)."""
+    import uuid
+
+    from nbtrack import batch, search
+    from nbtrack.config import resolve_experiment
+    from nbtrack.store.kernel_state import absolute_tracking_uri
+    from nbtrack.store.query import execution_metric
+    from nbtrack.store.recorder import Recorder
+
+    notebook = args.notebook
+    fixed = batch.sweep_points(args.parameter, [])[0]
+    dimensions = [search.parse_dimension(text) for text in args.search]
+    for text in args.grid:  # a grid's values are searched as choices
+        name, values = batch.parse_assignment(text, "--grid")
+        dimensions.append(search.parse_dimension(f"{name}=choice({values})"))
+    spec = search.Search(dimensions, args.trials, args.objective or "", args.minimize,
+                         args.sampler, args.seed, fixed)
+    batch.check_notebook(notebook, set(fixed))
+    spec.check(batch.notebook_parameters(notebook))
+    kernel = batch.choose_kernel(notebook, args.kernel)
+    experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
+    outdir = (args.outdir or notebook.resolve().parent / "runs") / time.strftime(
+        f"{notebook.stem}-search-%Y%m%d-%H%M%S")
+    Recorder(absolute_tracking_uri()).experiment_id(experiment)
+    sweep = uuid.uuid4().hex[:12]
+    trials, _ = search.run_search(
+        spec, search.plan_trial(notebook, outdir, experiment, sweep, kernel),
+        lambda executions: batch.run_sweep(executions, jobs=args.jobs, progress=False),
+        lambda execution: execution_metric(experiment, execution.execution_id, spec.objective),
+        jobs=args.jobs, progress=not args.no_progress)
+    for trial in trials:
+        point = ", ".join(f"{k}={v}" for k, v in trial.parameters.items())
+        status = trial.result.status if trial.state == "COMPLETE" or trial.result.status != "ok" \
+            else "FAILED"
+        reason = trial.result.reason or ("" if trial.value is not None
+                                         else f"its runs logged no {spec.objective!r}")
+        score = f"{spec.objective}={trial.value:.6g}" if trial.value is not None else reason
+        print(f"trial {trial.number:<3} {status:<7} {point}: {score}")
+    best = search.best_trial(trials, spec.minimize)
+    print()
+    if best is not None:
+        print(f"best: trial {best.number}, {spec.objective}={best.value:.6g} "
+              f"({', '.join(f'{k}={v}' for k, v in best.parameters.items())})")
+    try:
+        _print_board(experiment, metric=spec.objective, ascending=spec.minimize,
+                     filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(trials) * 20,
+                     title=f"experiment '{experiment}', this search's trials")
+    except NbtrackError as error:
+        print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)
+    return EXIT_OK if best is not None else EXIT_FAILED
 
 
 def _promote(args) -> int:
@@ -279,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "runs":
             _print_board(args.experiment or _default_experiment(), args.metric, args.asc,
-                         args.top, args.format, filter=args.filter)
+                         args.top, args.format, filter=args.filter, html=args.html,
+                         param=args.param)
             return EXIT_OK
         if args.command == "promote":
             return _promote(args)

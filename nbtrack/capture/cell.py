@@ -24,7 +24,15 @@ from nbtrack.capture.source import CellSyntax, is_shell_name
 from nbtrack.capture.training import cell_models, cell_series, setting_names
 from nbtrack.capture.upstream import upstream_params
 from nbtrack.capture.values import flatten_param, metric_number, param_text
-from nbtrack.config import BATCH_ENV, EXECUTION_ID_ENV, PARAMETERS_ENV, SWEEP_ID_ENV, Nbtrack, batch_runner
+from nbtrack.config import (
+    BATCH_ENV,
+    EXECUTION_ID_ENV,
+    PARAMETERS_ENV,
+    SWEEP_ID_ENV,
+    TRIAL_ENV,
+    Nbtrack,
+    batch_runner,
+)
 from nbtrack.display import short_error as _short
 from nbtrack.record import (
     BATCH_TAG,
@@ -40,6 +48,7 @@ from nbtrack.record import (
     KILLED,
     NOTEBOOK_TAG,
     SWEEP_TAG,
+    TRIAL_TAG,
     UPSTREAM_TAG,
     Artifact,
     CellContext,
@@ -354,7 +363,8 @@ def run_tags(active: ActiveCell, error: BaseException | None, redactor: Redactor
     if runner:
         tags[BATCH_TAG] = runner
     for variable, tag in ((SWEEP_ID_ENV, SWEEP_TAG),
-                          (EXECUTION_ID_ENV, EXECUTION_TAG)):
+                          (EXECUTION_ID_ENV, EXECUTION_TAG),
+                          (TRIAL_ENV, TRIAL_TAG)):
         if active.environ.get(variable):
             tags[tag] = active.environ[variable]
     if error is not None:
@@ -376,6 +386,7 @@ def opening_tags(active: ActiveCell) -> dict[str, str]:
             NOTEBOOK_TAG: notebook}
     for variable, tag in ((SWEEP_ID_ENV, SWEEP_TAG),
                           (EXECUTION_ID_ENV, EXECUTION_TAG),
+                          (TRIAL_ENV, TRIAL_TAG),
                           (BATCH_ENV, BATCH_TAG)):
         if active.environ.get(variable):
             tags[tag] = active.environ[variable]

@@ -357,3 +357,23 @@ def runs_tagged(experiment: str, key: str, value: str, tracking_uri=None) -> lis
         return []
     return client.search_runs([found.experiment_id], filter_string=f"tags.`{key}` = '{value}'",
                               order_by=["attributes.start_time ASC"])
+
+
+def execution_metric(experiment: str, execution_id: str, metric: str,
+                     tracking_uri: str | None = None) -> float | None:
+    """The ``metric`` the runs of one ``nbtrack run`` execution logged: the value of the last
+    run (in cell order) that has it; None when no run of it did.
+    """
+    from mlflow import MlflowClient
+
+    from nbtrack.record import EXECUTION_TAG
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id],
+                              filter_string=f"tags.`{EXECUTION_TAG}` = '{execution_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=1000)
+    values = [run.data.metrics[metric] for run in runs if metric in run.data.metrics]
+    return values[-1] if values else None

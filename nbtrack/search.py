@@ -1,0 +1,208 @@
+"""``nbtrack run --search``: Optuna picks each execution's parameters from what earlier ones scored.
+
+Each trial is an ordinary tracked execution of the notebook (as ``nbtrack run`` makes them), its
+runs tagged with the trial's number; the objective is the metric its runs logged, read back from
+the store, and told to Optuna's study (ask/tell). Up to ``jobs`` trials run at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbtrack.batch import Execution, ExecutionResult, Kernel, parse_assignment, parse_value
+from nbtrack.errors import BadOptionError
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+_SPEC = re.compile(r"^\s*(?P<kind>[a-z]+)\s*\((?P<args>.*)\)\s*$")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched parameter: ``NAME=uniform(a,b)``, ``loguniform(a,b)``, ``int(a,b)`` or
+    ``choice(v1,v2,...)``.
+    """
+
+    name: str
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple = ()
+
+    def distribution(self):
+        """The Optuna distribution it stands for."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high))
+        return FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
+
+
+def parse_dimension(text: str) -> Dimension:
+    """Parse one ``--search NAME=DIST``; raise BadOptionError saying what is wrong.
+
+    >>> parse_dimension("lr=loguniform(1e-4, 1e-1)")
+    Dimension(name='lr', kind='loguniform', low=0.0001, high=0.1, choices=())
+    """
+    name, spec = parse_assignment(text, "--search")
+    match = _SPEC.match(spec)
+    if match is None or match.group("kind") not in DISTRIBUTIONS:
+        raise BadOptionError(
+            f"--search {text!r}: {spec.strip()!r} is not a distribution; use one of "
+            "uniform(a,b), loguniform(a,b), int(a,b), choice(v1,v2,...).")
+    kind = match.group("kind")
+    values = [parse_value(v.strip()) for v in match.group("args").split(",") if v.strip()]
+    if kind == "choice":
+        if not values:
+            raise BadOptionError(f"--search {text!r}: choice(...) needs at least one value.")
+        return Dimension(name, kind, choices=tuple(values))
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   for v in values):
+        raise BadOptionError(f"--search {text!r}: {kind}(a,b) takes two numbers.")
+    low, high = values
+    if not low < high:
+        raise BadOptionError(f"--search {text!r}: {kind}(a,b) needs a < b.")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise BadOptionError(f"--search {text!r}: int(a,b) takes whole numbers.")
+    if kind == "loguniform" and low <= 0:
+        raise BadOptionError(f"--search {text!r}: loguniform(a,b) needs a > 0.")
+    return Dimension(name, kind, float(low), float(high))
+
+
+@dataclass
+class Trial:
+    """One trial: its Optuna number, parameters, and how its execution ended."""
+
+    number: int
+    parameters: dict
+    result: ExecutionResult | None = None
+    value: float | None = None
+    state: str = "RUNNING"  # COMPLETE, FAILED (execution failed or no objective)
+
+
+@dataclass
+class Search:
+    """A search's settings, checked before anything runs."""
+
+    dimensions: list[Dimension]
+    trials: int
+    objective: str
+    minimize: bool = False
+    sampler: str = "tpe"
+    seed: int | None = None
+    fixed: dict = field(default_factory=dict)
+
+    def check(self, notebook_names: set[str] | None) -> None:
+        """Raise BadOptionError for a spec that cannot run: no objective, no trials, a name the
+        notebook's parameters cell lacks, a name searched twice.
+        """
+        if not self.objective:
+            raise BadOptionError("--search needs --objective METRIC: the metric to optimize.")
+        if self.trials < 1:
+            raise BadOptionError("--trials takes a positive number.")
+        if self.sampler not in ("tpe", "random"):
+            raise BadOptionError(f"--sampler {self.sampler!r}: use tpe or random.")
+        names = [d.name for d in self.dimensions]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise BadOptionError(f"--search: {', '.join(twice)} searched more than once.")
+        if notebook_names is None:
+            raise BadOptionError("--search: the notebook has no cell tagged 'parameters', so the "
+                                 "searched values have nowhere to go.")
+        missing = [n for n in names if n not in notebook_names]
+        if missing:
+            raise BadOptionError(
+                f"--search: {', '.join(map(repr, missing))} not set in the notebook's parameters "
+                f"cell (it sets: {', '.join(sorted(notebook_names)) or 'nothing'}).")
+
+    def study(self, name: str):
+        """A new Optuna study for this search."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = (optuna.samplers.RandomSampler(seed=self.seed) if self.sampler == "random"
+                   else optuna.samplers.TPESampler(seed=self.seed))
+        return optuna.create_study(study_name=name, sampler=sampler,
+                                   direction="minimize" if self.minimize else "maximize")
+
+
+def run_search(search: Search, make_execution: Callable[[int, dict], Execution],
+               run_batch: Callable[[list[Execution]], list[ExecutionResult]],
+               objective_of: Callable[[Execution], float | None], jobs: int = 1,
+               progress: bool = True) -> tuple[list[Trial], Any]:
+    """Ask Optuna for ``jobs`` trials at a time, run their executions, tell it what they scored.
+
+    ``make_execution(number, parameters)`` names an execution, ``run_batch`` runs a list of them
+    at once, ``objective_of`` reads the objective an execution's runs logged (None: none).
+    Returns every trial and the study.
+    """
+    from tqdm.auto import tqdm
+
+    study = search.study("nbtrack")
+    distributions = {d.name: d.distribution() for d in search.dimensions}
+    trials: list[Trial] = []
+    with tqdm(total=search.trials, desc="trials", unit="trial", disable=not progress,
+              file=sys.stderr) as bar:
+        while len(trials) < search.trials:
+            batch = []
+            for _ in range(min(jobs, search.trials - len(trials))):
+                asked = study.ask(distributions)
+                trial = Trial(asked.number, {**search.fixed, **asked.params})
+                batch.append((asked, trial, make_execution(asked.number, trial.parameters)))
+            results = run_batch([execution for _, _, execution in batch])
+            for (asked, trial, execution), result in zip(batch, results, strict=True):
+                trial.result = result
+                trial.value = objective_of(execution) if result.status == "ok" else None
+                if trial.value is None or not math.isfinite(trial.value):
+                    import optuna
+
+                    study.tell(asked, state=optuna.trial.TrialState.FAIL)
+                    trial.state = "FAILED"
+                else:
+                    study.tell(asked, trial.value)
+                    trial.state = "COMPLETE"
+                trials.append(trial)
+                bar.update(1)
+                best = best_trial(trials, search.minimize)
+                if best is not None:
+                    bar.set_postfix_str(f"best {search.objective}={best.value:.4g} "
+                                        f"(trial {best.number})")
+    return trials, study
+
+
+def best_trial(trials: Sequence[Trial], minimize: bool) -> Trial | None:
+    """The completed trial with the best objective."""
+    done = [t for t in trials if t.state == "COMPLETE"]
+    if not done:
+        return None
+    return (min if minimize else max)(done, key=lambda t: t.value)
+
+
+def trial_label(number: int, parameters: dict) -> str:
+    """The name of a trial's executed notebook: ``trial-003-lr=0.01-depth=4``."""
+    label = "-".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in parameters.items())
+    return f"trial-{number:03d}-" + re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)[:80]
+
+
+def plan_trial(notebook: Path, outdir: Path, experiment: str, sweep_id: str,
+               kernel: Kernel | None) -> Callable[[int, dict], Execution]:
+    """The ``make_execution`` of :func:`run_search` for one notebook and folder."""
+
+    def make(number: int, parameters: dict) -> Execution:
+        output = outdir / f"{notebook.stem}-{trial_label(number, parameters)}.ipynb"
+        return Execution(notebook, output, parameters, experiment, sweep_id, kernel=kernel,
+                         trial=number)
+
+    return make

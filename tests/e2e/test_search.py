@@ -1,0 +1,68 @@
+"""nbtrack run --search: Optuna over real tracked executions in real kernels."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import nbtrack_cli, write_notebook
+
+# A score whose best is at x = 2 and depth = 3: a search should find its region.
+CELLS = ["%load_ext nbtrack",
+         "%%track -n fit\nscore = 10 - (x - 2) ** 2 - abs(depth - 3)\nloss = -score"]
+
+
+@pytest.fixture
+def notebook(tmp_path, store):
+    return write_notebook(tmp_path / "project" / "search.ipynb", CELLS,
+                          parameters="x = 0.0\ndepth = 1\nkind = 'a'")
+
+
+def test_search_runs_trials_tagged_with_their_number_and_finds_a_good_point(notebook, client):
+    done = nbtrack_cli("run", "search.ipynb", "--search", "x=uniform(-4, 4)",
+                       "--search", "depth=int(1, 6)", "--grid", "kind=a,b", "-p", "unused=1",
+                       "--trials", "6", "--objective", "score", "--sampler", "random",
+                       "--seed", "3", "-j", "2", "-e", "opt", "--no-progress",
+                       cwd=notebook.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    experiment = client.get_experiment_by_name("opt")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(int(r.data.tags["nbtrack.trial"]) for r in runs) == list(range(6))
+    for run in runs:  # each trial's values are the ones its run saw
+        x, depth = float(run.data.params["x"]), int(run.data.params["depth"])
+        assert -4 <= x <= 4 and 1 <= depth <= 6 and run.data.params["kind"] in ("a", "b")
+        assert run.data.metrics["score"] == pytest.approx(10 - (x - 2) ** 2 - abs(depth - 3))
+    best = max(runs, key=lambda r: r.data.metrics["score"])
+    assert f"best: trial {best.data.tags['nbtrack.trial']}, score=" in done.stdout
+    assert done.stdout.count("\ntrial ") + done.stdout.startswith("trial ") == 6
+    executed = list((notebook.parent / "runs").rglob("*.ipynb"))
+    assert len(executed) == 6 and all("-trial-" in p.name for p in executed)
+
+
+def test_minimize_picks_the_lowest_objective_as_best(notebook, client):
+    done = nbtrack_cli("run", "search.ipynb", "--search", "x=uniform(-4, 4)", "--trials", "3",
+                       "--objective", "loss", "--minimize", "--seed", "1", "-e", "min",
+                       "--no-progress", cwd=notebook.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    losses = [float(line.rsplit("loss=", 1)[1]) for line in done.stdout.splitlines()
+              if line.startswith("trial ")]
+    best = next(line for line in done.stdout.splitlines() if line.startswith("best:"))
+    assert len(losses) == 3 and f"loss={min(losses):.6g} " in best
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--search", "x=normal(0,1)"], "is not a distribution"),
+    (["--search", "x=uniform(3,1)"], "needs a < b"),
+    (["--search", "x=loguniform(0,1)"], "needs a > 0"),
+    (["--search", "x=int(1.5,3)"], "whole numbers"),
+    (["--search", "nope=uniform(0,1)"], "'nope' not set in the notebook's parameters cell"),
+    (["--search", "x=uniform(0,1)", "--objective", ""], "needs --objective"),
+    (["--search", "x=uniform(0,1)", "--trials", "0"], "positive number"),
+])
+def test_bad_search_specs_fail_before_anything_runs(notebook, args, message):
+    full = ["run", "search.ipynb", *args, "--no-progress"]
+    if "--objective" not in args:
+        full += ["--objective", "score"]
+    done = nbtrack_cli(*full, cwd=notebook.parent)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert message in line, line
+    assert not (notebook.parent / "runs").exists()
