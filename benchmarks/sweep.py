@@ -97,7 +97,8 @@ def verify(folder: Path, n: int) -> list[str]:
     experiment = client.get_experiment_by_name("sweep")
     if experiment is None:
         return ["experiment 'sweep' was not created"]
-    runs = client.search_runs([experiment.experiment_id], max_results=10_000)
+    runs = [run for run in client.search_runs([experiment.experiment_id], max_results=10_000)
+            if "nbtrack.sweep_parent" not in run.data.tags]  # the sweep's parent run
     problems = []
     if len(runs) != n:
         problems.append(f"{len(runs)} runs, not {n}")

@@ -27,6 +27,7 @@ from nbtrack.config import (
     EXECUTION_ID_ENV,
     EXPERIMENT_NAME_ENV,
     PARAMETERS_ENV,
+    PARENT_RUN_ENV,
     SWEEP_ID_ENV,
     TRACKING_URI_ENV,
     TRIAL_ENV,
@@ -215,6 +216,7 @@ class Execution:
     cwd: Path | None = None  # where the kernel runs; default: the notebook's folder
     kernel: Kernel | None = None  # default: choose_kernel(notebook), in the execution's process
     trial: int | None = None  # the Optuna trial it is (nbtrack run --search)
+    parent_run: str | None = None  # the sweep's parent run, whose children its runs are
 
 
 @dataclass(frozen=True)
@@ -229,18 +231,19 @@ class ExecutionResult:
 
 
 def plan(notebook: Path, points: list[dict], outdir: Path, experiment: str,
-         kernel: Kernel | None = None) -> list[Execution]:
+         kernel: Kernel | None = None, sweep_id: str | None = None,
+         parent_run: str | None = None) -> list[Execution]:
     """Name the executions of a sweep, the kernel they run on and where their executed notebooks
     go.
     """
-    sweep_id = uuid.uuid4().hex[:12]
+    sweep_id = sweep_id or uuid.uuid4().hex[:12]
     executions = []
     for index, point in enumerate(points, start=1):
         label = "-".join(f"{k}={v}" for k, v in point.items())
         label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)[:80]
         name = f"{notebook.stem}-{index:02d}" + (f"-{label}" if label else "") + ".ipynb"
         executions.append(Execution(notebook, outdir / name, point, experiment, sweep_id,
-                                    kernel=kernel))
+                                    kernel=kernel, parent_run=parent_run))
     return executions
 
 
@@ -248,9 +251,11 @@ def kernel_environment(execution: Execution, tracking_uri: str) -> dict[str, str
     """What the execution's kernel is told: which notebook it runs, that it is a batch run, its
     injected parameters, and where runs go.
     """
-    trial = {TRIAL_ENV: str(execution.trial)} if execution.trial is not None else {}
+    extra = {TRIAL_ENV: str(execution.trial)} if execution.trial is not None else {}
+    if execution.parent_run:
+        extra[PARENT_RUN_ENV] = execution.parent_run
     return {
-        **trial,
+        **extra,
         "JPY_SESSION_NAME": str(execution.notebook.resolve()),
         BATCH_ENV: "nbtrack run",
         SWEEP_ID_ENV: execution.sweep_id,

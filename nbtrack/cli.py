@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from nbtrack.config import TRACKING_URI_ENV
@@ -87,9 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="Also write the board as a standalone HTML page: the table, the "
                            "ranked metric against a param (the @champion's run marked), the "
                            "runs in parallel coordinates, and the curves of the top runs.")
-    runs.add_argument("--param", metavar="NAME",
-                      help="The param the --html page plots the metric against (default: the "
-                           "first numeric param that differs between the runs).")
+    runs.add_argument("--param", metavar="NAME", help="The param --html plots the metric "
+                      "against (default: the first numeric one that differs).")
 
     promote = commands.add_parser(
         "promote", help="Register a run's model and move an alias to the new version.",
@@ -165,10 +165,10 @@ def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table",
     caption = title or f"experiment '{experiment}'"
     if ranked_by:
         caption += f", ranked by {ranked_by}"
-    if param and f"params.{param}" not in board.columns:
-        shown = ", ".join(c[len("params."):] for c in board.columns if c.startswith("params."))
-        raise NbtrackError(f"no param {param!r} differs between the listed runs; params here: "
-                           f"{shown or 'none'}.")
+    if html is not None:
+        from nbtrack.board import plots
+
+        page = plots.page(board, caption, param)  # before printing: a bad --param is exit 2
     if fmt == "csv":
         print(board.to_csv(index=False), end="")
     elif fmt == "json":
@@ -179,11 +179,7 @@ def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table",
         shown = board.drop(columns=["notebook"]) if "notebook" in board else board
         print(render.text_table(shown, caption=caption))
     if html is not None:
-        from nbtrack.board import plots, render
-
-        body = render.html_table(board, caption=caption) + plots.board_plots(
-            board, ranked_by, param, history=plots.HistoryCache(), interactive=False)
-        html.write_text(render.page(f"nbtrack: {caption}", body), encoding="utf-8")
+        html.write_text(page, encoding="utf-8")
         print(f"nbtrack runs: wrote {html}", file=sys.stderr)
 
 
@@ -210,9 +206,23 @@ def _run(args) -> int:
     from nbtrack.store.kernel_state import absolute_tracking_uri
     from nbtrack.store.recorder import Recorder
 
-    Recorder(absolute_tracking_uri()).experiment_id(experiment)
-    executions = batch.plan(notebook, points, outdir, experiment, kernel)
+    recorder = Recorder(absolute_tracking_uri())
+    recorder.experiment_id(experiment)
+    sweep = uuid.uuid4().hex[:12]
+    parent = None
+    if len(points) > 1:
+        from nbtrack.store import sweeps
+
+        grid = {f"grid.{k}": v for k, v in (batch.parse_assignment(t, "--grid") for t in args.grid)}
+        parent = sweeps.open_sweep(recorder, experiment, f"{notebook.stem} sweep", sweep,
+                                   {**grid, **{f"fixed.{k}": v for k, v in
+                                               batch.sweep_points(args.parameter, [])[0].items()}})
+    executions = batch.plan(notebook, points, outdir, experiment, kernel, sweep, parent)
     results = batch.run_sweep(executions, jobs=args.jobs, progress=not args.no_progress)
+    if parent is not None:
+        counts = {f"executions_{s.lower()}": sum(r.status == s for r in results)
+                  for s in (batch.OK, batch.FAILED, batch.KILLED)}
+        sweeps.close_sweep(recorder, parent, counts, {}, failed=counts["executions_ok"] == 0)
     failed = 0
     for result in results:
         point = ", ".join(f"{k}={v}" for k, v in result.execution.parameters.items())
@@ -225,7 +235,6 @@ def _run(args) -> int:
             print(f"{result.status:<7} {where}" + (f"  ({point})" if point else "")
                   + f": {result.reason}")
     print()
-    sweep = executions[0].sweep_id
     try:
         _print_board(experiment, metric=args.metric,
                      filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(points) * 20,
@@ -237,10 +246,9 @@ def _run(args) -> int:
 
 def _search(args) -> int:
     """``nbtrack run --search``: an Optuna study over tracked executions (see nbtrack.search)."""
-    import uuid
-
     from nbtrack import batch, search
     from nbtrack.config import resolve_experiment
+    from nbtrack.store import sweeps
     from nbtrack.store.kernel_state import absolute_tracking_uri
     from nbtrack.store.query import execution_metric
     from nbtrack.store.recorder import Recorder
@@ -259,10 +267,17 @@ def _search(args) -> int:
     experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
     outdir = (args.outdir or notebook.resolve().parent / "runs") / time.strftime(
         f"{notebook.stem}-search-%Y%m%d-%H%M%S")
-    Recorder(absolute_tracking_uri()).experiment_id(experiment)
+    recorder = Recorder(absolute_tracking_uri())
+    recorder.experiment_id(experiment)
     sweep = uuid.uuid4().hex[:12]
+    space = {f"search.{d.name}": (f"choice{d.choices}" if d.kind == "choice"
+                                  else f"{d.kind}({d.low:g}, {d.high:g})") for d in dimensions}
+    parent = sweeps.open_sweep(recorder, experiment, f"{notebook.stem} search", sweep, {
+        **space, **{f"fixed.{k}": v for k, v in fixed.items()}, "sampler": spec.sampler,
+        "objective": spec.objective, "direction": "minimize" if spec.minimize else "maximize",
+        "trials": spec.trials, "seed": spec.seed})
     trials, _ = search.run_search(
-        spec, search.plan_trial(notebook, outdir, experiment, sweep, kernel),
+        spec, search.plan_trial(notebook, outdir, experiment, sweep, kernel, parent),
         lambda executions: batch.run_sweep(executions, jobs=args.jobs, progress=False),
         lambda execution: execution_metric(experiment, execution.execution_id, spec.objective),
         jobs=args.jobs, progress=not args.no_progress)
@@ -275,6 +290,14 @@ def _search(args) -> int:
         score = f"{spec.objective}={trial.value:.6g}" if trial.value is not None else reason
         print(f"trial {trial.number:<3} {status:<7} {point}: {score}")
     best = search.best_trial(trials, spec.minimize)
+    counts = {"trials_complete": sum(t.state == "COMPLETE" for t in trials),
+              "trials_failed": sum(t.state == "FAILED" for t in trials)}
+    best_tags = {}
+    if best is not None:
+        counts[f"best_{spec.objective}"] = best.value
+        best_tags = {"nbtrack.best_trial": str(best.number),
+                     **{f"nbtrack.best.{k}": str(v) for k, v in best.parameters.items()}}
+    sweeps.close_sweep(recorder, parent, counts, best_tags, failed=best is None)
     print()
     if best is not None:
         print(f"best: trial {best.number}, {spec.objective}={best.value:.6g} "

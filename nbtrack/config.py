@@ -109,6 +109,8 @@ BATCH_ENV = "NBTRACK_BATCH"
 SWEEP_ID_ENV = "NBTRACK_SWEEP_ID"
 # The Optuna trial an execution of `nbtrack run --search` is (its runs are tagged with it).
 TRIAL_ENV = "NBTRACK_TRIAL"
+# The sweep's parent run: an execution's runs are its children (mlflow.parentRunId).
+PARENT_RUN_ENV = "NBTRACK_PARENT_RUN_ID"
 PARAMETERS_ENV = "NBTRACK_PARAMETERS"
 WAIT_FOR_STORE_ENV = "NBTRACK_WAIT_FOR_STORE"
 JOURNAL_DIR_ENV = "NBTRACK_JOURNAL_DIR"

@@ -197,12 +197,13 @@ def trial_label(number: int, parameters: dict) -> str:
 
 
 def plan_trial(notebook: Path, outdir: Path, experiment: str, sweep_id: str,
-               kernel: Kernel | None) -> Callable[[int, dict], Execution]:
+               kernel: Kernel | None, parent_run: str | None = None
+               ) -> Callable[[int, dict], Execution]:
     """The ``make_execution`` of :func:`run_search` for one notebook and folder."""
 
     def make(number: int, parameters: dict) -> Execution:
         output = outdir / f"{notebook.stem}-{trial_label(number, parameters)}.ipynb"
         return Execution(notebook, output, parameters, experiment, sweep_id, kernel=kernel,
-                         trial=number)
+                         trial=number, parent_run=parent_run)
 
     return make

@@ -50,6 +50,11 @@ def own_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("system/")}
 
 
+def cell_runs(runs: list) -> list:
+    """The runs tracked cells made, without a sweep's parent run (tag ``nbtrack.sweep_parent``)."""
+    return [run for run in runs if "nbtrack.sweep_parent" not in run.data.tags]
+
+
 def nbtrack_cli(*args: str, cwd=None, env: dict[str, str] | None = None, timeout: float = 900,
                 check: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m nbtrack ARGS`` in ``cwd`` (environment: this one plus ``env``); with

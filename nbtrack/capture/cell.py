@@ -28,6 +28,7 @@ from nbtrack.config import (
     BATCH_ENV,
     EXECUTION_ID_ENV,
     PARAMETERS_ENV,
+    PARENT_RUN_ENV,
     SWEEP_ID_ENV,
     TRIAL_ENV,
     Nbtrack,
@@ -47,6 +48,7 @@ from nbtrack.record import (
     HIDDEN_STATE_TAG,
     KILLED,
     NOTEBOOK_TAG,
+    PARENT_RUN_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
     UPSTREAM_TAG,
@@ -364,7 +366,8 @@ def run_tags(active: ActiveCell, error: BaseException | None, redactor: Redactor
         tags[BATCH_TAG] = runner
     for variable, tag in ((SWEEP_ID_ENV, SWEEP_TAG),
                           (EXECUTION_ID_ENV, EXECUTION_TAG),
-                          (TRIAL_ENV, TRIAL_TAG)):
+                          (TRIAL_ENV, TRIAL_TAG),
+                          (PARENT_RUN_ENV, PARENT_RUN_TAG)):
         if active.environ.get(variable):
             tags[tag] = active.environ[variable]
     if error is not None:
@@ -387,6 +390,7 @@ def opening_tags(active: ActiveCell) -> dict[str, str]:
     for variable, tag in ((SWEEP_ID_ENV, SWEEP_TAG),
                           (EXECUTION_ID_ENV, EXECUTION_TAG),
                           (TRIAL_ENV, TRIAL_TAG),
+                          (PARENT_RUN_ENV, PARENT_RUN_TAG),
                           (BATCH_ENV, BATCH_TAG)):
         if active.environ.get(variable):
             tags[tag] = active.environ[variable]

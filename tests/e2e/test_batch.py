@@ -12,7 +12,7 @@ import urllib.request
 
 import nbformat
 import pytest
-from conftest import nbtrack_cli, write_notebook
+from conftest import cell_runs, nbtrack_cli, write_notebook
 
 SWEEP_CELLS = [
     "%load_ext nbtrack",
@@ -32,7 +32,7 @@ def sweep_notebook(tmp_path, store):
 
 def experiment_runs(client, name):
     experiment = client.get_experiment_by_name(name)
-    return client.search_runs([experiment.experiment_id]) if experiment else []
+    return cell_runs(client.search_runs([experiment.experiment_id])) if experiment else []
 
 
 def test_grid_with_two_jobs_runs_every_point_with_its_params_and_notebook(sweep_notebook,
@@ -60,6 +60,12 @@ def test_grid_with_two_jobs_runs_every_point_with_its_params_and_notebook(sweep_
     board = done.stdout[done.stdout.index("this run's executions"):].splitlines()
     assert [line.split()[0] for line in board[2:5]] == ["1", "2", "3"]
     assert board[2].split()[1] == "fit" and "0.3" in board[2]
+    # One parent run for the sweep, its executions' runs its children (the MLflow UI groups them).
+    [parent] = [r for r in client.search_runs([runs[0].info.experiment_id])
+                if "nbtrack.sweep_parent" in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert parent.data.params["grid.C"] == "0.1,0.2,0.3" and parent.data.params["fixed.seed"] == "5"
+    assert parent.data.metrics["executions_ok"] == 3 and parent.info.status == "FINISHED"
 
 
 def test_failed_and_killed_executions_leave_the_others_and_exit_non_zero(sweep_notebook, client):
@@ -178,7 +184,7 @@ def test_ui_serves_mlflows_own_ui_on_the_same_store(store, tmp_path):
 
 def test_python_m_nbtrack_is_the_cli(tmp_path):
     done = nbtrack_cli("run", "--help", cwd=tmp_path)
-    assert done.returncode == 0 and "--grid" in done.stdout and "Example:" in done.stdout
+    assert done.returncode == 0 and "--grid" in done.stdout and "Examples:" in done.stdout
 
 
 def test_nbconvert_execution_is_tagged_batch_and_saves_the_static_board(tmp_path, store, client):

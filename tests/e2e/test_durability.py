@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import nbtrack_cli, own_metrics, write_notebook
+from conftest import cell_runs, nbtrack_cli, own_metrics, write_notebook
 
 
 def sync():
@@ -492,7 +492,7 @@ def assert_complete(store: str, experiment: str, indexes: range) -> None:
 
     client = MlflowClient(tracking_uri=store)
     found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id])
+    runs = cell_runs(client.search_runs([found.experiment_id]))
     scores = sorted(r.data.metrics.get("score") for r in runs)
     assert scores == [index * 10 + 0.5 for index in indexes]
     for run in runs:
@@ -604,7 +604,8 @@ def test_tracking_server_killed_and_restarted_in_the_middle_of_a_sweep(tmp_path)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and sweep.poll() is None:
             experiment = client.get_experiment_by_name("served-sweep")
-            if experiment is not None and len(client.search_runs([experiment.experiment_id])) >= 2:
+            if experiment is not None and len(cell_runs(
+                    client.search_runs([experiment.experiment_id]))) >= 2:
                 break
             time.sleep(0.5)
         assert sweep.poll() is None, "the sweep ended before the server could be killed"
@@ -621,7 +622,7 @@ def test_tracking_server_killed_and_restarted_in_the_middle_of_a_sweep(tmp_path)
                    for text in executed), output[-4000:]
         assert not any("View run" in text for text in executed)  # MLflow's URL lines stay out
         experiment = client.get_experiment_by_name("served-sweep")
-        runs = client.search_runs([experiment.experiment_id])
+        runs = cell_runs(client.search_runs([experiment.experiment_id]))
         assert sorted(int(run.data.params["index"]) for run in runs) == [0, 1, 2, 3, 4, 5]
         for run in runs:
             index = int(run.data.params["index"])

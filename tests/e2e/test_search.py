@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import nbtrack_cli, write_notebook
+from conftest import cell_runs, nbtrack_cli, write_notebook
 
 # A score whose best is at x = 2 and depth = 3: a search should find its region.
 CELLS = ["%load_ext nbtrack",
@@ -24,8 +24,16 @@ def test_search_runs_trials_tagged_with_their_number_and_finds_a_good_point(note
                        cwd=notebook.parent)
     assert done.returncode == 0, done.stdout + done.stderr
     experiment = client.get_experiment_by_name("opt")
-    runs = client.search_runs([experiment.experiment_id])
+    every = client.search_runs([experiment.experiment_id])
+    runs = cell_runs(every)
     assert sorted(int(r.data.tags["nbtrack.trial"]) for r in runs) == list(range(6))
+    # One parent run for the search: its space, sampler and best trial; the trials its children.
+    [parent] = [r for r in every if "nbtrack.sweep_parent" in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert parent.data.params["search.x"] == "uniform(-4, 4)"
+    assert parent.data.params["sampler"] == "random" and parent.data.params["objective"] == "score"
+    assert parent.data.metrics["trials_complete"] == 6
+    assert parent.data.metrics["best_score"] == max(r.data.metrics["score"] for r in runs)
     for run in runs:  # each trial's values are the ones its run saw
         x, depth = float(run.data.params["x"]), int(run.data.params["depth"])
         assert -4 <= x <= 4 and 1 <= depth <= 6 and run.data.params["kind"] in ("a", "b")

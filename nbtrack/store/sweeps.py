@@ -1,0 +1,44 @@
+"""A sweep's parent run: one MLflow run per ``nbtrack run`` sweep or search, its executions' runs
+its children (``mlflow.parentRunId``), so the MLflow UI and the board group them.
+
+The parent holds what the sweep was (its search space or grid, the sampler, the objective) and,
+once it ends, how it went: the best trial's params and objective, and counts of trials by state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from nbtrack.record import SWEEP_TAG
+
+SWEEP_PARENT_TAG = "nbtrack.sweep_parent"  # on the parent: it is a sweep's, not a cell's
+
+
+def open_sweep(recorder, experiment: str, name: str, sweep_id: str,
+               params: Mapping[str, str]) -> str:
+    """Create the sweep's parent run (RUNNING) in ``experiment``; return its id."""
+    from mlflow.entities import Param, RunTag
+
+    client = recorder.client
+    run = client.create_run(
+        recorder.experiment_id(experiment), run_name=name,
+        start_time=int(time.time() * 1000),
+        tags={SWEEP_TAG: sweep_id, SWEEP_PARENT_TAG: "true", "mlflow.runName": name,
+              "mlflow.source.type": "PROJECT"})
+    client.log_batch(run.info.run_id,
+                     params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                     tags=[RunTag("mlflow.note.content", f"Sweep {sweep_id} of nbtrack run.")])
+    return run.info.run_id
+
+
+def close_sweep(recorder, run_id: str, metrics: Mapping[str, float],
+                tags: Mapping[str, str], failed: bool = False) -> None:
+    """Record how the sweep went on its parent run and end it."""
+    from mlflow.entities import Metric, RunTag
+
+    client = recorder.client
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=now)
