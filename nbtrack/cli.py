@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                     "code 1 while anything is pending.")
 
     _add_rebuild_commands(commands)
+    from nbtrack import publish
+
+    publish.add_commands(commands)  # push, export, import: each sets its handler
 
     ui = commands.add_parser("ui", help="Start MLflow's own UI on the store nbtrack uses.",
                              description="Start `mlflow ui` on the same store nbtrack writes to "
@@ -406,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             return _reproduce(args)
         if args.command == "diff":
             return _diff(args)
+        if getattr(args, "handler", None) is not None:
+            return args.handler(args)
     except NbtrackError as error:
         print(f"nbtrack {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
