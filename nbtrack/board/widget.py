@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Callable
 
 import ipywidgets as widgets
 
 from nbtrack import display
-from nbtrack.board import render
+from nbtrack.board import plots, render
 from nbtrack.errors import NbtrackError
 from nbtrack.store import query, registry
 
@@ -64,6 +63,7 @@ class Leaderboard(widgets.VBox):
         self._versions: dict[str, list] = {}
         self._metric = metric
         self._refreshing = False
+        self._history = plots.HistoryCache(tracking_uri)  # series read once per (run, key)
 
         self.metric_choice = _with_class(widgets.Dropdown(description="rank by"), "nbtrack-metric")
         self.ascending_toggle = _with_class(
@@ -78,6 +78,9 @@ class Leaderboard(widgets.VBox):
         self.refresh_button = _with_class(widgets.Button(description="Refresh", icon="refresh"),
                                           "nbtrack-refresh")
         self.table = _with_class(widgets.HTML(), "nbtrack-table")
+        self.param_choice = _with_class(widgets.Dropdown(options=[], description="against"),
+                                        "nbtrack-param")
+        self.plots = _with_class(widgets.HTML(), "nbtrack-plots")
         self.selector = _with_class(
             widgets.SelectMultiple(options=[], rows=6, description="runs",
                                    layout=widgets.Layout(width="640px")),
@@ -108,6 +111,7 @@ class Leaderboard(widgets.VBox):
         self.ascending_toggle.observe(lambda _: self.refresh(), names="value")
         self.filter_box.observe(lambda _: self.refresh(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
+        self.param_choice.observe(lambda _: self._refreshing or self._draw(), names="value")
         self.selector.observe(lambda change: self._on_selection(change["new"]), names="value")
         self.version_choice.observe(lambda _: self.show_candidate(), names="value")
         self.alias.observe(lambda _: self.show_candidate(), names="value")
@@ -118,7 +122,8 @@ class Leaderboard(widgets.VBox):
         super().__init__(children=[
             widgets.HBox([self.metric_choice, self.ascending_toggle, self.filter_box,
                           self.refresh_button]),
-            self.table,
+            widgets.HBox([self.table, widgets.VBox([self.param_choice, self.plots])],
+                         layout=widgets.Layout(flex_flow="row wrap")),
             self.selector,
             widgets.HBox([self.model_name, self.register_button]),
             widgets.HBox([self.version_choice, self.alias, self.set_alias_button,
@@ -176,6 +181,10 @@ class Leaderboard(widgets.VBox):
             self.selector.options = [(self._label(row), row["run_id"])
                                      for _, row in board.iterrows()]
             self.selector.value = tuple(selected)
+            params = plots.param_names(board)
+            chosen = self.param_choice.value
+            self.param_choice.options = params
+            self.param_choice.value = chosen if chosen in params else plots.default_param(board)
         finally:
             self._refreshing = False
         self._draw()
@@ -292,6 +301,12 @@ class Leaderboard(widgets.VBox):
         self.table.value = render.html_table(self.runs, selected=self.selected,
                                              alias=self.alias.value.strip() or "champion",
                                              caption=self._caption())
+        self.plots.value = self._plots_html(self.selected)
+
+    def _plots_html(self, selected=()) -> str:
+        # String formatting and cached reads: safe on the writer thread that refreshes the board.
+        return plots.board_plots(self.runs, self._metric, self.param_choice.value, selected,
+                                 self._history, alias=self.alias.value.strip() or "champion")
 
     def _caption(self) -> str:
         order = "lowest first" if self.ascending else "highest first"
@@ -372,9 +387,6 @@ class Leaderboard(widgets.VBox):
 
             facts = [query.run_facts(run_id, self.tracking_uri) for run_id in run_ids]
             parts.append(render.diff_html(diff.compare(*facts)))
-        plot = _history_plot(runs, self.tracking_uri)
-        if plot:
-            parts.append(_img(plot, "metric histories"))
         for run in runs:
             for path, png in query.figure_images(run.info.run_id, self.tracking_uri):
                 parts.append(_img(png, f"{run.data.tags.get('mlflow.runName', '')}: {path}"))
@@ -397,11 +409,14 @@ class Leaderboard(widgets.VBox):
     # -- display -----------------------------------------------------------------------------
 
     def static_html(self) -> str:
-        """The board as a static HTML table (what nbconvert and code hosts show)."""
+        """The board as static HTML, its table and pictures (what nbconvert and code hosts show)."""
         if self.runs is None:
             return "<p>nbtrack leaderboard: no runs read yet</p>"
         return render.html_table(self.runs, alias=self.alias.value.strip() or "champion",
-                                 caption=self._caption())
+                                 caption=self._caption()) + self._plots_html(self.selected)
+
+    def _repr_html_(self) -> str:
+        return self.static_html()
 
     def static_text(self) -> str:
         """The board as plain text (what terminals show)."""
@@ -430,36 +445,6 @@ def _img(png: bytes, label: str) -> str:
     return (f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,'
             f'{data}" style="max-width:360px"><figcaption>{html.escape(label)}</figcaption>'
             f"</figure>")
-
-
-def _history_plot(runs, tracking_uri) -> bytes | None:
-    """One PNG with a panel per metric that has a history (more than one point) in any run."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    histories: dict[str, dict[str, list]] = {}
-    for run in runs:
-        for key in run.data.metrics:
-            points = query.metric_history(run.info.run_id, key, tracking_uri)
-            if len(points) > 1:
-                name = run.data.tags.get("mlflow.runName", run.info.run_id)
-                histories.setdefault(key, {})[name] = points
-    if not histories:
-        return None
-    # A Figure without pyplot: nothing is shown in the notebook, nothing is left open.
-    figure = Figure(figsize=(4 * len(histories), 3))
-    FigureCanvasAgg(figure)
-    for index, (key, by_run) in enumerate(sorted(histories.items()), start=1):
-        axes = figure.add_subplot(1, len(histories), index)
-        for name, points in by_run.items():
-            axes.plot([s for s, _ in points], [v for _, v in points], label=name)
-        axes.set_title(key)
-        axes.set_xlabel("step")
-        axes.legend(fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def _data_differs(run_a: str | None, run_b: str | None, tracking_uri=None) -> str:
