@@ -132,8 +132,6 @@ def _wait_for_running_kernels(limit: float = KERNEL_WAIT_SECONDS) -> None:
     """Read your writes from a shell too: give running kernels' background writers a moment to
     store the runs of cells that just ended; say so when some are still on their way.
     """
-    import time
-
     from nbtrack.durable.journal import KernelJournal, kernel_folders, waiting_count
 
     def queued() -> int:
@@ -184,134 +182,6 @@ def _print_board(experiment, metric=None, ascending=False, top=20, fmt="table",
     if html is not None:
         html.write_text(page, encoding="utf-8")
         print(f"nbtrack runs: wrote {html}", file=sys.stderr)
-
-
-def _run(args) -> int:
-    from nbtrack import batch
-    from nbtrack.config import resolve_experiment
-
-    notebook = args.notebook
-    if args.jobs < 1:
-        raise NbtrackError("-j/--jobs takes a positive number.")
-    if args.search:
-        return _search(args)
-    points = batch.sweep_points(args.parameter, args.grid)
-    names = {name for point in points for name in point}
-    for warning in batch.check_notebook(notebook, names):
-        print(f"nbtrack run: warning: {warning}", file=sys.stderr)
-    kernel = batch.choose_kernel(notebook, args.kernel)
-    experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
-    outdir = args.outdir or notebook.resolve().parent / "runs"
-    if len(points) > 1:
-        outdir = outdir / time.strftime(f"{notebook.stem}-%Y%m%d-%H%M%S")
-    # Created here, not by the kernels: its artifacts then sit beside a default ./mlflow.db (a
-    # kernel would resolve ./mlruns in the notebook's folder), and parallel kernels do not race.
-    from nbtrack.store.kernel_state import absolute_tracking_uri
-    from nbtrack.store.recorder import Recorder
-
-    recorder = Recorder(absolute_tracking_uri())
-    recorder.experiment_id(experiment)
-    sweep = uuid.uuid4().hex[:12]
-    parent = None
-    if len(points) > 1:
-        from nbtrack.store import sweeps
-
-        grid = {f"grid.{k}": v for k, v in (batch.parse_assignment(t, "--grid") for t in args.grid)}
-        parent = sweeps.open_sweep(recorder, experiment, f"{notebook.stem} sweep", sweep,
-                                   {**grid, **{f"fixed.{k}": v for k, v in
-                                               batch.sweep_points(args.parameter, [])[0].items()}})
-    executions = batch.plan(notebook, points, outdir, experiment, kernel, sweep, parent)
-    results = batch.run_sweep(executions, jobs=args.jobs, progress=not args.no_progress)
-    if parent is not None:
-        counts = {f"executions_{s.lower()}": sum(r.status == s for r in results)
-                  for s in (batch.OK, batch.FAILED, batch.KILLED)}
-        sweeps.close_sweep(recorder, parent, counts, {}, failed=counts["executions_ok"] == 0)
-    failed = 0
-    for result in results:
-        point = ", ".join(f"{k}={v}" for k, v in result.execution.parameters.items())
-        where = result.execution.output
-        if result.status == batch.OK:
-            print(f"ok      {where}" + (f"  ({point})" if point else "")
-                  + (f": {result.reason}" if result.reason else ""))
-        else:
-            failed += 1
-            print(f"{result.status:<7} {where}" + (f"  ({point})" if point else "")
-                  + f": {result.reason}")
-    print()
-    try:
-        _print_board(experiment, metric=args.metric,
-                     filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(points) * 20,
-                     title=f"experiment '{experiment}', this run's executions")
-    except NbtrackError as error:
-        print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _search(args) -> int:
-    """``nbtrack run --search``: an Optuna study over tracked executions (see nbtrack.search)."""
-    from nbtrack import batch, search
-    from nbtrack.config import resolve_experiment
-    from nbtrack.store import sweeps
-    from nbtrack.store.kernel_state import absolute_tracking_uri
-    from nbtrack.store.query import execution_metric
-    from nbtrack.store.recorder import Recorder
-
-    notebook = args.notebook
-    fixed = batch.sweep_points(args.parameter, [])[0]
-    dimensions = [search.parse_dimension(text) for text in args.search]
-    for text in args.grid:  # a grid's values are searched as choices
-        name, values = batch.parse_assignment(text, "--grid")
-        dimensions.append(search.parse_dimension(f"{name}=choice({values})"))
-    spec = search.Search(dimensions, args.trials, args.objective or "", args.minimize,
-                         args.sampler, args.seed, fixed)
-    batch.check_notebook(notebook, set(fixed))
-    spec.check(batch.notebook_parameters(notebook))
-    kernel = batch.choose_kernel(notebook, args.kernel)
-    experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
-    outdir = (args.outdir or notebook.resolve().parent / "runs") / time.strftime(
-        f"{notebook.stem}-search-%Y%m%d-%H%M%S")
-    recorder = Recorder(absolute_tracking_uri())
-    recorder.experiment_id(experiment)
-    sweep = uuid.uuid4().hex[:12]
-    space = {f"search.{d.name}": (f"choice{d.choices}" if d.kind == "choice"
-                                  else f"{d.kind}({d.low:g}, {d.high:g})") for d in dimensions}
-    parent = sweeps.open_sweep(recorder, experiment, f"{notebook.stem} search", sweep, {
-        **space, **{f"fixed.{k}": v for k, v in fixed.items()}, "sampler": spec.sampler,
-        "objective": spec.objective, "direction": "minimize" if spec.minimize else "maximize",
-        "trials": spec.trials, "seed": spec.seed})
-    trials, _ = search.run_search(
-        spec, search.plan_trial(notebook, outdir, experiment, sweep, kernel, parent),
-        lambda executions: batch.run_sweep(executions, jobs=args.jobs, progress=False),
-        lambda execution: execution_metric(experiment, execution.execution_id, spec.objective),
-        jobs=args.jobs, progress=not args.no_progress)
-    for trial in trials:
-        point = ", ".join(f"{k}={v}" for k, v in trial.parameters.items())
-        status = trial.result.status if trial.state == "COMPLETE" or trial.result.status != "ok" \
-            else "FAILED"
-        reason = trial.result.reason or ("" if trial.value is not None
-                                         else f"its runs logged no {spec.objective!r}")
-        score = f"{spec.objective}={trial.value:.6g}" if trial.value is not None else reason
-        print(f"trial {trial.number:<3} {status:<7} {point}: {score}")
-    best = search.best_trial(trials, spec.minimize)
-    counts = {"trials_complete": sum(t.state == "COMPLETE" for t in trials),
-              "trials_failed": sum(t.state == "FAILED" for t in trials)}
-    best_tags = {}
-    if best is not None:
-        counts[f"best_{spec.objective}"] = best.value
-        best_tags = {"nbtrack.best_trial": str(best.number),
-                     **{f"nbtrack.best.{k}": str(v) for k, v in best.parameters.items()}}
-    sweeps.close_sweep(recorder, parent, counts, best_tags, failed=best is None)
-    print()
-    if best is not None:
-        print(f"best: trial {best.number}, {spec.objective}={best.value:.6g} "
-              f"({', '.join(f'{k}={v}' for k, v in best.parameters.items())})")
-    try:
-        _print_board(experiment, metric=spec.objective, ascending=spec.minimize,
-                     filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(trials) * 20,
-                     title=f"experiment '{experiment}', this search's trials")
-    except NbtrackError as error:
-        print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)
-    return EXIT_OK if best is not None else EXIT_FAILED
 
 
 def _promote(args) -> int:
@@ -393,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if args.command == "run":
-            return _run(args)
+            from nbtrack.run_command import run
+
+            return run(args)
         if args.command == "runs":
             _print_board(args.experiment or _default_experiment(), args.metric, args.asc,
                          args.top, args.format, filter=args.filter, html=args.html,
@@ -508,8 +380,6 @@ def _execute_reproduction(facts, output: Path):
     """Run the reproduction notebook in place through nbtrack.batch; return how it ended and
     the reproduced run's facts (None when no run reproduces the original).
     """
-    import uuid
-
     import nbtrack.reproduce as rebuild
     from nbtrack import batch
     from nbtrack.store import query
