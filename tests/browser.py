@@ -215,6 +215,42 @@ def run_all_cells(page) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
 
 
+def save_notebook(page) -> None:
+    """File → Save Notebook, through the menu bar (autosave is off)."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
+
+
+def cell_prompt(cell) -> str:
+    """A cell's input prompt: ``[*]:`` while it runs, ``[3]:`` once it has run."""
+    return cell.locator(".jp-InputPrompt").inner_text().strip()
+
+
+# JupyterLab shows an image/svg+xml output as an <img> with a data: URL (never inline), so the
+# panel's SVG is read back from that URL; an inline svg.nbtrack-live counts too.
+_LIVE_PANELS_JS = """cell => {
+  const parse = text => new DOMParser().parseFromString(text, 'image/svg+xml').documentElement;
+  const svgs = [...cell.querySelectorAll('svg.nbtrack-live')];
+  for (const img of cell.querySelectorAll('.jp-OutputArea img')) {
+    const src = img.getAttribute('src') || '';
+    if (!src.startsWith('data:image/svg+xml')) continue;
+    const comma = src.indexOf(',');
+    const body = src.slice(comma + 1);
+    svgs.push(parse(src.slice(0, comma).endsWith(';base64') ? atob(body) : decodeURIComponent(body)));
+  }
+  return svgs.filter(svg => svg.classList.contains('nbtrack-live')).map(svg => ({
+    texts: [...svg.querySelectorAll('text')].map(t => t.textContent),
+    lines: [...svg.querySelectorAll('polyline')].map(p => p.getAttribute('points')),
+  }));
+}"""
+
+
+def live_panels(cell) -> list[dict]:
+    """The nbtrack live panels a cell shows, each as its SVG's ``texts`` and polyline ``lines``
+    (the ``points`` attributes), read from what the browser rendered."""
+    return cell.evaluate(_LIVE_PANELS_JS)
+
+
 def cell_outputs(page) -> str:
     """Every cell's output text, for failure messages."""
     texts = page.locator(f"{NOTEBOOK} .jp-Cell .jp-OutputArea").all_inner_texts()

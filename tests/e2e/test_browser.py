@@ -3,43 +3,54 @@
 A person's path through ``%track_board``: run the notebook, pick the best run, Register it, Set
 champion; then MLflow (and a fresh process loading ``models:/iris-clf@champion``) sees the result.
 The probe test before it checks the plumbing alone (server, kernel, widget rendering, clicks reaching
-the kernel), so a failure there is not blamed on the board.
+the kernel), so a failure there is not blamed on the board. The live panel's test watches a tracked
+cell train for about 15 s: its curves move in the page while the cell runs, and the final picture
+stays once it has ended.
 
 Needs /usr/bin/chromium (scripts/install_browser.sh, as root) and the playwright and jupyterlab
 packages; without Chromium the tests skip, or fail under ``NBTRACK_REQUIRE_ALL=1`` (as in CI).
 Playwright's own browser download is never used.
 
-Pictures (the board's screenshot, a failure's page) go to the test's temporary folder. With
-``NBTRACK_REFRESH_DOCS=1`` the board's screenshot rewrites ``docs/board.png``, the picture the README
-shows; nothing else writes to the checkout.
+Pictures (the board's and the live panel's screenshots, a failure's page) go to the test's temporary
+folder. With ``NBTRACK_REFRESH_DOCS=1`` they rewrite ``docs/board.png`` and ``docs/live_panel.png``,
+the pictures the docs show; nothing else writes to the checkout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import nbformat
 import pytest
 from browser import (
     CELLS_TIMEOUT_MS,
     CLICK_TIMEOUT_MS,
+    KERNEL_TIMEOUT_MS,
+    NOTEBOOK,
     JupyterLab,
+    cell_prompt,
     failure_report,
     launch_chromium,
+    live_panels,
     open_notebook,
     run_all_cells,
+    save_notebook,
     skip_reason,
 )
 from conftest import REPO, write_notebook
 from needs import missing
 
-# The README shows this screenshot; only NBTRACK_REFRESH_DOCS=1 rewrites it.
+# The docs show these screenshots; only NBTRACK_REFRESH_DOCS=1 rewrites them.
 DOCS_SCREENSHOT = REPO / "docs" / "board.png"
+DOCS_LIVE_SCREENSHOT = REPO / "docs" / "live_panel.png"
 EXPERIMENT = "browser-demo"
 MODEL = "iris-clf"
 C_VALUES = ("0.1", "1.0", "10.0")
@@ -205,3 +216,91 @@ def test_register_and_set_champion_in_a_real_browser(jupyter_lab, page, tmp_path
                             env={**jupyter_lab.env}, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "2", result.stdout
+
+
+# -- the live panel ------------------------------------------------------------------------------
+
+EPOCHS, EPOCH_SECONDS = 60, 0.25  # 15 s of "training"
+LIVE_CELL = f"""%%track -e live-demo -n live-training
+import math, time
+import nbtrack
+print("training", flush=True)
+for epoch in range({EPOCHS}):
+    time.sleep({EPOCH_SECONDS})
+    nbtrack.log_metric("train_loss", math.exp(-epoch / 15) + 0.05, step=epoch)
+    nbtrack.log_metric("val_loss", math.exp(-epoch / 20) + 0.12, step=epoch)
+    nbtrack.log_metric("val_acc", 0.97 - 0.5 * math.exp(-epoch / 12), step=epoch)
+print("trained")"""
+LAST = EPOCHS - 1
+FINAL_LEGEND = [f"train_loss {math.exp(-LAST / 15) + 0.05:.4g}",
+                f"val_loss {math.exp(-LAST / 20) + 0.12:.4g}",
+                f"val_acc {0.97 - 0.5 * math.exp(-LAST / 12):.4g}"]
+
+
+def the_panel(cell) -> dict:
+    panels = live_panels(cell)
+    assert len(panels) == 1, f"{len(panels)} live panels under the cell (one display, updated in place)"
+    return panels[0]
+
+
+def points(panel: dict) -> int:
+    """How many points the panel's curves have (a lone first point is a dot, not a curve)."""
+    return sum(len(line.split()) for line in panel["lines"])
+
+
+def legend(panel: dict, key: str) -> str:
+    """The legend entry of ``key``: the key and its latest value."""
+    return next(text for text in panel["texts"] if text.startswith(f"{key} "))
+
+
+def test_live_panel_moves_while_the_cell_trains_and_stays_after(jupyter_lab, page, tmp_path):
+    from playwright.sync_api import expect
+
+    write_notebook(jupyter_lab.root / "live.ipynb", ["%load_ext nbtrack", LIVE_CELL])
+    with explained(page, jupyter_lab, "live"):
+        open_notebook(page, jupyter_lab, "live.ipynb")
+        run_all_cells(page)
+        cell = page.locator(f"{NOTEBOOK} .jp-Cell").nth(1)
+        expect(cell.locator(".jp-OutputArea")).to_contain_text("training", timeout=CELLS_TIMEOUT_MS)
+        # The first point draws the panel: it is there within a few of the cell's 15 s.
+        deadline = time.monotonic() + 10
+        while not live_panels(cell) and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        early = the_panel(cell)
+        page.wait_for_timeout(3_000)
+        later = the_panel(cell)
+        assert cell_prompt(cell) == "[*]:", "the cell ended before the panel was read twice"
+        assert "trained" not in cell.locator(".jp-OutputArea").inner_text()
+        # New points in the page: the curves grew and the latest loss in the legend changed.
+        assert points(later) > points(early), (early, later)
+        assert legend(later, "train_loss") != legend(early, "train_loss"), (early, later)
+        if refresh_docs():  # the docs' picture: the cell halfway through its training
+            page.wait_for_timeout(4_000)
+            cell.screenshot(path=str(DOCS_LIVE_SCREENSHOT))
+            assert DOCS_LIVE_SCREENSHOT.read_bytes().startswith(b"\x89PNG")
+
+        expect(cell.locator(".jp-OutputArea")).to_contain_text("nbtrack: run 'live-training'",
+                                                              timeout=CELLS_TIMEOUT_MS)
+        expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]:"))
+        final = the_panel(cell)
+        for latest in FINAL_LEGEND:
+            assert latest in final["texts"], (latest, final["texts"])
+        # Every epoch is on its curve: train and validation loss in one chart, accuracy in another.
+        assert [len(line.split()) for line in final["lines"][:3]] == [EPOCHS] * 3, final["lines"]
+        assert {"loss", "acc"} <= set(final["texts"])
+        cell.screenshot(path=str(tmp_path / "live_panel_final.png"))
+
+        # The final picture stays: saved with the notebook, and shown again when it is reopened.
+        save_notebook(page)
+        saved = jupyter_lab.root / "live.ipynb"
+        deadline = time.monotonic() + 30
+        while "nbtrack-live" not in saved.read_text() and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        outputs = [o for o in nbformat.read(saved, 4).cells[1].outputs
+                   if "nbtrack" in o.get("metadata", {})]
+        assert len(outputs) == 1 and all(latest in outputs[0].data["image/svg+xml"]
+                                         for latest in FINAL_LEGEND), outputs
+        page.reload(wait_until="domcontentloaded")
+        reopened = page.locator(f"{NOTEBOOK} .jp-Cell").nth(1)
+        reopened.locator(".jp-OutputArea img").wait_for(state="visible", timeout=KERNEL_TIMEOUT_MS)
+        assert the_panel(reopened) == final
