@@ -8,6 +8,7 @@ reads finds such values; the run records them beside the cell's own params. Plai
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -68,7 +69,14 @@ def upstream_params(history: Sequence[tuple[int, str]], read_names: Iterable[str
     for index, names in enumerate(statements):
         latest.update(dict.fromkeys(names.defines, index))
     read = set(read_names)
-    needed = set(read)
+
+    def followed(names) -> set[str]:
+        # A module or class is not made from the cell's values: `plt.plot(range(epochs))` changes
+        # plt as far as the syntax shows, but no figure the tracked cell draws is made from epochs.
+        return {name for name in names
+                if not isinstance(namespace.get(name), (types.ModuleType, type))}
+
+    needed = followed(read)
     found: dict[str, int] = {}  # name -> index of the statement the walk took it from
     for index in range(len(statements) - 1, -1, -1):
         supplied = needed & statements[index].defines
@@ -78,7 +86,7 @@ def upstream_params(history: Sequence[tuple[int, str]], read_names: Iterable[str
             if latest[name] == index:
                 found.setdefault(name, index)
         needed -= supplied
-        needed |= set(statements[index].reads)
+        needed |= followed(statements[index].reads)
     skip = read | set(bound_names)
     params: dict[str, Any] = {}
     for name in sorted(found, key=lambda n: (found[n], n)):

@@ -82,3 +82,14 @@ def test_only_the_latest_history_entries_are_followed():
     assert upstream_params(history, ["X"], {"seed": 7}, 20) == {}
     assert upstream_params(history[1:], ["X"], {"seed": 7}, 20) == {}
     assert upstream_params(history[:1] + history[3:], ["X"], {"seed": 7}, 20) == {"seed": 7}
+
+
+def test_modules_and_classes_are_not_followed():
+    import matplotlib.pyplot as plt
+
+    history = [(1, "import matplotlib.pyplot as plt\nepochs = 5"),
+               (2, "plt.plot(range(epochs))"),
+               (3, "class Net:\n    pass\nwidth = 3"),
+               (4, "Net.width = width")]
+    namespace = {"plt": plt, "epochs": 5, "Net": type("Net", (), {}), "width": 3}
+    assert upstream_params(history, ["plt", "Net"], namespace, 20) == {}
