@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                            "runs in parallel coordinates, and the curves of the top runs.")
     runs.add_argument("--param", metavar="NAME", help="The param --html plots the metric "
                       "against (default: the first numeric one that differs).")
+    runs.add_argument("--sweep", metavar="ID", help="Only one sweep's or search's runs (its id: "
+                      "tag nbtrack.sweep), ranked by the search's objective.")
 
     promote = commands.add_parser(
         "promote", help="Register a run's model and move an alias to the new version.",
@@ -267,9 +269,18 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(args)
         if args.command == "runs":
-            _print_board(args.experiment or _default_experiment(), args.metric, args.asc,
-                         args.top, args.format, filter=args.filter, html=args.html,
-                         param=args.param)
+            experiment = args.experiment or _default_experiment()
+            metric, ascending, where = args.metric, args.asc, args.filter
+            if args.sweep:
+                from nbtrack.store.query import sweep_objective
+
+                objective = sweep_objective(experiment, args.sweep)
+                if objective is not None and metric is None:
+                    metric, ascending = objective
+                sweep = f"tags.`nbtrack.sweep` = '{args.sweep}'"
+                where = f"{sweep} and {where}" if where else sweep
+            _print_board(experiment, metric, ascending, args.top, args.format, filter=where,
+                         html=args.html, param=args.param)
             return EXIT_OK
         if args.command == "promote":
             return _promote(args)

@@ -377,3 +377,23 @@ def execution_metric(experiment: str, execution_id: str, metric: str,
                               order_by=["attributes.start_time ASC"], max_results=1000)
     values = [run.data.metrics[metric] for run in runs if metric in run.data.metrics]
     return values[-1] if values else None
+
+
+def sweep_objective(experiment: str, sweep_id: str,
+                    tracking_uri: str | None = None) -> tuple[str, bool] | None:
+    """The objective a search ranked its trials by, and whether lower is better, from its parent
+    run; None for a grid sweep (no objective) or a sweep nbtrack does not know.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    parents = client.search_runs(
+        [found.experiment_id], max_results=1,
+        filter_string=f"tags.`nbtrack.sweep` = '{sweep_id}' and tags.`nbtrack.sweep_parent` = 'true'")
+    if not parents or "objective" not in parents[0].data.params:
+        return None
+    params = parents[0].data.params
+    return params["objective"], params.get("direction") == "minimize"

@@ -43,6 +43,12 @@ def test_search_runs_trials_tagged_with_their_number_and_finds_a_good_point(note
     assert done.stdout.count("\ntrial ") + done.stdout.startswith("trial ") == 6
     executed = list((notebook.parent / "runs").rglob("*.ipynb"))
     assert len(executed) == 6 and all("-trial-" in p.name for p in executed)
+    # nbtrack runs --sweep ID: that search's trials, ranked by its objective
+    listed = nbtrack_cli("runs", "-e", "opt", "--sweep", parent.data.tags["nbtrack.sweep"],
+                         "--format", "csv", cwd=notebook.parent, check=True)
+    header, first = listed.stdout.splitlines()[:2]
+    score_column = header.split(",").index("score")
+    assert float(first.split(",")[score_column]) == best.data.metrics["score"]
 
 
 def test_minimize_picks_the_lowest_objective_as_best(notebook, client):
