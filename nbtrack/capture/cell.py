@@ -246,6 +246,11 @@ def cell_params(active: ActiveCell, namespace: Mapping[str, Any], warn,
             flat = flatten_param(name, literal, limit)
             if flat is not None:
                 params.update(flat)
+        for name in frameworks.booster_params_names(active.cell.code):
+            # The dict a booster was trained with, computed or not (`{"seed": seed, ...}`).
+            value = namespace.get(name)
+            if isinstance(value, dict) and not is_shell_name(name):
+                params.update(flatten_param(name, value, limit) or {})
         for name in setting_names(active):
             value = namespace.get(name)
             if estimators.is_estimator(value) and estimators.is_fitted(value):

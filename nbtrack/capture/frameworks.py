@@ -420,3 +420,25 @@ def trained_receivers(code: str) -> frozenset[str]:
         node.func.value.id for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
         and node.func.attr in ("train", "fit") and isinstance(node.func.value, ast.Name))
+
+
+@functools.lru_cache(maxsize=64)
+def booster_params_names(code: str) -> tuple[str, ...]:
+    """Names the code passes as a booster's params: ``xgb.train(params, ...)``,
+    ``lgb.train(params=...)``; the dict a computed value (``{"seed": seed}``) too.
+    """
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return ()
+    names = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "train"):
+            given = node.args[0] if node.args else next(
+                (k.value for k in node.keywords if k.arg == "params"), None)
+            if isinstance(given, ast.Name):
+                names.append(given.id)
+    return tuple(dict.fromkeys(names))

@@ -322,6 +322,17 @@ def test_showcase_runs_under_plain_nbconvert(tmp_path, store, empty_store_file):
         # would, through scikit-learn's vendored array API): the lineage lists no torch.
         assert "nbtrack.version.torch" not in run.data.tags, name
     assert runs["logreg-C0.1"].data.params["C"] == "0.1"
+    # The gradient-boosting cell: its params dict (computed: it holds seed), rounds, curve, model.
+    boost = runs["xgboost"]
+    assert boost.data.params["boost_params.max_depth"] == "3"
+    assert boost.data.params["boost_params.seed"] == "42"
+    assert boost.data.params["booster.num_boost_round"] == "200"
+    assert len(client.get_metric_history(boost.info.run_id, "val-auc")) == 200
+    [booster] = [m for m in mlflow.search_logged_models(experiment_ids=[experiment_id],
+                                                        output_format="list")
+                 if m.source_run_id == boost.info.run_id]
+    assert booster.name == "booster"
+    assert "xgboost" in mlflow.pyfunc.load_model(f"models:/{booster.model_id}").metadata.flavors
 
     forest = runs["random-forest"].info.run_id
     figures = [a.path for a in client.list_artifacts(forest, "figures")]
