@@ -351,6 +351,31 @@ def _section_cell_overhead(data: dict) -> str:
                                       for v in ("untracked", "tracked", "hand")),
                        "+" + ms(row["added_tracked_s"]), "+" + ms(row["added_hand_s"])]
                       for row in b2b]))
+    frameworks = (data.get("frameworks") or {}).get("cells") or []
+    if frameworks:
+        text += ("\n\nFramework cells (`benchmarks/_framework_cells.py`): an XGBoost and a PyTorch "
+                 "cell, untracked, under `%%track`, logged by hand with `mlflow.<flavor>.log_model`, "
+                 "and under `mlflow.<flavor>.autolog()` (n/a where autolog records nothing), ms:\n\n"
+                 + _md_table(["framework cell", "untracked", "tracked", "hand", "autolog",
+                              "+tracked", "+hand", "+autolog", "tracked/hand"],
+                             [[row["cell"], *(ms(row["variants"][k]["median_s"])
+                                              if row["variants"].get(k) else "n/a"
+                                              for k in ("untracked", "tracked", "hand", "autolog")),
+                               *(("+" + ms(row["added_s"][k])) if row["added_s"].get(k) is not None
+                                 else "n/a" for k in ("tracked", "hand", "autolog")),
+                               ratio(row["ratio_tracked_hand"])] for row in frameworks]))
+        notes = {row.get("autolog_note") for row in frameworks if row.get("autolog_note")}
+        text += "".join(f"\n\n{note}" for note in sorted(notes))
+    in_store = data.get("in_store") or []
+    if in_store:
+        text += ("\n\nTime until a model cell's run is in the store (FINISHED, its models READY): "
+                 "tracked, from the cell's start until the background writer has written it; by "
+                 "hand, when the cell returns. ms:\n\n"
+                 + _md_table(["model cell", "tracked returns", "tracked in store", "hand",
+                              "in store/hand"],
+                             [[row["cell"], ms(row["tracked_returns"]["median_s"]),
+                               ms(row["tracked_in_store"]["median_s"]), ms(row["hand"]["median_s"]),
+                               ratio(row["ratio_in_store_hand"])] for row in in_store]))
     verification = data["verification"]
     check = (f"Verified: {verification['runs_checked']} runs read back with the expected content."
              if verification["ok"] else "Verification FAILED: " + "; ".join(verification["problems"][:5]))
