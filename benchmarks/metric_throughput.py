@@ -29,7 +29,16 @@ Before a time is kept, the process reads the series back from the store (MLflow'
 point's step and value. A method whose next size would take longer than the budget (projected
 from its last measured size) is skipped at that size, and the report says so.
 
+The ``nbtrack`` row runs as terminal IPython would: the live panel is on (nbtrack's default when a
+person runs the cell) and its text form goes to stdout. The live panel's own measurement, side by
+side, runs where a person sees the panel: a real ipykernel started through jupyter_client, its
+displays sent over ZeroMQ to the benchmark's process, which counts them. The same loop runs in
+``%%track --live`` and ``%%track --no-live`` cells, alternating, several times per size; each run's
+series is read back from the store, and the panel's last display must show the last point. Issue
+16's bound: at least 400,000 points/s to the caller with the panel showing.
+
     python -m benchmarks.metric_throughput [--quick] [--sizes 1000,10000] [--budget SECONDS]
+                                           [--live-sizes 100000,1000000] [--live-repeats 3]
 """
 
 from __future__ import annotations
@@ -67,6 +76,11 @@ BUDGET_S = 180.0  # per sample, projected from the method's previous size
 QUICK_BUDGET_S = 30.0
 NEEDS = {"wandb offline": "wandb", "trackio": "trackio"}  # the `bench` extra
 KEY = "loss"
+# The live panel, shown and not shown, in a real kernel (issue 16).
+LIVE_SIZES = (100_000, 1_000_000)
+QUICK_LIVE_SIZES = (20_000,)
+LIVE_REPEATS, QUICK_LIVE_REPEATS = 3, 1
+LIVE_TARGET = 400_000  # points/s to the caller with the panel showing
 
 
 def value_at(step: int) -> float:
@@ -250,6 +264,98 @@ def _child_trackio(n: int, folder: Path) -> dict:
     return {"caller_s": caller, "store_s": stored, "problems": _check_points(points, len(rows), n)}
 
 
+LIVE_CELL = """%%track -n {name} {flag}
+_t0, _c0 = time.perf_counter(), time.thread_time()
+for _i in range(_N):
+    nbtrack.log_metric({key!r}, _i * 0.5, step=_i)
+_caller_s, _cpu_s = time.perf_counter() - _t0, time.thread_time() - _c0
+_panel = _tracking.current().active.live
+_draws = 0 if _panel is None else _panel.draws
+"""
+
+
+def _live_child(n: int, repeats: int, folder: Path) -> dict:
+    """The loop in ``%%track --live`` and ``--no-live`` cells of a real kernel, alternating which
+    goes first; the panel's displays are counted as they arrive here over ZeroMQ.
+    """
+    from jupyter_client.manager import KernelManager
+
+    # The kernel is this very Python (not whatever python3 kernel the machine has), with no
+    # IPython profile of the machine's.
+    spec = folder / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "benchmark", "language": "python"}))
+    os.environ.update({"JUPYTER_PATH": str(folder / "jupyter"), "IPYTHONDIR": str(folder / "ipython"),
+                       "JUPYTER_RUNTIME_DIR": str(folder / "runtime")})
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel(cwd=str(folder))
+    client = manager.blocking_client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        for source in ["%load_ext nbtrack", "%track_config -e live-throughput",
+                       f"import time\nimport nbtrack\nfrom nbtrack import tracker as _tracking\n_N = {n}",
+                       "%%track -n warm-up --no-live\nnbtrack.log_metric('warm', 1.0)\n"]:
+            _execute(client, source)
+        samples: dict[str, list[dict]] = {"panel": [], "no panel": []}
+        problems = []
+        for repeat in range(repeats):
+            order = ("panel", "no panel") if repeat % 2 == 0 else ("no panel", "panel")
+            for way in order:
+                flag = "--live" if way == "panel" else "--no-live"
+                name = f"{way.replace(' ', '-')}-{repeat}"
+                displays: list[dict] = []
+                values = _execute(client, LIVE_CELL.format(name=name, flag=flag, key=KEY), displays,
+                                  ("_caller_s", "_cpu_s", "_draws", "nbtrack.flush(300)",
+                                   "nbtrack.last_run()"))
+                sample = {"caller_s": float(values["_caller_s"]), "cpu_s": float(values["_cpu_s"]),
+                          "draws": int(values["_draws"]), "displays": len(displays)}
+                samples[way].append(sample)
+                found = [] if values["nbtrack.flush(300)"] else ["nbtrack.flush(300) timed out"]
+                found += _check_mlflow(values["nbtrack.last_run()"], n)
+                if way == "panel":
+                    last = f"{KEY} {value_at(n - 1):.4g}"  # the panel's legend: the latest value
+                    if not sample["draws"]:
+                        found.append("the panel never drew while the loop ran")
+                    if not displays or last not in displays[-1].get("image/svg+xml", ""):
+                        found.append(f"the panel's last display does not show {last!r}")
+                elif displays:
+                    found.append(f"{len(displays)} panel displays with --no-live")
+                problems += [f"{way}, run {repeat + 1}: {problem}" for problem in found]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    return {"samples": samples, "problems": problems}
+
+
+def _execute(client, source: str, displays: list | None = None, expressions=()) -> dict:
+    """Run ``source`` in the kernel; the panel's displays go to ``displays``; return the
+    ``expressions`` evaluated after it (as Python literals)."""
+    import ast
+
+    def output(message: dict) -> None:
+        content = message["content"]
+        if (message["header"]["msg_type"] in ("display_data", "update_display_data")
+                and "nbtrack" in content.get("metadata", {}) and displays is not None):
+            displays.append(content["data"])
+        elif message["header"]["msg_type"] == "error":
+            print("\n".join(content["traceback"]), file=sys.stderr)
+
+    reply = client.execute_interactive(source, user_expressions={e: e for e in expressions},
+                                       output_hook=output, timeout=600)
+    content = reply["content"]
+    if content["status"] != "ok":
+        raise RuntimeError(f"cell failed: {content.get('ename')}: {content.get('evalue')}\n{source}")
+    values = {}
+    for expression, result in content["user_expressions"].items():
+        if result["status"] != "ok":
+            raise RuntimeError(f"{expression}: {result.get('ename')}: {result.get('evalue')}")
+        values[expression] = ast.literal_eval(result["data"]["text/plain"])
+    return values
+
+
 CHILDREN = {
     "nbtrack": _child_nbtrack,
     "mlflow.log_metric": _child_mlflow_log_metric,
@@ -331,6 +437,76 @@ def run(sizes: tuple[int, ...], budget: float, methods: tuple[str, ...]) -> dict
     return {"rows": rows, "problems": problems, "total_seconds": time.perf_counter() - started}
 
 
+def live_sample(n: int, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="nbtrack-bench-live-") as temporary:
+        folder = Path(temporary)
+        timeout = 300 + repeats * (60 + n / 5_000)
+        try:
+            done = subprocess.run([PYTHON, "-m", "benchmarks.metric_throughput", "--live-child",
+                                   str(n), str(repeats), str(folder)], cwd=folder,
+                                  env=isolated_env(folder), capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"problems": [f"timed out after {timeout:.0f} s"]}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"problems": [f"exited {done.returncode}: {done.stderr.strip()[-1500:]}"]}
+    return json.loads(lines[-1])
+
+
+def run_live(sizes: tuple[int, ...], repeats: int) -> dict:
+    """nbtrack.log_metric with the live panel showing and off, side by side, at each size."""
+    from benchmarks._common import median
+
+    rows, problems = [], []
+    for n in sizes:
+        result = live_sample(n, repeats)
+        problems += [f"live panel, {n:,} points: {p}" for p in result["problems"]]
+        row: dict = {"points": n, "repeats": repeats}
+        if "samples" not in result:
+            row["problems"] = result["problems"]
+        else:
+            row["samples"] = result["samples"]
+            for way, key in (("panel", "panel"), ("no panel", "no_panel")):
+                row[f"{key}_rate"] = median([n / s["caller_s"] for s in result["samples"][way]])
+                row[f"{key}_cpu_rate"] = median([n / s["cpu_s"] for s in result["samples"][way]])
+            row["ratio"] = row["panel_rate"] / row["no_panel_rate"]
+            row["cpu_ratio"] = row["panel_cpu_rate"] / row["no_panel_cpu_rate"]
+            row["draws"] = [s["draws"] for s in result["samples"]["panel"]]
+            row["displays"] = [s["displays"] for s in result["samples"]["panel"]]
+        rows.append(row)
+        status = ("FAILED" if "ratio" not in row else
+                  f"{rate(row['panel_rate'])} pts/s with the panel, {rate(row['no_panel_rate'])} "
+                  f"without ({row['ratio']:.2f}x), draws {row['draws']}")
+        print(f"  live panel         {n:>9,}: {status}", flush=True)
+    return {"rows": rows, "problems": problems, "target": LIVE_TARGET}
+
+
+def live_report(live: dict) -> list[str]:
+    table = []
+    for row in live["rows"]:
+        if "ratio" in row:
+            table.append([f"{row['points']:,}", rate(row["no_panel_rate"]), rate(row["panel_rate"]),
+                          f"{row['ratio']:.2f}", rate(row["no_panel_cpu_rate"]),
+                          rate(row["panel_cpu_rate"]), f"{row['cpu_ratio']:.2f}",
+                          ", ".join(map(str, row["draws"])), ", ".join(map(str, row["displays"]))])
+        else:
+            table.append([f"{row['points']:,}", "-", "-", "-", "-", "-", "-", "-", "failed"])
+    lines = ["", "nbtrack.log_metric in a real kernel, live panel off and showing: points/s to the "
+             f"caller (wall clock) and per CPU second of the cell's thread, median of "
+             f"{live['rows'][0]['repeats'] if live['rows'] else 0}", "",
+             format_table(["points", "off", "showing", "ratio", "off/cpu", "showing/cpu",
+                           "cpu ratio", "draws in the loop", "displays sent"], table)]
+    measured = [row for row in live["rows"] if "ratio" in row]
+    if measured:
+        worst = min(measured, key=lambda row: row["panel_rate"])
+        met = "met" if worst["panel_rate"] >= live["target"] else "NOT met"
+        lines.append(f"issue 16, >= {live['target']:,} points/s to the caller with the panel "
+                     f"showing: {met} ({rate(worst['panel_rate'])} at worst, "
+                     f"{worst['points']:,} points)")
+    return lines
+
+
 def report(results: dict) -> str:
     table = []
     for row in results["rows"]:
@@ -345,6 +521,8 @@ def report(results: dict) -> str:
     nbtrack_rows = [row for row in results["rows"] if row["method"] == "nbtrack" and "store_until" in row]
     if nbtrack_rows:
         lines.append(f"nbtrack's store time runs until: {nbtrack_rows[0]['store_until']}")
+    if results.get("live_panel"):
+        lines += live_report(results["live_panel"])
     verification = results["verification"]
     lines.append(f"verification: OK, {verification['samples_checked']} series read back point by point"
                  if verification["ok"] else "verification FAILED:\n" +
@@ -361,12 +539,25 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"seconds one sample may take (default {BUDGET_S:.0f}, quick "
                              f"{QUICK_BUDGET_S:.0f})")
     parser.add_argument("--methods", help="comma-separated subset of: " + ", ".join(METHODS))
+    parser.add_argument("--live-sizes", help="comma-separated numbers of points for the live "
+                        "panel's measurement (0: skip it); default "
+                        + ",".join(map(str, LIVE_SIZES)) + ", quick " + ",".join(map(str, QUICK_LIVE_SIZES)))
+    parser.add_argument("--live-repeats", type=int, default=None,
+                        help=f"runs of each way per size (default {LIVE_REPEATS}, quick "
+                             f"{QUICK_LIVE_REPEATS})")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "N", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--live-child", nargs=3, metavar=("N", "REPEATS", "FOLDER"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         method, n, folder = args.child
         os.chdir(folder)
         print(json.dumps(CHILDREN[method](int(n), Path(folder))))
+        return 0
+    if args.live_child:
+        n, repeats, folder = args.live_child
+        os.chdir(folder)
+        print(json.dumps(_live_child(int(n), int(repeats), Path(folder))))
         return 0
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else (
         QUICK_SIZES if args.quick else SIZES)
@@ -379,8 +570,17 @@ def main(argv: list[str] | None = None) -> int:
                "quick": args.quick, "sizes": list(sizes), "budget_s": budget,
                "environment": environment(), "load_average_1min": {"start": load_average()}}
     results.update(run(sizes, budget, methods))
+    live_sizes = tuple(int(s) for s in args.live_sizes.split(",") if int(s) > 0) if args.live_sizes \
+        else (QUICK_LIVE_SIZES if args.quick else LIVE_SIZES)
+    if live_sizes:
+        repeats = args.live_repeats or (QUICK_LIVE_REPEATS if args.quick else LIVE_REPEATS)
+        live = run_live(live_sizes, repeats)
+        results["problems"] += live.pop("problems")
+        results["live_panel"] = live
     results["load_average_1min"]["end"] = load_average()
     measured = sum(1 for row in results["rows"] if "caller_rate" in row)
+    measured += sum(2 * row["repeats"] for row in results.get("live_panel", {}).get("rows", [])
+                    if "ratio" in row)
     results["verification"] = {"ok": not results["problems"], "problems": results.pop("problems"),
                                "samples_checked": measured}
     print(report(results))
