@@ -1,0 +1,353 @@
+"""Copy runs from one MLflow store to another, whole: what ``nbtrack push`` does.
+
+A copied run keeps its params, tags, every point of every metric series (step and timestamp),
+start and end time, status, artifacts, dataset inputs, logged models (flavors, signatures and
+files, loadable from the target) and its parent (``mlflow.parentRunId`` pointing at the parent's
+copy). Each copy carries its origin (:data:`ORIGIN_STORE`, :data:`ORIGIN_RUN`), found again by
+the next push: a copy with the completion marker :data:`ORIGIN_COMPLETE` (written last) is
+skipped, one a cut-short push left without it is finished in place, never made twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+ORIGIN_STORE = "nbtrack.origin.store"
+ORIGIN_RUN = "nbtrack.origin.run_id"
+ORIGIN_COMPLETE = "nbtrack.origin.complete"
+ORIGIN_MODEL = "nbtrack.origin.model_id"
+PARENT_TAG = "mlflow.parentRunId"
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+# MLflow's limits on one log_batch call.
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+# Fault injection for the tests: the process ends (as if killed) after this many copy steps.
+CRASH_AFTER_ENV = "_NBTRACK_PUSH_CRASH_AFTER_STEPS"
+
+PUSHED, ALREADY, FINISHED, FAILED = "pushed", "already there", "finished", "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one run: ``state`` is one of pushed, already there, finished (a copy a
+    cut-short push had left partial), failed; ``detail`` says why it failed.
+    """
+
+    run_id: str
+    name: str
+    state: str
+    target_run_id: str | None = None
+    detail: str = ""
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` without the ``user:password@`` part (and with a relative SQLite path absolute).
+
+    >>> without_credentials("postgresql://mlflow:s3cret@db:5432/mlflow")
+    'postgresql://db:5432/mlflow'
+    """
+    from nbtrack.store.kernel_state import absolute_tracking_uri
+
+    uri = absolute_tracking_uri(uri)
+    parts = urlsplit(uri)
+    if parts.netloc and "@" in parts.netloc:
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+        return urlunsplit(parts)
+    return uri
+
+
+def select_runs(source_uri: str, run_ids: Iterable[str] = (), experiment: str | None = None,
+                filter_string: str | None = None, everything: bool = False) -> list:
+    """The source's runs to push: the ids given, or an experiment's (all experiments' when
+    only a filter is given, or ``everything``) matching ``filter_string``; with the parents they
+    point at, parents first. Raises ``NbtrackError`` for an unknown run or experiment.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    from nbtrack.errors import NbtrackError
+
+    client = MlflowClient(tracking_uri=source_uri)
+    chosen: dict[str, object] = {}
+    for run_id in run_ids:
+        try:
+            chosen[run_id] = client.get_run(run_id)
+        except MlflowException as error:
+            raise NbtrackError(f"no run {run_id!r} in {without_credentials(source_uri)}.") \
+                from error
+    if experiment is not None or filter_string or everything:
+        if experiment is not None:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise NbtrackError(f"no experiment {experiment!r} in "
+                                   f"{without_credentials(source_uri)}.")
+            ids = [found.experiment_id]
+        else:
+            ids = [e.experiment_id for e in client.search_experiments()]
+        try:
+            for run in _all_runs(client, ids, filter_string or "", ViewType.ACTIVE_ONLY):
+                chosen.setdefault(run.info.run_id, run)
+        except MlflowException as error:
+            raise NbtrackError(f"bad --filter {filter_string!r}: {error.message}") from error
+    queue = list(chosen.values())
+    while queue:  # a child's parent goes too: the copy's link needs a copy to point at
+        parent_id = queue.pop().data.tags.get(PARENT_TAG)
+        if parent_id and parent_id not in chosen:
+            try:
+                chosen[parent_id] = client.get_run(parent_id)
+                queue.append(chosen[parent_id])
+            except MlflowException:
+                pass  # the parent is gone: its children are pushed without the link
+    return _parents_first(list(chosen.values()))
+
+
+def _all_runs(client, experiment_ids, filter_string, view) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, view, max_results=1000,
+                                  page_token=token, order_by=["attributes.start_time ASC"])
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _parents_first(runs: list) -> list:
+    by_id = {run.info.run_id: run for run in runs}
+
+    def depth(run, seen=()) -> int:
+        parent = run.data.tags.get(PARENT_TAG)
+        if parent in by_id and parent not in seen:
+            return 1 + depth(by_id[parent], (*seen, parent))
+        return 0
+
+    return sorted(runs, key=lambda run: (depth(run), run.info.start_time or 0))
+
+
+class Pusher:
+    """Copies runs of ``source_uri`` to ``target_uri``; :meth:`push` one run at a time."""
+
+    def __init__(self, source_uri: str, target_uri: str, keep_origin: bool = False) -> None:
+        from mlflow import MlflowClient
+
+        # MLflow's own bars for every download would bury the push's.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.source_uri = source_uri
+        self.target_uri = target_uri
+        self.origin = without_credentials(source_uri)
+        # A bundle's runs keep the origin they had in the store they were exported from.
+        self.keep_origin = keep_origin
+        self.source = MlflowClient(tracking_uri=source_uri)
+        self.target = MlflowClient(tracking_uri=target_uri)
+        self._experiments: dict[str, str] = {}
+        self._copies: dict[str, str] = {}  # source run id -> its copy's id
+        self._steps = 0
+        limit = os.environ.get(CRASH_AFTER_ENV)
+        self._crash_after = int(limit) if limit else None
+
+    def push(self, run) -> Outcome:
+        """Copy one run (its parent already pushed, when it has one); never raises for a run
+        the target refuses: the outcome says why.
+        """
+        name = run.info.run_name or run.info.run_id
+        try:
+            return self._push(run, name)
+        except Exception as error:  # this run failed; the others still go
+            from nbtrack.display import short_error
+
+            return Outcome(run.info.run_id, name, FAILED, detail=short_error(error))
+
+    def _push(self, run, name: str) -> Outcome:
+        source_id = run.info.run_id
+        experiment_id = self._target_experiment(run.info.experiment_id)
+        origin, origin_id = self._origin_of(run)
+        copy = self._find_copy(experiment_id, origin_id, origin)
+        if copy is not None and copy.data.tags.get(ORIGIN_COMPLETE) == "true" \
+                and copy.info.status in TERMINAL:
+            self._copies[source_id] = copy.info.run_id
+            return Outcome(source_id, name, ALREADY, copy.info.run_id)
+        state = PUSHED if copy is None else FINISHED
+        if copy is None:
+            copy = self.target.create_run(
+                experiment_id, start_time=run.info.start_time, run_name=run.info.run_name,
+                tags={ORIGIN_STORE: origin, ORIGIN_RUN: origin_id})
+            self._step()
+        target_id = copy.info.run_id
+        self._copies[source_id] = target_id
+        self._copy_params_and_tags(run, target_id)
+        self._copy_metrics(run, target_id)
+        self._copy_inputs(run, copy, target_id)
+        self._copy_artifacts(source_id, target_id)
+        self._copy_models(run, experiment_id, target_id)
+        if run.info.status in TERMINAL:
+            self.target.set_terminated(target_id, status=run.info.status,
+                                       end_time=run.info.end_time)
+            self._step()
+            self.target.set_tag(target_id, ORIGIN_COMPLETE, "true")  # last: the copy is whole
+        return Outcome(source_id, name, state, target_id)
+
+    def _step(self) -> None:
+        """One copy step done; the tests' fault injection ends the process here."""
+        self._steps += 1
+        if self._crash_after is not None and self._steps >= self._crash_after:
+            os._exit(3)
+
+    def _target_experiment(self, source_experiment_id: str) -> str:
+        if source_experiment_id not in self._experiments:
+            name = self.source.get_experiment(source_experiment_id).name
+            found = self.target.get_experiment_by_name(name)
+            self._experiments[source_experiment_id] = (
+                found.experiment_id if found is not None else self.target.create_experiment(name))
+        return self._experiments[source_experiment_id]
+
+    def _origin_of(self, run) -> tuple[str, str]:
+        tags = run.data.tags
+        if self.keep_origin and tags.get(ORIGIN_STORE) and tags.get(ORIGIN_RUN):
+            return tags[ORIGIN_STORE], tags[ORIGIN_RUN]
+        return self.origin, run.info.run_id
+
+    def _find_copy(self, experiment_id: str, source_id: str, origin: str):
+        from mlflow.entities import ViewType
+
+        origin = origin.replace("'", "\\'")
+        runs = self.target.search_runs(
+            [experiment_id], f"tags.`{ORIGIN_RUN}` = '{source_id}' and "
+                             f"tags.`{ORIGIN_STORE}` = '{origin}'",
+            ViewType.ACTIVE_ONLY, max_results=10, order_by=["attributes.start_time ASC"])
+        complete = [r for r in runs if r.data.tags.get(ORIGIN_COMPLETE) == "true"]
+        return (complete or list(runs) or [None])[0]
+
+    def _copy_params_and_tags(self, run, target_id: str) -> None:
+        from mlflow.entities import Param, RunTag
+
+        params = [Param(k, v) for k, v in run.data.params.items()]
+        tags = [RunTag(k, v) for k, v in run.data.tags.items()
+                if k not in (PARENT_TAG, ORIGIN_STORE, ORIGIN_RUN, ORIGIN_COMPLETE)]
+        parent = run.data.tags.get(PARENT_TAG)
+        if parent:
+            copied_parent = self._copies.get(parent) or self._copy_id(parent)
+            if copied_parent:
+                tags.append(RunTag(PARENT_TAG, copied_parent))
+        for chunk in _chunks(params, MAX_PARAMS):
+            self.target.log_batch(target_id, params=chunk)
+        for chunk in _chunks(tags, MAX_TAGS):
+            self.target.log_batch(target_id, tags=chunk)
+        self._step()
+
+    def _copy_id(self, source_id: str) -> str | None:
+        """The target's copy of a run pushed earlier (by another push), if any."""
+        try:
+            run = self.source.get_run(source_id)
+        except Exception:
+            return None
+        origin, origin_id = self._origin_of(run)
+        copy = self._find_copy(self._target_experiment(run.info.experiment_id), origin_id, origin)
+        return copy.info.run_id if copy is not None else None
+
+    def _copy_metrics(self, run, target_id: str) -> None:
+        """Every point of every series; on a partial copy only the points it lacks."""
+        from mlflow.entities import Metric
+
+        points = []
+        for key in run.data.metrics:
+            history = self.source.get_metric_history(run.info.run_id, key)
+            have = Counter((m.step, m.timestamp, m.value)
+                           for m in self.target.get_metric_history(target_id, key))
+            for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+                if have[(m.step, m.timestamp, m.value)]:
+                    have[(m.step, m.timestamp, m.value)] -= 1
+                    continue
+                points.append(Metric(key, m.value, m.timestamp, m.step))
+        for chunk in _chunks(points, MAX_METRICS):
+            self.target.log_batch(target_id, metrics=chunk)
+            self._step()
+
+    def _copy_inputs(self, run, copy, target_id: str) -> None:
+        have = {(d.dataset.name, d.dataset.digest) for d in copy.inputs.dataset_inputs} \
+            if copy.inputs else set()
+        missing = [d for d in (run.inputs.dataset_inputs if run.inputs else [])
+                   if (d.dataset.name, d.dataset.digest) not in have]
+        if missing:
+            self.target.log_inputs(target_id, datasets=missing)
+            self._step()
+
+    def _copy_artifacts(self, source_id: str, target_id: str) -> None:
+        if not self.source.list_artifacts(source_id):
+            return
+        folder = tempfile.mkdtemp(prefix="nbtrack-push-")
+        try:
+            local = self.source.download_artifacts(source_id, "", folder)
+            self.target.log_artifacts(target_id, local)  # same paths: a second upload overwrites
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._step()
+
+    def _copy_models(self, run, experiment_id: str, target_id: str) -> None:
+        """Each logged model as a logged model of the copy: its files (MLmodel's ids rewritten
+        to the copy's), tags and params, linked as the copy's output.
+        """
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        source_id = run.info.run_id
+        models = self.source.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{source_id}'")
+        copies = {m.tags.get(ORIGIN_MODEL): m for m in self.target.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"source_run_id = '{target_id}'")}
+        steps = {o.model_id: o.step for o in (run.outputs.model_outputs if run.outputs else [])}
+        for model in sorted(models, key=lambda m: m.creation_timestamp):
+            copy = copies.get(model.model_id)
+            if copy is not None and copy.status == LoggedModelStatus.READY:
+                continue
+            if copy is None:
+                copy = self.target.create_logged_model(
+                    experiment_id, name=model.name, source_run_id=target_id,
+                    tags={**model.tags, ORIGIN_MODEL: model.model_id}, params=model.params,
+                    model_type=model.model_type)
+            self._copy_model_files(model, copy.model_id, source_id, target_id)
+            if model.model_id in steps:
+                self.target.log_outputs(target_id, [LoggedModelOutput(copy.model_id,
+                                                                      steps[model.model_id])])
+            self.target.finalize_logged_model(copy.model_id, model.status)
+            self._step()
+
+    def _copy_model_files(self, model, new_model_id: str, source_id: str, target_id: str):
+        import mlflow.artifacts
+
+        folder = tempfile.mkdtemp(prefix="nbtrack-push-model-")
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model.model_id}", dst_path=folder,
+                tracking_uri=self.source_uri)
+            mlmodel = os.path.join(local, "MLmodel")
+            if os.path.exists(mlmodel):
+                with open(mlmodel, encoding="utf-8") as file:
+                    text = file.read()
+                with open(mlmodel, "w", encoding="utf-8") as file:
+                    file.write(text.replace(model.model_id, new_model_id)
+                               .replace(source_id, target_id))
+            self.target.log_model_artifacts(new_model_id, local)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def push_runs(pusher: Pusher, runs: list, on_done: Callable[[Outcome], None] | None = None
+              ) -> list[Outcome]:
+    """Push ``runs`` in order (parents first); ``on_done`` hears of each as it ends."""
+    outcomes = []
+    for run in runs:
+        outcome = pusher.push(run)
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+    return outcomes
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,254 @@
+"""``nbtrack push``: runs copied whole from the test's SQLite store to another store (a second SQLite
+file, the README's team server over HTTP with basic-auth, a PostgreSQL database named by a URI
+holding its password), compared field by field; pushed again without change; finished after a
+push killed halfway; credentials never printed nor tagged.
+
+The source runs are made with MLflow's own API (the same entities ``%%track`` writes), so each
+field a push must carry is there on purpose: a metric series with steps and timestamps, nested
+artifacts, a dataset input, a scikit-learn model with a signature, a parent and its children,
+a failed run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import nbtrack_cli
+
+ORIGIN_TAGS = ("nbtrack.origin.store", "nbtrack.origin.run_id", "nbtrack.origin.complete")
+CRASH_ENV = "_NBTRACK_PUSH_CRASH_AFTER_STEPS"
+
+
+def make_runs(experiment: str, tmp_path: Path, model: bool = True) -> list[str]:
+    """A parent run and two children (one with a model, one FAILED); return their ids."""
+    import mlflow
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_experiment(experiment)
+    X, y = load_iris(return_X_y=True)
+    files = tmp_path / "files"
+    (files / "plots").mkdir(parents=True, exist_ok=True)
+    (files / "notes.txt").write_text("first run\n")
+    (files / "plots" / "curve.csv").write_text("step,loss\n0,1.0\n1,0.5\n")
+    with mlflow.start_run(run_name="sweep") as parent:
+        mlflow.log_params({"grid.C": "0.1,1"})
+        mlflow.set_tag("team", "fraud")
+        with mlflow.start_run(run_name="C0.1", nested=True) as first:
+            mlflow.log_params({"C": 0.1, "max_iter": 300})
+            for step in range(5):
+                mlflow.log_metric("loss", 1.0 / (step + 1), step=step,
+                                  timestamp=1_700_000_000_000 + step * 1000)
+            mlflow.log_metric("loss", 0.15, step=4, timestamp=1_700_000_009_000)  # same step twice
+            mlflow.log_metric("val_acc", 0.93)
+            mlflow.log_artifacts(str(files))
+            mlflow.log_input(mlflow.data.from_numpy(X, name="iris"), context="train")
+            if model:
+                fitted = LogisticRegression(C=0.1, max_iter=300).fit(X, y)
+                mlflow.sklearn.log_model(fitted, name="clf", input_example=X[:3])
+        with mlflow.start_run(run_name="C1", nested=True) as second:
+            mlflow.log_params({"C": 1, "max_iter": 300})
+            mlflow.log_metric("val_acc", 0.5)
+            mlflow.end_run(status="FAILED")
+    return [parent.info.run_id, first.info.run_id, second.info.run_id]
+
+
+def copies(target_uri: str, experiment: str) -> dict:
+    """The target's runs of ``experiment`` by the source run id they carry."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(tracking_uri=target_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"experiment {experiment!r} was not created on the target"
+    runs = client.search_runs([found.experiment_id], run_view_type=ViewType.ALL)
+    by_origin = {}
+    for run in runs:
+        origin = run.data.tags["nbtrack.origin.run_id"]
+        assert origin not in by_origin, f"run {origin} was copied twice"
+        by_origin[origin] = run
+    return by_origin
+
+
+def artifact_files(client, run_id: str, tmp_path: Path) -> dict[str, str]:
+    local = Path(client.download_artifacts(run_id, "", str(tmp_path / uuid.uuid4().hex)))
+    return {str(p.relative_to(local)): p.read_text() for p in sorted(local.rglob("*"))
+            if p.is_file()}
+
+
+def assert_same_runs(source_uri: str, target_uri: str, experiment: str, run_ids: list[str],
+                     tmp_path: Path) -> dict:
+    """Every source run has one copy on the target, equal field by field; return the copies."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from nbtrack.store.kernel_state import fluent_tracking_uri
+
+    source, target = MlflowClient(tracking_uri=source_uri), MlflowClient(tracking_uri=target_uri)
+    copied = copies(target_uri, experiment)
+    assert set(copied) == set(run_ids)
+    for run_id in run_ids:
+        a, b = source.get_run(run_id), copied[run_id]
+        assert b.data.tags["nbtrack.origin.complete"] == "true"
+        assert b.info.run_id != a.info.run_id or source_uri != target_uri
+        assert b.data.params == a.data.params
+        tags_a = {k: v for k, v in a.data.tags.items() if k != "mlflow.parentRunId"}
+        tags_b = {k: v for k, v in b.data.tags.items()
+                  if k not in ORIGIN_TAGS and k != "mlflow.parentRunId"}
+        assert tags_b == tags_a
+        parent = a.data.tags.get("mlflow.parentRunId")
+        if parent:  # the copy points at the parent's copy
+            assert b.data.tags["mlflow.parentRunId"] == copied[parent].info.run_id
+        else:
+            assert "mlflow.parentRunId" not in b.data.tags
+        assert (b.info.status, b.info.start_time, b.info.end_time, b.info.run_name) == \
+               (a.info.status, a.info.start_time, a.info.end_time, a.info.run_name)
+        assert b.data.metrics == a.data.metrics
+        for key in a.data.metrics:
+            def points(client, rid, key=key):
+                return sorted((m.step, m.timestamp, m.value)
+                              for m in client.get_metric_history(rid, key))
+            assert points(target, b.info.run_id) == points(source, run_id)
+        assert sorted((d.dataset.name, d.dataset.digest) for d in b.inputs.dataset_inputs) == \
+               sorted((d.dataset.name, d.dataset.digest) for d in a.inputs.dataset_inputs)
+        assert artifact_files(target, b.info.run_id, tmp_path) == \
+               artifact_files(source, run_id, tmp_path)
+        models_a = source.search_logged_models(experiment_ids=[a.info.experiment_id],
+                                               filter_string=f"source_run_id = '{run_id}'")
+        models_b = target.search_logged_models(experiment_ids=[b.info.experiment_id],
+                                               filter_string=f"source_run_id = '{b.info.run_id}'")
+        assert [m.name for m in models_b] == [m.name for m in models_a]
+        for model_a, model_b in zip(models_a, models_b, strict=True):
+            assert str(model_b.status) == str(model_a.status)
+            from sklearn.datasets import load_iris
+
+            X, _ = load_iris(return_X_y=True)
+            with fluent_tracking_uri(source_uri):
+                expected = mlflow.pyfunc.load_model(model_a.model_uri)
+            with fluent_tracking_uri(target_uri):  # models:/<id> read from the target
+                loaded = mlflow.pyfunc.load_model(model_b.model_uri)
+            assert loaded.metadata.signature == expected.metadata.signature
+            assert loaded.metadata.signature is not None
+            assert loaded.metadata.model_id == model_b.model_id
+            assert np.array_equal(loaded.predict(X), expected.predict(X))
+            assert [o.model_id for o in b.outputs.model_outputs] == [model_b.model_id]
+    return copied
+
+
+def test_push_copies_runs_whole_to_another_sqlite_store_and_again_changes_nothing(
+        store, tmp_path):
+    experiment = "fraud"
+    run_ids = make_runs(experiment, tmp_path)
+    target = f"sqlite:///{tmp_path / 'team.db'}"
+
+    done = nbtrack_cli("push", "-e", experiment, "--to", target, "--no-progress",
+                       cwd=Path.cwd(), check=True)
+    assert "3 pushed" in done.stdout and "0 failed" in done.stdout, done.stdout
+    copied = assert_same_runs(store, target, experiment, run_ids, tmp_path)
+    assert {r.data.tags["nbtrack.origin.store"] for r in copied.values()} == {store}
+
+    again = nbtrack_cli("push", "-e", experiment, "--to", target, "--no-progress",
+                        cwd=Path.cwd(), check=True)
+    assert "0 pushed" in again.stdout and "3 already there" in again.stdout, again.stdout
+    assert {k: r.info.run_id for k, r in copies(target, experiment).items()} == \
+           {k: r.info.run_id for k, r in copied.items()}
+    assert_same_runs(store, target, experiment, run_ids, tmp_path)
+
+
+def test_push_of_one_child_brings_its_parent_and_links_them(store, tmp_path):
+    parent, first, _ = make_runs("fraud", tmp_path, model=False)
+    target = f"sqlite:///{tmp_path / 'team.db'}"
+
+    nbtrack_cli("push", first, "--to", target, cwd=Path.cwd(), check=True)
+    copied = copies(target, "fraud")
+    assert set(copied) == {parent, first}
+    assert copied[first].data.tags["mlflow.parentRunId"] == copied[parent].info.run_id
+
+
+def test_push_killed_halfway_is_finished_by_the_next_without_duplicates(store, tmp_path):
+    """Fault injection: CRASH_ENV makes the push process end abruptly (os._exit, as a kill
+    would) after that many copy steps. The parent takes 3 (create, params and tags, end), its
+    first child then create, params and tags, metrics, ...: 6 steps end the push inside the
+    second run, its metrics written, its dataset input, artifacts and end not."""
+    experiment = "fraud"
+    run_ids = make_runs(experiment, tmp_path, model=False)
+    target = f"sqlite:///{tmp_path / 'team.db'}"
+
+    killed = nbtrack_cli("push", "-e", experiment, "--to", target, "--no-progress",
+                         cwd=Path.cwd(), env={CRASH_ENV: "6"})
+    assert killed.returncode == 3, killed.stdout + killed.stderr
+    partial = copies(target, experiment)
+    assert set(partial) == set(run_ids[:2])
+    assert "nbtrack.origin.complete" in partial[run_ids[0]].data.tags
+    half = partial[run_ids[1]]
+    assert "nbtrack.origin.complete" not in half.data.tags and half.info.status == "RUNNING"
+    assert half.data.metrics  # its metrics were written before the kill
+
+    resumed = nbtrack_cli("push", "-e", experiment, "--to", target, "--no-progress",
+                          cwd=Path.cwd(), check=True)
+    assert "1 pushed, 1 finished" in resumed.stdout and "1 already there" in resumed.stdout, \
+        resumed.stdout
+    copied = assert_same_runs(store, target, experiment, run_ids, tmp_path)
+    assert copied[run_ids[1]].info.run_id == half.info.run_id  # finished in place
+
+
+def test_push_of_unknown_runs_is_one_line_and_exit_2(store, tmp_path):
+    target = f"sqlite:///{tmp_path / 'team.db'}"
+    done = nbtrack_cli("push", "0123456789abcdef", "--to", target, cwd=Path.cwd())
+    assert done.returncode == 2 and "no run '0123456789abcdef'" in done.stderr, done.stderr
+    done = nbtrack_cli("push", "--to", target, cwd=Path.cwd())
+    assert done.returncode == 2 and "say which runs" in done.stderr
+
+
+def test_push_to_the_team_server_with_basic_auth_keeps_the_password_out(store, tmp_path,
+                                                                          team_server):
+    experiment = "fraud-" + uuid.uuid4().hex[:8]
+    run_ids = make_runs(experiment, tmp_path)
+    password = team_server.users["alice"]
+    login = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": password}
+
+    done = nbtrack_cli("push", "-e", experiment, "--to", team_server.url, cwd=Path.cwd(),
+                       env=login, check=True)
+    assert "3 pushed" in done.stdout, done.stdout
+    assert password not in done.stdout + done.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in login.items():
+            patch.setenv(name, value)
+        copied = assert_same_runs(store, team_server.url, experiment, run_ids, tmp_path)
+        for run in copied.values():
+            assert password not in repr(run.data.tags) + repr(run.data.params)
+
+    wrong = nbtrack_cli("push", "-e", experiment, "--to", team_server.url, cwd=Path.cwd(),
+                        env={**login, "MLFLOW_TRACKING_PASSWORD": "not alice's password"})
+    assert wrong.returncode != 0
+    assert "not alice's password" not in wrong.stdout + wrong.stderr
+
+
+def test_push_to_a_postgresql_uri_never_prints_nor_tags_its_password(store, tmp_path,
+                                                                      postgres_cluster):
+    database = "push_" + uuid.uuid4().hex[:8]
+    postgres_cluster.create_database(database)
+    password = postgres_cluster.password
+    target = (f"postgresql://{postgres_cluster.user}:{password.replace(' ', '%20')}"
+              f"@127.0.0.1:{postgres_cluster.port}/{database}")
+    run_ids = make_runs("fraud", tmp_path, model=False)
+
+    done = nbtrack_cli("push", "-e", "fraud", "--to", target, cwd=Path.cwd(), check=True)
+    assert "3 pushed" in done.stdout, done.stdout
+    output = done.stdout + done.stderr
+    assert password not in output and password.replace(" ", "%20") not in output
+    assert f"127.0.0.1:{postgres_cluster.port}/{database}" in output
+    copied = assert_same_runs(store, target, "fraud", run_ids, tmp_path)
+
+    # On from PostgreSQL: the origin the copies carry is its URI without the login.
+    onward = f"sqlite:///{tmp_path / 'onward.db'}"
+    done = nbtrack_cli("push", "-e", "fraud", "--to", onward, cwd=Path.cwd(), check=True,
+                       env={"MLFLOW_TRACKING_URI": target})
+    assert "3 pushed" in done.stdout and password.split()[-1] not in done.stdout + done.stderr
+    for run in copies(onward, "fraud").values():
+        assert run.data.tags["nbtrack.origin.store"] == \
+               f"postgresql://127.0.0.1:{postgres_cluster.port}/{database}"
+        assert run.data.tags["nbtrack.origin.run_id"] in {r.info.run_id for r in copied.values()}
