@@ -309,7 +309,7 @@ class Tracker:
         series.add(number, len(series) if step is None else int(step), timestamp_ms)
         if timestamp_ms - active.spooled_ms >= SPOOL_INTERVAL_MS:
             self.queue.spool(active, timestamp_ms)
-        if active.live is not None and active.live.due():
+        if active.live is not None and timestamp_ms >= active.live.next_ms:
             # The sampler appends to its series on its thread; reading them here is safe (one
             # length, then items below it), and a sample missed now shows at the next redraw.
             machine = active.system.series if active.system is not None else {}
