@@ -6,7 +6,9 @@ This module only parses and prints; the copying is :mod:`nbtrack.store.publish`.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from pathlib import Path
 
 from nbtrack.errors import NbtrackError
 
@@ -34,14 +36,43 @@ def add_commands(commands) -> None:
                "  nbtrack push --filter \"metrics.val_auc > 0.9\" --to "
                "postgresql://mlflow@db:5432/mlflow",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    push.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="Runs to push.")
-    push.add_argument("-e", "--experiment", help="Push this experiment's runs.")
-    push.add_argument("--filter", metavar="EXPR",
-                      help="Push the runs matching this MLflow filter (in -e's experiment, "
-                           "else in every experiment), e.g. \"params.C = '0.1'\".")
+    _selection(push, "push")
     push.add_argument("--to", required=True, metavar="URI", help="The target tracking URI.")
     push.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     push.set_defaults(handler=_push)
+
+    export = commands.add_parser(
+        "export", help="Write runs, whole, to one file (a zip) for `nbtrack import`.",
+        description="Write runs of this store, with everything `nbtrack push` copies, to one\n"
+                    "zip: a small MLflow store and a manifest of every file's sha256.",
+        epilog="Example: nbtrack export -e churn -o churn-runs.zip",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _selection(export, "export")
+    export.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.zip",
+                        help="The bundle to write.")
+    export.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    export.set_defaults(handler=_export)
+
+    load = commands.add_parser(
+        "import", help="Copy the runs of an `nbtrack export` bundle into this store.",
+        description="Check the bundle against its manifest (a corrupt or truncated one is\n"
+                    "refused, and nothing is imported), then copy its runs into this store\n"
+                    "(MLFLOW_TRACKING_URI, else ./mlflow.db) as `nbtrack push` does: importing\n"
+                    "again skips runs already here.",
+        epilog="Example: MLFLOW_TRACKING_URI=http://mlflow.example.com:5000 "
+               "nbtrack import churn-runs.zip",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    load.add_argument("bundle", type=Path, metavar="FILE.zip", help="The bundle to import.")
+    load.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    load.set_defaults(handler=_import)
+
+
+def _selection(parser, verb: str) -> None:
+    parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help=f"Runs to {verb}.")
+    parser.add_argument("-e", "--experiment", help=f"{verb.capitalize()} this experiment's runs.")
+    parser.add_argument("--filter", metavar="EXPR",
+                        help=f"{verb.capitalize()} the runs matching this MLflow filter (in -e's "
+                             "experiment, else in every experiment), e.g. \"params.C = '0.1'\".")
 
 
 def _redactor(*uris: str):
@@ -62,8 +93,7 @@ def _push(args) -> int:
     from nbtrack.store import publish
     from nbtrack.store.kernel_state import absolute_tracking_uri
 
-    if not (args.run_ids or args.experiment or args.filter):
-        raise NbtrackError("say which runs to push: RUN_ID ..., -e EXPERIMENT or --filter EXPR.")
+    _check_selection(args, "push")
     source = absolute_tracking_uri()
     redact = _redactor(source, args.to)
     target = absolute_tracking_uri(args.to)
@@ -75,10 +105,23 @@ def _push(args) -> int:
         print(f"nothing to push: no runs matched in {publish.without_credentials(source)}")
         return EXIT_OK
     pusher = publish.Pusher(source, target)
+    outcomes = _with_progress(runs, f"push to {where}", args.no_progress, redact,
+                              lambda done: publish.push_runs(pusher, runs, done))
+    return _summary(outcomes, redact, f"target {where}")
+
+
+def _check_selection(args, verb: str) -> None:
+    if not (args.run_ids or args.experiment or args.filter):
+        raise NbtrackError(f"say which runs to {verb}: RUN_ID ..., -e EXPERIMENT or "
+                           "--filter EXPR.")
+
+
+def _with_progress(runs, description, hidden, redact, work):
+    """``work(done)``, with a bar of runs and a line as each run ends; its outcomes."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(runs), unit="run", desc=f"push to {where}", file=sys.stderr,
-               disable=args.no_progress or None)
+    bar = tqdm(total=len(runs), unit="run", desc=description, file=sys.stderr,
+               disable=hidden or None)
 
     def done(outcome) -> None:
         bar.update(1)
@@ -90,19 +133,61 @@ def _push(args) -> int:
         bar.write(redact.redact(line), file=sys.stdout)
 
     try:
-        outcomes = publish.push_runs(pusher, runs, done)
+        return work(done)
     finally:
         bar.close()
+
+
+def _summary(outcomes, redact, where: str) -> int:
+    from nbtrack.store import publish
+
     count = {state: sum(o.state == state for o in outcomes)
              for state in (publish.PUSHED, publish.FINISHED, publish.ALREADY, publish.FAILED)}
     summary = [f"{count[publish.PUSHED]} pushed"]
     if count[publish.FINISHED]:
         summary.append(f"{count[publish.FINISHED]} finished (left partial by an earlier push)")
     summary += [f"{count[publish.ALREADY]} already there", f"{count[publish.FAILED]} failed"]
-    print(redact.redact(f"\n{', '.join(summary)}; target {where}"))
+    print(redact.redact(f"\n{', '.join(summary)}; {where}"))
     for outcome in outcomes:
         if outcome.state == publish.FAILED:
             print(redact.redact(f"failed: run '{outcome.name}' ({outcome.run_id}): "
                                 f"{outcome.detail}"), file=sys.stderr)
     sys.stdout.flush()
     return EXIT_FAILED if count[publish.FAILED] else EXIT_OK
+
+
+def _export(args) -> int:
+    from nbtrack.store import bundle, publish
+    from nbtrack.store.kernel_state import absolute_tracking_uri
+
+    _check_selection(args, "export")
+    source = absolute_tracking_uri()
+    redact = _redactor(source)
+    runs = publish.select_runs(source, args.run_ids, args.experiment, args.filter)
+    if not runs:
+        raise NbtrackError(f"no runs matched in {publish.without_credentials(source)}: "
+                           "nothing was written.")
+    outcomes = _with_progress(runs, f"export to {args.output}", args.no_progress, redact,
+                              lambda done: bundle.export_runs(source, runs, args.output, done))
+    failed = any(o.state == publish.FAILED for o in outcomes)
+    code = _summary(outcomes, redact, f"bundle {args.output}" + (" not written" if failed else ""))
+    return code
+
+
+def _import(args) -> int:
+    from nbtrack.store import bundle, publish
+    from nbtrack.store.kernel_state import absolute_tracking_uri
+
+    target = absolute_tracking_uri()
+    redact = _redactor(target)
+    folder, manifest = bundle.open_bundle(args.bundle)
+    try:
+        source, runs = bundle.bundle_runs(folder)
+        pusher = publish.Pusher(source, target, keep_origin=True)
+        where = publish.without_credentials(target)
+        outcomes = _with_progress(runs, f"import to {where}", args.no_progress, redact,
+                                  lambda done: publish.push_runs(pusher, runs, done))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return _summary(outcomes, redact, f"target {where} (runs exported from "
+                                      f"{manifest.get('origin', '?')})")

@@ -319,11 +319,15 @@ class Pusher:
     def _copy_model_files(self, model, new_model_id: str, source_id: str, target_id: str):
         import mlflow.artifacts
 
+        from nbtrack.store.kernel_state import fluent_tracking_uri
+
         folder = tempfile.mkdtemp(prefix="nbtrack-push-model-")
         try:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{model.model_id}", dst_path=folder,
-                tracking_uri=self.source_uri)
+            # MLflow resolves models:/<id> with the fluent API's store, whatever tracking_uri says.
+            with fluent_tracking_uri(self.source_uri):
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{model.model_id}", dst_path=folder,
+                    tracking_uri=self.source_uri)
             mlmodel = os.path.join(local, "MLmodel")
             if os.path.exists(mlmodel):
                 with open(mlmodel, encoding="utf-8") as file:

@@ -11,7 +11,10 @@ a failed run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +255,54 @@ def test_push_to_a_postgresql_uri_never_prints_nor_tags_its_password(store, tmp_
         assert run.data.tags["nbtrack.origin.store"] == \
                f"postgresql://127.0.0.1:{postgres_cluster.port}/{database}"
         assert run.data.tags["nbtrack.origin.run_id"] in {r.info.run_id for r in copied.values()}
+
+
+def test_export_then_import_copies_runs_whole_and_importing_again_changes_nothing(
+        store, tmp_path):
+    run_ids = make_runs("fraud", tmp_path)
+    bundle = tmp_path / "runs.zip"
+    done = nbtrack_cli("export", "-e", "fraud", "-o", str(bundle), "--no-progress",
+                       cwd=Path.cwd(), check=True)
+    assert "3 pushed" in done.stdout and bundle.is_file(), done.stdout
+    with zipfile.ZipFile(bundle) as opened:
+        manifest = json.loads(opened.read("manifest.json"))
+        assert "mlflow.db" in manifest["files"]
+        for name, entry in manifest["files"].items():
+            assert hashlib.sha256(opened.read(name)).hexdigest() == entry["sha256"]
+
+    target = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    imported = nbtrack_cli("import", str(bundle), "--no-progress", cwd=Path.cwd(), check=True,
+                           env={"MLFLOW_TRACKING_URI": target})
+    assert "3 pushed" in imported.stdout, imported.stdout
+    copied = assert_same_runs(store, target, "fraud", run_ids, tmp_path)
+    assert {r.data.tags["nbtrack.origin.store"] for r in copied.values()} == {store}
+
+    again = nbtrack_cli("import", str(bundle), "--no-progress", cwd=Path.cwd(), check=True,
+                        env={"MLFLOW_TRACKING_URI": target})
+    assert "0 pushed" in again.stdout and "3 already there" in again.stdout, again.stdout
+
+
+def test_import_refuses_truncated_and_corrupt_bundles_and_imports_nothing(store, tmp_path):
+    make_runs("fraud", tmp_path, model=False)
+    bundle = tmp_path / "runs.zip"
+    nbtrack_cli("export", "-e", "fraud", "-o", str(bundle), cwd=Path.cwd(), check=True)
+    data = bundle.read_bytes()
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(data[: len(data) // 2])
+    # Same manifest, one member changed (a valid zip: only the manifest's sha256 catches it).
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(bundle) as source, zipfile.ZipFile(tampered, "w") as out:
+        for info in source.infolist():
+            content = source.read(info.filename)
+            if info.filename.endswith("notes.txt"):
+                content = b"changed\n"
+            out.writestr(info.filename, content)
+    target_db = tmp_path / "elsewhere.db"
+    for broken, why in ((truncated, "corrupt or truncated"), (tampered, "does not match its "
+                                                                        "sha256")):
+        done = nbtrack_cli("import", str(broken), cwd=Path.cwd(),
+                           env={"MLFLOW_TRACKING_URI": f"sqlite:///{target_db}"})
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert why in done.stderr and "nothing was imported" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert not target_db.exists()  # refused before the store was touched
