@@ -27,17 +27,26 @@ def add_commands(commands) -> None:
                     "the target) and parent/child links go along; a missing experiment is\n"
                     "created. Each copy is tagged with its origin (nbtrack.origin.store,\n"
                     "nbtrack.origin.run_id): pushing again skips runs already there and\n"
-                    "finishes those a cut-short push left partial. Exit code 1 when any run\n"
-                    "failed.",
+                    "finishes those a cut-short push left partial. --register also makes the\n"
+                    "pushed runs' registered model versions on the target, with their aliases\n"
+                    "(an alias the target already points elsewhere, its @champion say, moves\n"
+                    "only with --move-aliases). Exit code 1 when any run or version failed.",
         epilog="Examples:\n"
                "  export MLFLOW_TRACKING_USERNAME=alice MLFLOW_TRACKING_PASSWORD=...\n"
                "  nbtrack push -e churn --to https://mlflow.example.com\n"
                "  nbtrack push 3f2a9c1b... 8e41d07a... --to sqlite:///shared/mlflow.db\n"
+               "  nbtrack push -e churn --register --move-aliases --to https://mlflow.example.com\n"
                "  nbtrack push --filter \"metrics.val_auc > 0.9\" --to "
                "postgresql://mlflow@db:5432/mlflow",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _selection(push, "push")
     push.add_argument("--to", required=True, metavar="URI", help="The target tracking URI.")
+    push.add_argument("--register", action="store_true",
+                      help="Also re-create the registered model versions of the pushed runs, and "
+                           "their aliases where the target has none of that name.")
+    push.add_argument("--move-aliases", action="store_true",
+                      help="With --register: move aliases the target already points to other "
+                           "versions (its @champion, say) to the pushed versions.")
     push.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     push.set_defaults(handler=_push)
 
@@ -94,6 +103,8 @@ def _push(args) -> int:
     from nbtrack.store.kernel_state import absolute_tracking_uri
 
     _check_selection(args, "push")
+    if args.move_aliases and not args.register:
+        raise NbtrackError("--move-aliases moves the aliases --register makes: add --register.")
     source = absolute_tracking_uri()
     redact = _redactor(source, args.to)
     target = absolute_tracking_uri(args.to)
@@ -107,7 +118,35 @@ def _push(args) -> int:
     pusher = publish.Pusher(source, target)
     outcomes = _with_progress(runs, f"push to {where}", args.no_progress, redact,
                               lambda done: publish.push_runs(pusher, runs, done))
-    return _summary(outcomes, redact, f"target {where}")
+    code = _summary(outcomes, redact, f"target {where}")
+    if args.register:
+        code = max(code, _register(pusher, outcomes, args.move_aliases, redact))
+    return code
+
+
+def _register(pusher, outcomes, move_aliases: bool, redact) -> int:
+    """Push the registered versions of the pushed runs; print a line each and a summary."""
+    from nbtrack.store import registry_push
+
+    versions = registry_push.push_registrations(pusher, outcomes, move_aliases)
+    for v in versions:
+        line = f"{v.state:<13} model '{v.name}' version {v.version}"
+        if v.target_version:
+            line += f" -> version {v.target_version}"
+        if v.aliases:
+            line += "; " + ", ".join(f"@{alias} {what}" for alias, what in v.aliases)
+        for alias, at in v.left_at:
+            line += (f" (@{alias} still names version {at} there: --move-aliases moves it)")
+        if v.detail:
+            line += f": {v.detail}"
+        print(redact.redact(line), file=sys.stderr if v.state == registry_push.FAILED
+              else sys.stdout)
+    count = {state: sum(v.state == state for v in versions) for state in
+             (registry_push.REGISTERED, registry_push.ALREADY, registry_push.FAILED)}
+    print(f"model versions: {count[registry_push.REGISTERED]} registered, "
+          f"{count[registry_push.ALREADY]} already there, {count[registry_push.FAILED]} failed")
+    sys.stdout.flush()
+    return EXIT_FAILED if count[registry_push.FAILED] else EXIT_OK
 
 
 def _check_selection(args, verb: str) -> None:

@@ -306,3 +306,86 @@ def test_import_refuses_truncated_and_corrupt_bundles_and_imports_nothing(store,
         assert why in done.stderr and "nothing was imported" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
         assert not target_db.exists()  # refused before the store was touched
+
+
+def test_push_register_makes_the_versions_and_aliases_and_moves_a_taken_one_only_when_asked(
+        store, tmp_path):
+    """--register re-creates the pushed runs' registered versions (served from the target by
+    alias), finds them again on the next push, and leaves the team's @champion where it is unless
+    --move-aliases.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from sklearn.datasets import load_iris
+
+    X, _ = load_iris(return_X_y=True)
+    _, first, _ = make_runs("fraud", tmp_path)
+    local = MlflowClient()
+    (model,) = local.search_logged_models(experiment_ids=[local.get_run(first).info.experiment_id])
+    local.create_registered_model("fraud-clf", description="the fraud model")
+    one = local.create_model_version("fraud-clf", f"models:/{model.model_id}", run_id=first,
+                                     model_id=model.model_id, tags={"reviewed": "yes"})
+    local.set_registered_model_alias("fraud-clf", "champion", one.version)
+    target = f"sqlite:///{tmp_path / 'team.db'}"
+    team = MlflowClient(tracking_uri=target)
+
+    done = nbtrack_cli("push", first, "--register", "--to", target, "--no-progress",
+                       cwd=Path.cwd(), check=True)
+    assert "model versions: 1 registered, 0 already there, 0 failed" in done.stdout, done.stdout
+    assert "@champion set" in done.stdout
+    copy = copies(target, "fraud")[first]
+    (version,) = team.search_model_versions("name = 'fraud-clf'")
+    assert version.run_id == copy.info.run_id and version.tags["reviewed"] == "yes"
+    assert team.get_registered_model("fraud-clf").description == "the fraud model"
+    assert team.get_registered_model("fraud-clf").aliases == {"champion": version.version}
+    (model_copy,) = team.search_logged_models(
+        experiment_ids=[copy.info.experiment_id],
+        filter_string=f"source_run_id = '{copy.info.run_id}'")
+    assert version.source == f"models:/{model_copy.model_id}" != f"models:/{model.model_id}"
+    mlflow.set_tracking_uri(target)
+    try:
+        served = mlflow.pyfunc.load_model("models:/fraud-clf@champion")
+    finally:
+        mlflow.set_tracking_uri(store)
+    expected = mlflow.pyfunc.load_model("models:/fraud-clf@champion").predict(X)
+    assert (served.predict(X) == expected).all()
+
+    again = nbtrack_cli("push", first, "--register", "--to", target, "--no-progress",
+                        cwd=Path.cwd(), check=True)
+    assert "model versions: 0 registered, 1 already there, 0 failed" in again.stdout, again.stdout
+    assert len(team.search_model_versions("name = 'fraud-clf'")) == 1
+
+    # The team crowns a version of its own; locally a newer run becomes the champion.
+    mlflow.set_tracking_uri(target)  # MLflow resolves models:/ with the fluent API's store
+    try:
+        theirs = team.create_model_version("fraud-clf", f"models:/{model_copy.model_id}",
+                                           run_id=version.run_id, model_id=model_copy.model_id)
+    finally:
+        mlflow.set_tracking_uri(store)
+    team.set_registered_model_alias("fraud-clf", "champion", theirs.version)
+    _, newer, _ = make_runs("fraud", tmp_path)
+    (newer_model,) = local.search_logged_models(
+        experiment_ids=[local.get_run(newer).info.experiment_id],
+        filter_string=f"source_run_id = '{newer}'")
+    two = local.create_model_version("fraud-clf", f"models:/{newer_model.model_id}", run_id=newer,
+                                     model_id=newer_model.model_id)
+    local.set_registered_model_alias("fraud-clf", "champion", two.version)
+
+    kept = nbtrack_cli("push", newer, "--register", "--to", target, "--no-progress",
+                       cwd=Path.cwd(), check=True)
+    assert "model versions: 1 registered" in kept.stdout, kept.stdout
+    assert f"@champion still names version {theirs.version} there: --move-aliases" in kept.stdout
+    assert team.get_registered_model("fraud-clf").aliases == {"champion": theirs.version}
+    pushed = team.search_model_versions(
+        f"name = 'fraud-clf' and run_id = '{copies(target, 'fraud')[newer].info.run_id}'")
+    assert len(pushed) == 1
+
+    moved = nbtrack_cli("push", newer, "--register", "--move-aliases", "--to", target,
+                        "--no-progress", cwd=Path.cwd(), check=True)
+    assert "model versions: 0 registered, 1 already there" in moved.stdout, moved.stdout
+    assert "@champion moved" in moved.stdout
+    assert team.get_registered_model("fraud-clf").aliases == {"champion": pushed[0].version}
+    assert len(team.search_model_versions("name = 'fraud-clf'")) == 3
+
+    refused = nbtrack_cli("push", newer, "--move-aliases", "--to", target, cwd=Path.cwd())
+    assert refused.returncode == 2 and "add --register" in refused.stderr
