@@ -103,15 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--alias", default="champion", help="Alias to move (default champion).")
 
     commands.add_parser(
-        "sync", help="Record the runs ended kernels left in the journal.",
+        "sync", help="Record the runs ended kernels left in the journal; finish kept pushes.",
         description="Every kernel journals its runs ($NBTRACK_JOURNAL_DIR, default "
                     "~/.local/state/nbtrack/journal, one folder per kernel) before the store "
                     "has them. For each kernel that has ended (shut down while the store was "
                     "away, or killed): write its runs to the stores they were meant for, oldest "
                     "first, keeping their original times, and end the runs of cells it was "
-                    "running as KILLED. Prints what was pushed and what is still pending; "
-                    "runs of kernels still running are listed, their kernels write them. Exit "
-                    "code 1 while anything is pending.")
+                    "running as KILLED. Then finish the pushes `nbtrack push` kept because "
+                    "their target did not answer. Prints what was pushed and what is still "
+                    "pending; runs of kernels still running are listed, their kernels write "
+                    "them. Exit code 1 while anything is pending.")
 
     _add_rebuild_commands(commands)
     from nbtrack import publish
@@ -207,6 +208,7 @@ def _sync(args) -> int:
     from nbtrack.config import journal_root
     from nbtrack.durable.journal import KernelJournal, kernel_folders, waiting_count
     from nbtrack.durable.writer import recover
+    from nbtrack.publish import sync_kept_pushes
     from nbtrack.store.recorder import Recorder
 
     recorders: dict[str, Recorder] = {}
@@ -234,11 +236,13 @@ def _sync(args) -> int:
     if result.waiting:
         print(f"pending {result.waiting} run(s): the store still refuses them; "
               "run `nbtrack sync` again when it answers")
-    if not (result.written or result.killed or result.waiting or live):
+    pushed, pushes_pending = sync_kept_pushes()
+    if not (result.written or result.killed or result.waiting or live or pushed
+            or pushes_pending):
         print(f"nothing to sync: {journal_root()} holds no kept runs")
-    elif not (result.waiting or live):
+    elif not (result.waiting or live or pushes_pending):
         print("all kept runs are recorded")
-    return EXIT_FAILED if result.waiting or live else EXIT_OK
+    return EXIT_FAILED if result.waiting or live or pushes_pending else EXIT_OK
 
 
 def _ui(args) -> int:

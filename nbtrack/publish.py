@@ -30,7 +30,10 @@ def add_commands(commands) -> None:
                     "finishes those a cut-short push left partial. --register also makes the\n"
                     "pushed runs' registered model versions on the target, with their aliases\n"
                     "(an alias the target already points elsewhere, its @champion say, moves\n"
-                    "only with --move-aliases). Exit code 1 when any run or version failed.",
+                    "only with --move-aliases). A target that does not answer is waited for\n"
+                    "($NBTRACK_PUSH_WAIT_SECONDS, default 60), then the push is kept in the\n"
+                    "journal and `nbtrack sync` finishes it. Exit code 1 when any run or\n"
+                    "version failed or the push was kept.",
         epilog="Examples:\n"
                "  export MLFLOW_TRACKING_USERNAME=alice MLFLOW_TRACKING_PASSWORD=...\n"
                "  nbtrack push -e churn --to https://mlflow.example.com\n"
@@ -115,13 +118,98 @@ def _push(args) -> int:
     if not runs:
         print(f"nothing to push: no runs matched in {publish.without_credentials(source)}")
         return EXIT_OK
+    problem = _wait_for(target, where, redact)
+    if problem is not None:
+        return _keep(source, target, [run.info.run_id for run in runs], args, problem, redact)
     pusher = publish.Pusher(source, target)
     outcomes = _with_progress(runs, f"push to {where}", args.no_progress, redact,
                               lambda done: publish.push_runs(pusher, runs, done))
     code = _summary(outcomes, redact, f"target {where}")
+    failed = [o.run_id for o in outcomes if o.state == publish.FAILED]
+    if failed:  # the target may have gone away meanwhile: then sync finishes the push
+        problem = publish.target_problem(target)
+        if problem is not None:
+            return _keep(source, target, failed, args, problem, redact)
     if args.register:
         code = max(code, _register(pusher, outcomes, args.move_aliases, redact))
     return code
+
+
+def _wait_for(target: str, where: str, redact) -> str | None:
+    """Wait for a target that does not answer, as the writer waits for a store (its pauses, up
+    to ``$NBTRACK_PUSH_WAIT_SECONDS``); None once it answers, else why it does not.
+    """
+    import time
+
+    from nbtrack.durable.pushes import push_wait_seconds
+    from nbtrack.durable.writer import retry_pause
+    from nbtrack.store import publish
+
+    deadline = time.monotonic() + push_wait_seconds()
+    for attempt in range(10**6):
+        problem = publish.target_problem(target)
+        if problem is None or time.monotonic() + retry_pause(attempt) > deadline:
+            return problem
+        if attempt == 0:
+            print(redact.redact(f"waiting for {where}, which does not answer: {problem}"),
+                  file=sys.stderr, flush=True)
+        time.sleep(retry_pause(attempt))
+    return problem
+
+
+def _keep(source: str, target: str, run_ids: list[str], args, problem: str, redact) -> int:
+    """Keep the runs a silent target could not take for `nbtrack sync`; exit code 1."""
+    from nbtrack.durable import pushes
+    from nbtrack.store.publish import without_credentials
+
+    path = pushes.keep(pushes.KeptPush(source, target, tuple(run_ids), args.register,
+                                       args.move_aliases))
+    print(redact.redact(f"{without_credentials(target)} does not answer ({problem}): "
+                        f"{len(run_ids)} run(s) kept in {path}; `nbtrack sync` pushes them "
+                        "when it answers"), file=sys.stderr)
+    return EXIT_FAILED
+
+
+def sync_kept_pushes() -> tuple[int, int]:
+    """Finish the pushes a silent target made wait (``nbtrack sync``); print a line each.
+    Returns (pushes finished, pushes still kept).
+    """
+    from nbtrack.durable import pushes
+    from nbtrack.store import publish
+
+    finished = pending = 0
+    for path, kept in pushes.kept():
+        redact = _redactor(kept.source, kept.target)
+        where = publish.without_credentials(kept.target)
+        problem = publish.target_problem(kept.target)
+        if problem is not None:
+            pending += 1
+            print(redact.redact(f"pending push of {len(kept.run_ids)} run(s) to {where}: "
+                                f"{problem}; run `nbtrack sync` again when it answers"))
+            continue
+        try:
+            runs = publish.select_runs(kept.source, kept.run_ids)
+        except NbtrackError as error:
+            pending += 1
+            print(redact.redact(f"pending push to {where}: {error}"), file=sys.stderr)
+            continue
+        pusher = publish.Pusher(kept.source, kept.target)
+        outcomes = publish.push_runs(
+            pusher, runs, lambda outcome, redact=redact: print(redact.redact(_line(outcome))))
+        failed = [o.run_id for o in outcomes if o.state == publish.FAILED]
+        if kept.register:
+            _register(pusher, outcomes, kept.move_aliases, redact)
+        pushes.done(path)
+        if failed:
+            pushes.keep(pushes.KeptPush(kept.source, kept.target, tuple(failed), kept.register,
+                                        kept.move_aliases))
+            pending += 1
+            print(redact.redact(f"push to {where}: {len(failed)} run(s) failed, kept for the "
+                                "next `nbtrack sync`"))
+        else:
+            finished += 1
+            print(redact.redact(f"push to {where} finished: {len(runs)} run(s)"))
+    return finished, pending
 
 
 def _register(pusher, outcomes, move_aliases: bool, redact) -> int:
@@ -164,17 +252,24 @@ def _with_progress(runs, description, hidden, redact, work):
 
     def done(outcome) -> None:
         bar.update(1)
-        line = f"{outcome.state:<13} run '{outcome.name}' ({outcome.run_id})"
-        if outcome.target_run_id:
-            line += f" -> {outcome.target_run_id}"
-        if outcome.detail:
-            line += f": {outcome.detail}"
-        bar.write(redact.redact(line), file=sys.stdout)
+        bar.write(redact.redact(_line(outcome)), file=sys.stdout)
 
     try:
         return work(done)
     finally:
         bar.close()
+
+
+def _line(outcome) -> str:
+    """What happened to one run, in one line."""
+    line = f"{outcome.state:<13} run '{outcome.name}' ({outcome.run_id})"
+    if outcome.target_run_id:
+        line += f" -> {outcome.target_run_id}"
+    if outcome.detail:
+        line += f": {outcome.detail}"
+    if outcome.redacted:
+        line += f" ({outcome.redacted} secret(s) left out or redacted)"
+    return line
 
 
 def _summary(outcomes, redact, where: str) -> int:

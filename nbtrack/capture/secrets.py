@@ -20,6 +20,8 @@ _SECRET_NAME = re.compile(
     r"|(^|_)(auth_|access_|refresh_|bearer_|id_)?token($|_)|secret|api_?key|apikey"
     r"|credential|private_?key|access_?key|(^|_)auth($|_)"
 )
+# The shell's working folders: "pwd" marks a password in code, not in the environment.
+SHELL_NOT_SECRET = frozenset({"PWD", "OLDPWD"})
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 # scheme://user:PASSWORD@host
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^\s:/@'\"]+:)(?P<pw>[^\s@/'\"]+)(?=@)")
@@ -111,7 +113,7 @@ class Redactor:
 def _environment_secrets(items: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     found: list[str] = []
     for name, value in items:
-        if is_secret_name(name):
+        if is_secret_name(name) and name not in SHELL_NOT_SECRET:
             found.append(value)
         found += [match.group("pw") for match in _URL_PASSWORD.finditer(value)]
     return tuple(found)

@@ -290,15 +290,19 @@ def _try_lock(folder: Path):
     return handle
 
 
+# Beside the kernels' folders: the pushes `nbtrack push` kept for `nbtrack sync` (durable/pushes).
+PUSHES = "pushes"
+
+
 def kernel_folders(root: Path | None = None) -> list[Path]:
     """Every kernel's journal folder under the root, oldest first by name (not the hidden ones
-    new kernels are still setting up).
+    new kernels are still setting up, nor the kept pushes' folder).
     """
     root = Path(root) if root is not None else journal_root()
     if not root.is_dir():
         return []
     return sorted(path for path in root.iterdir()
-                  if path.is_dir() and not path.name.startswith("."))
+                  if path.is_dir() and not path.name.startswith(".") and path.name != PUSHES)
 
 
 def waiting_count(folder: Path) -> int:

@@ -3,7 +3,11 @@
 A copied run keeps its params, tags, every point of every metric series (step and timestamp),
 start and end time, status, artifacts, dataset inputs, logged models (flavors, signatures and
 files, loadable from the target) and its parent (``mlflow.parentRunId`` pointing at the parent's
-copy). Each copy carries its origin (:data:`ORIGIN_STORE`, :data:`ORIGIN_RUN`), found again by
+copy). Nothing goes that nbtrack would not have logged: a run logged by hand may hold a secret,
+so secret-named params are left out, and the secrets nbtrack knows of (secret-named environment
+variables, params and tags, URL passwords) are redacted from params, tags and text artifacts.
+
+Each copy carries its origin (:data:`ORIGIN_STORE`, :data:`ORIGIN_RUN`), found again by
 the next push: a copy with the completion marker :data:`ORIGIN_COMPLETE` (written last) is
 skipped, one a cut-short push left without it is finished in place, never made twice.
 """
@@ -16,7 +20,10 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from nbtrack.capture.secrets import Redactor, is_secret_name
 
 ORIGIN_STORE = "nbtrack.origin.store"
 ORIGIN_RUN = "nbtrack.origin.run_id"
@@ -28,6 +35,10 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 # Fault injection for the tests: the process ends (as if killed) after this many copy steps.
 CRASH_AFTER_ENV = "_NBTRACK_PUSH_CRASH_AFTER_STEPS"
+
+# Artifacts read as text for redaction (source, history, notebooks, tables); others go as they are.
+TEXT_SUFFIXES = frozenset({".py", ".txt", ".ipynb", ".json", ".md", ".csv", ".yaml", ".yml",
+                           ".html", ".log", ".toml", ".cfg", ".ini", ".sh"})
 
 PUSHED, ALREADY, FINISHED, FAILED = "pushed", "already there", "finished", "failed"
 
@@ -43,6 +54,7 @@ class Outcome:
     state: str
     target_run_id: str | None = None
     detail: str = ""
+    redacted: int = 0  # params left out and texts with a secret redacted
 
 
 def without_credentials(uri: str) -> str:
@@ -148,6 +160,9 @@ class Pusher:
         self._experiments: dict[str, str] = {}
         self._copies: dict[str, str] = {}  # source run id -> its copy's id
         self._steps = 0
+        self._secrets = Redactor()
+        self._secrets.add_from_environment()
+        self._redacted = 0
         limit = os.environ.get(CRASH_AFTER_ENV)
         self._crash_after = int(limit) if limit else None
 
@@ -180,17 +195,25 @@ class Pusher:
             self._step()
         target_id = copy.info.run_id
         self._copies[source_id] = target_id
-        self._copy_params_and_tags(run, target_id)
+        self._redacted = 0
+        redactor = self._redactor_for(run)
+        self._copy_params_and_tags(run, target_id, redactor)
         self._copy_metrics(run, target_id)
         self._copy_inputs(run, copy, target_id)
-        self._copy_artifacts(source_id, target_id)
+        self._copy_artifacts(source_id, target_id, redactor)
         self._copy_models(run, experiment_id, target_id)
         if run.info.status in TERMINAL:
             self.target.set_terminated(target_id, status=run.info.status,
                                        end_time=run.info.end_time)
             self._step()
             self.target.set_tag(target_id, ORIGIN_COMPLETE, "true")  # last: the copy is whole
-        return Outcome(source_id, name, state, target_id)
+        return Outcome(source_id, name, state, target_id, redacted=self._redacted)
+
+    def _redactor_for(self, run) -> Redactor:
+        """The pusher's secrets and those the run's own params and tags name."""
+        redactor = Redactor(self._secrets.key())
+        redactor.add_from_namespace({**run.data.params, **run.data.tags})
+        return redactor
 
     def _step(self) -> None:
         """One copy step done; the tests' fault injection ends the process here."""
@@ -223,11 +246,13 @@ class Pusher:
         complete = [r for r in runs if r.data.tags.get(ORIGIN_COMPLETE) == "true"]
         return (complete or list(runs) or [None])[0]
 
-    def _copy_params_and_tags(self, run, target_id: str) -> None:
+    def _copy_params_and_tags(self, run, target_id: str, redactor: Redactor) -> None:
         from mlflow.entities import Param, RunTag
 
-        params = [Param(k, v) for k, v in run.data.params.items()]
-        tags = [RunTag(k, v) for k, v in run.data.tags.items()
+        params = [Param(k, self._clean(redactor, v)) for k, v in run.data.params.items()
+                  if not is_secret_name(k)]
+        self._redacted += len(run.data.params) - len(params)
+        tags = [RunTag(k, self._clean(redactor, v)) for k, v in run.data.tags.items()
                 if k not in (PARENT_TAG, ORIGIN_STORE, ORIGIN_RUN, ORIGIN_COMPLETE)]
         parent = run.data.tags.get(PARENT_TAG)
         if parent:
@@ -277,16 +302,33 @@ class Pusher:
             self.target.log_inputs(target_id, datasets=missing)
             self._step()
 
-    def _copy_artifacts(self, source_id: str, target_id: str) -> None:
+    def _clean(self, redactor: Redactor, text: str) -> str:
+        clean = redactor.redact(text)
+        self._redacted += clean != text
+        return clean
+
+    def _copy_artifacts(self, source_id: str, target_id: str, redactor: Redactor) -> None:
         if not self.source.list_artifacts(source_id):
             return
         folder = tempfile.mkdtemp(prefix="nbtrack-push-")
         try:
             local = self.source.download_artifacts(source_id, "", folder)
+            for path in Path(local).rglob("*"):
+                if path.suffix in TEXT_SUFFIXES and path.is_file():
+                    self._redact_file(path, redactor)
             self.target.log_artifacts(target_id, local)  # same paths: a second upload overwrites
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self._step()
+
+    def _redact_file(self, path: Path, redactor: Redactor) -> None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            return  # not text after all: left as it is
+        clean = self._clean(redactor, text)
+        if clean != text:
+            path.write_text(clean, encoding="utf-8")
 
     def _copy_models(self, run, experiment_id: str, target_id: str) -> None:
         """Each logged model as a logged model of the copy: its files (MLmodel's ids rewritten
@@ -338,6 +380,33 @@ class Pusher:
             self.target.log_model_artifacts(new_model_id, local)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def target_problem(uri: str) -> str | None:
+    """Why the store at ``uri`` does not answer now, or None when it does: one quick request,
+    without MLflow's own retries (minutes against a server that is down).
+    """
+    from mlflow import MlflowClient
+
+    from nbtrack.display import short_error
+
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        return None
+    except Exception as error:
+        text = str(error)
+        if "Failed to establish a new connection" in text or "Connection refused" in text:
+            return "connection refused"
+        return short_error(error)
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def push_runs(pusher: Pusher, runs: list, on_done: Callable[[Outcome], None] | None = None

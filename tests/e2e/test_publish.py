@@ -78,7 +78,7 @@ def copies(target_uri: str, experiment: str) -> dict:
 
 def artifact_files(client, run_id: str, tmp_path: Path) -> dict[str, str]:
     local = Path(client.download_artifacts(run_id, "", str(tmp_path / uuid.uuid4().hex)))
-    return {str(p.relative_to(local)): p.read_text() for p in sorted(local.rglob("*"))
+    return {str(p.relative_to(local)): p.read_text(errors="replace") for p in sorted(local.rglob("*"))
             if p.is_file()}
 
 
@@ -389,3 +389,78 @@ def test_push_register_makes_the_versions_and_aliases_and_moves_a_taken_one_only
 
     refused = nbtrack_cli("push", newer, "--move-aliases", "--to", target, cwd=Path.cwd())
     assert refused.returncode == 2 and "add --register" in refused.stderr
+
+
+def test_push_leaves_secrets_of_a_run_logged_by_hand_behind(store, tmp_path, monkeypatch):
+    """A run logged with MLflow by hand holds what nbtrack would never log: a secret-named param,
+    a password in a URL, an environment token pasted into a note. The copy has none of them;
+    everything else is as it was.
+    """
+    import mlflow
+
+    monkeypatch.setenv("PAYMENTS_API_TOKEN", "tok-7d1e0c55aa")
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "notes.txt").write_text("called the API with tok-7d1e0c55aa and sk-live-99x1q\n")
+    (files / "table.csv").write_text("step,loss\n0,1.0\n")
+    (files / "weights.bin").write_bytes(b"\x00tok-7d1e0c55aa\xff")  # not text: goes as it is
+    mlflow.set_experiment("by-hand")
+    with mlflow.start_run(run_name="hand") as run:
+        mlflow.log_params({"api_key": "sk-live-99x1q", "db": "postgresql://ann:hunter22@db/x",
+                           "C": 0.5})
+        mlflow.set_tag("note", "key sk-live-99x1q")
+        mlflow.log_artifacts(str(files))
+    target = f"sqlite:///{tmp_path / 'team.db'}"
+
+    done = nbtrack_cli("push", run.info.run_id, "--to", target, "--no-progress", cwd=Path.cwd(),
+                       check=True)
+    assert "secret(s) left out or redacted" in done.stdout, done.stdout
+    copy = copies(target, "by-hand")[run.info.run_id]
+    assert "api_key" not in copy.data.params
+    assert copy.data.params["C"] == "0.5"
+    assert copy.data.params["db"] == "postgresql://ann:***REDACTED***@db/x"
+    assert copy.data.tags["note"] == "key ***REDACTED***"
+    from mlflow import MlflowClient
+
+    files = artifact_files(MlflowClient(tracking_uri=target), copy.info.run_id, tmp_path)
+    assert files["notes.txt"] == "called the API with ***REDACTED*** and ***REDACTED***\n"
+    assert files["table.csv"] == "step,loss\n0,1.0\n"
+    local = Path(MlflowClient(tracking_uri=target).download_artifacts(
+        copy.info.run_id, "weights.bin", str(tmp_path / "w")))
+    assert local.read_bytes() == b"\x00tok-7d1e0c55aa\xff"
+
+
+def test_push_to_a_server_that_is_down_waits_then_is_kept_and_sync_finishes_it(store, tmp_path):
+    """The team server is down: push waits (NBTRACK_PUSH_WAIT_SECONDS), keeps the runs in the
+    journal and says so; `nbtrack sync` leaves them while it is still down and pushes them whole
+    once it answers, then has nothing left.
+    """
+    from servers import sqlite_http_server
+
+    run_ids = make_runs("fraud", tmp_path, model=False)
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = sqlite_http_server(folder)  # not started yet: down
+    wait = {"NBTRACK_PUSH_WAIT_SECONDS": "3"}
+    done = nbtrack_cli("push", "-e", "fraud", "--to", server.url, "--no-progress",
+                       cwd=Path.cwd(), env=wait)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"waiting for {server.url}, which does not answer" in done.stderr
+    assert "3 run(s) kept in" in done.stderr and "`nbtrack sync` pushes them" in done.stderr
+    (kept,) = (tmp_path / "journal" / "pushes").glob("*.json")
+    assert kept.stat().st_mode & 0o777 == 0o600  # a target URI may hold a password
+
+    still = nbtrack_cli("sync", cwd=Path.cwd())
+    assert still.returncode == 1 and "pending push of 3 run(s)" in still.stdout, still.stdout
+    assert kept.exists()
+
+    server.start()
+    try:
+        synced = nbtrack_cli("sync", cwd=Path.cwd(), check=True)
+        assert f"push to {server.url} finished: 3 run(s)" in synced.stdout, synced.stdout
+        assert_same_runs(store, server.url, "fraud", run_ids, tmp_path)
+        assert not kept.exists()
+        again = nbtrack_cli("sync", cwd=Path.cwd(), check=True)
+        assert "nothing to sync" in again.stdout, again.stdout
+    finally:
+        server.stop()
