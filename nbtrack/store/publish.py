@@ -176,7 +176,23 @@ class Pusher:
         except Exception as error:  # this run failed; the others still go
             from nbtrack.display import short_error
 
-            return Outcome(run.info.run_id, name, FAILED, detail=short_error(error))
+            denied = self._refusal(error, run.info.experiment_id)
+            return Outcome(run.info.run_id, name, FAILED, detail=denied or short_error(error))
+
+    def _refusal(self, error, source_experiment_id: str) -> str | None:
+        """The line for a target that refused this user (basic-auth's 401/403), else None."""
+        from nbtrack.capture.lineage import current_user
+
+        code = str(getattr(error, "error_code", ""))
+        if code == "UNAUTHENTICATED" or " 401" in str(error):
+            return (f"the target did not accept the login of user '{current_user()}'; check "
+                    "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials")
+        if code != "PERMISSION_DENIED" and " 403" not in str(error):
+            return None
+        experiment = self.source.get_experiment(source_experiment_id).name
+        return (f"user '{current_user()}' may not write to experiment '{experiment}' on the "
+                "target: that needs EDIT or MANAGE permission there, and the server refused "
+                "(PERMISSION_DENIED). Ask the experiment's owner or an admin to grant it")
 
     def _push(self, run, name: str) -> Outcome:
         source_id = run.info.run_id

@@ -229,6 +229,28 @@ def test_push_to_the_team_server_with_basic_auth_keeps_the_password_out(store, t
     assert wrong.returncode != 0
     assert "not alice's password" not in wrong.stdout + wrong.stderr
 
+    # bob may read alice's experiment (the server's default), not write to it
+    more = make_runs(experiment, tmp_path, model=False)
+    bob = {"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": team_server.users["bob"]}
+    refused = nbtrack_cli("push", "-e", experiment, "--to", team_server.url, "--no-progress",
+                          cwd=Path.cwd(), env=bob)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "0 pushed, 3 already there, 3 failed" in refused.stdout, refused.stdout
+    line = (f"user 'bob' may not write to experiment '{experiment}' on the target: that needs "
+            "EDIT or MANAGE permission there")
+    failed = [text for text in refused.stderr.splitlines() if text.startswith("failed:")]
+    assert len(failed) == 3 and all(line in text for text in failed), refused.stderr
+    assert all(len(text) < 400 and "Traceback" not in text for text in failed)
+    assert not set(more) & set(copies_as(team_server, login, experiment))
+
+
+def copies_as(team_server, login: dict, experiment: str) -> dict:
+    """:func:`copies` on the team server, logged in with ``login``."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in login.items():
+            patch.setenv(name, value)
+        return copies(team_server.url, experiment)
+
 
 def test_push_to_a_postgresql_uri_never_prints_nor_tags_its_password(store, tmp_path,
                                                                       postgres_cluster):
