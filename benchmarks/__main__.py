@@ -23,7 +23,7 @@ import time
 from benchmarks._common import DOCS_ENV, PYTHON, REPO, RESULTS_ENV, docs_dir, results_dir
 
 # The order they run in; board_scale is written separately and joins when its file exists.
-BENCHMARKS = ("load_ext", "cell_overhead", "metric_throughput", "board_scale", "sweep")
+BENCHMARKS = ("load_ext", "cell_overhead", "metric_throughput", "board_scale", "sweep", "push")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,13 @@ from pathlib import Path
 from benchmarks._common import REPO, docs_dir, format_table, ms, rate, ratio, results_dir
 
 NOTE_ENV = "NBTRACK_BENCH_NOTE"
-ORDER = ("load_ext", "cell_overhead", "metric_throughput", "board_scale", "sweep")
+ORDER = ("load_ext", "cell_overhead", "metric_throughput", "board_scale", "sweep", "push")
 REFERENCE_CELL = "reference-10p-5m-1f"
 REFERENCE_UNDISPLAYED = REFERENCE_CELL + "-undisplayed"
 LATENCY_TARGET_S = 0.010
 THROUGHPUT_TARGET = 100_000
 BOARD_SIZE, BOARD_TARGET_S = 10_000, 1.0
+PUSH_RUNS, PUSH_BOUND = 1000, 2.0
 
 
 def load(folder: Path) -> dict[str, dict]:
@@ -129,6 +130,24 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
                            f"{cold[0]['seconds']:.2f} s (NOT under 1 s)")
                 status += " once the index exists"
             found.append((name, status, detail))
+
+    name = (f"issue 18.7: nbtrack push of {PUSH_RUNS:,} runs (params, 100-step series, 2 figures) "
+            f"<= {PUSH_BOUND:g}x MLflow logging the same by hand")
+    rows = {row["way"]: row for row in results.get("push", {}).get("rows", [])}
+    cli, hand = rows.get("nbtrack push (CLI)", {}), rows.get("MLflow by hand", {})
+    if cli.get("ratio_to_hand") is None:
+        found.append((name, "not measured", "no push results with both times verified"))
+    else:
+        inside = rows.get("nbtrack push (in-process)", {})
+        status = "met" if cli["ratio_to_hand"] <= PUSH_BOUND else "NOT met"
+        detail = (f"{cli['runs']:,} runs: `nbtrack push` {cli['seconds']:.1f} s, by hand "
+                  f"{hand['seconds']:.1f} s ({ratio(cli['ratio_to_hand'])})")
+        if inside.get("ratio_to_hand") is not None:
+            detail += (f"; in-process, without the process start, {inside['seconds']:.1f} s "
+                       f"({ratio(inside['ratio_to_hand'])})")
+        if cli["runs"] != PUSH_RUNS:
+            detail += f"; measured at {cli['runs']:,} runs, not {PUSH_RUNS:,}"
+        found.append((name, status, detail))
     return found
 
 
@@ -172,6 +191,13 @@ def summary(results: dict) -> list[list[str]]:
             lines.append([f"sweep of {row['executions']} executions", f"{row['seconds']:.1f} s",
                           f"{fastest['way']} {fastest['seconds']:.1f} s" if fastest else "-",
                           ratio(row["seconds"] / fastest["seconds"]) if fastest else "n/a"])
+    push = {row["way"]: row for row in results.get("push", {}).get("rows", [])}
+    hand = push.get("MLflow by hand", {})
+    for way in ("nbtrack push (CLI)", "nbtrack push (in-process)"):
+        row = push.get(way, {})
+        if row.get("ratio_to_hand") is not None:
+            lines.append([f"{way[8:]} of {row['runs']:,} runs", f"{row['seconds']:.1f} s",
+                          f"MLflow by hand {hand['seconds']:.1f} s", ratio(row["ratio_to_hand"])])
     for row in results.get("board_scale", {}).get("rows", []):
         if row.get("seconds") is not None:
             lines.append([f"board {row.get('operation')} at {row.get('size'):,} runs ({row.get('tool')})",
@@ -289,9 +315,28 @@ def plot_board_scale(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_push(data: dict, path: Path) -> None:
+    plt = _pyplot()
+    rows = [r for r in data["rows"] if "seconds" in r]
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.barh(range(len(rows)), [r["seconds"] for r in rows], color="#9ecae1")
+    ax.set_yticks(range(len(rows)), [r["way"] for r in rows])
+    hand = next((r["seconds"] for r in rows if r["way"] == "MLflow by hand"), None)
+    if hand:
+        ax.axvline(PUSH_BOUND * hand, color="grey", linestyle="--", linewidth=1,
+                   label=f"{PUSH_BOUND:g}x by hand (issue 18 target)")
+        ax.legend(fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("wall time, s")
+    ax.set_title(f"{data['runs']:,} runs into a new SQLite store")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 PLOTS = {"load_ext": plot_load_ext, "cell_overhead": plot_cell_overhead,
          "metric_throughput": plot_metric_throughput, "sweep": plot_sweep,
-         "board_scale": plot_board_scale}
+         "board_scale": plot_board_scale, "push": plot_push}
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -425,12 +470,34 @@ def _section_board_scale(data: dict) -> str:
         "\n\nWritten by `benchmarks/board_scale.py`; see its docstring for the method.")
 
 
+def _section_push(data: dict) -> str:
+    rows = [[r["way"], f"{r['runs']:,}", f"{r['seconds']:.1f}" if "seconds" in r else "failed",
+             f"{r['runs_per_second']:.1f}" if "seconds" in r else "-",
+             ratio(r.get("ratio_to_hand"))] for r in data["rows"]]
+    met = data.get("bound", {})
+    verdict = {True: "met", False: "NOT met", None: "not measured"}
+    text = (f"N runs like the showcase notebook's (10 params, 3 metrics with a 100-step series "
+            "each, 3 tags, 2 PNG figures) in a SQLite store, then, one after another, each into a "
+            "new SQLite store: logged by hand with `MlflowClient` (`create_run`, one `log_batch`, "
+            "`log_artifact` per figure, `set_terminated`), `nbtrack push -e ... --to sqlite:///...` "
+            "as a command (process start included), and the same push in-process "
+            "(`select_runs` + `Pusher`). Every target is then read back: N FINISHED runs with "
+            "their params, tags, every metric point and both figures. Issue 18's bound, push <= "
+            f"{met.get('bound', PUSH_BOUND):g}x by hand: **{verdict[met.get('cli')]}** for the "
+            f"command, {verdict[met.get('in_process')]} in-process.")
+    loads = data.get("load_average_1min", {})
+    if loads.get("start") is not None:
+        text += f" 1-minute load average {loads['start']:.1f} at the start, {loads['end']:.1f} at the end."
+    return _md_table(["way", "runs", "seconds", "runs/s", "time / by hand"], rows) + "\n\n" + text
+
+
 SECTIONS = {
     "load_ext": ("1. `%load_ext nbtrack` vs `import mlflow`", _section_load_ext),
     "cell_overhead": ("2. Cell latency added by `%%track` vs MLflow by hand", _section_cell_overhead),
     "metric_throughput": ("3. Step-metric throughput", _section_metric_throughput),
     "board_scale": ("4. Leaderboard at 1,000 / 10,000 / 100,000 runs", _section_board_scale),
     "sweep": ("5. Sweep throughput", _section_sweep),
+    "push": ("6. `nbtrack push` vs logging the same runs by hand", _section_push),
 }
 
 
