@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 
 from nbtrack.errors import NbtrackError
@@ -208,7 +209,9 @@ def sync_kept_pushes() -> tuple[int, int]:
                                 "next `nbtrack sync`"))
         else:
             finished += 1
-            print(redact.redact(f"push to {where} finished: {len(runs)} run(s)"))
+            states = Counter(o.state for o in outcomes)
+            print(redact.redact(f"push to {where} finished: " + ", ".join(
+                f"{count} {state}" for state, count in states.items())))
     return finished, pending
 
 

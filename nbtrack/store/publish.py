@@ -148,6 +148,8 @@ class Pusher:
     def __init__(self, source_uri: str, target_uri: str, keep_origin: bool = False) -> None:
         from mlflow import MlflowClient
 
+        from nbtrack.store.kernel_state import without_run_urls
+
         # MLflow's own bars for every download would bury the push's.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.source_uri = source_uri
@@ -157,6 +159,7 @@ class Pusher:
         self.keep_origin = keep_origin
         self.source = MlflowClient(tracking_uri=source_uri)
         self.target = MlflowClient(tracking_uri=target_uri)
+        without_run_urls(self.target)  # each run's line names its copy already
         self._experiments: dict[str, str] = {}
         self._copies: dict[str, str] = {}  # source run id -> its copy's id
         self._steps = 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import uuid
 import zipfile
 from pathlib import Path
@@ -479,10 +481,63 @@ def test_push_to_a_server_that_is_down_waits_then_is_kept_and_sync_finishes_it(s
     server.start()
     try:
         synced = nbtrack_cli("sync", cwd=Path.cwd(), check=True)
-        assert f"push to {server.url} finished: 3 run(s)" in synced.stdout, synced.stdout
+        assert f"push to {server.url} finished: 3 pushed" in synced.stdout, synced.stdout
         assert_same_runs(store, server.url, "fraud", run_ids, tmp_path)
         assert not kept.exists()
         again = nbtrack_cli("sync", cwd=Path.cwd(), check=True)
         assert "nothing to sync" in again.stdout, again.stdout
     finally:
         server.stop()
+
+
+def test_push_cut_by_the_server_killed_midway_is_finished_by_sync_without_duplicates(
+        store, tmp_path):
+    """The team server is SIGKILLed while a push runs: the runs it could not take are kept (the
+    one it was writing, half there, among them); started again on its same files, `nbtrack sync`
+    finishes the half one in place and pushes the rest, each once.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    import mlflow
+    from servers import MlflowServer, sqlite_http_server
+
+    run_ids = make_runs("fraud", tmp_path)
+    for number in range(12):  # enough runs that the push is still going when the server dies
+        with mlflow.start_run(run_name=f"extra-{number}") as run:
+            mlflow.log_params({"n": number, "note": "x" * 50})
+            mlflow.log_metrics({"loss": 1 / (number + 1), "acc": number / 12})
+        run_ids.append(run.info.run_id)
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = sqlite_http_server(folder).start()
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "NBTRACK_PUSH_WAIT_SECONDS": "1"}
+    push = subprocess.Popen([sys.executable, "-m", "nbtrack", "push", "-e", "fraud", "--to",
+                             server.url, "--no-progress"], cwd=Path.cwd(), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = push.stdout.readline()
+        assert first.startswith("pushed"), first + push.stderr.read()
+        os.killpg(server.process.pid, signal.SIGKILL)  # the server dies mid-push
+        server.process.wait(timeout=30)
+        out, err = push.communicate(timeout=600)
+    finally:
+        push.kill()
+    assert push.returncode == 1, out + err
+    kept = re.search(r"(\d+) run\(s\) kept in", err)
+    assert kept and 1 <= int(kept.group(1)) < len(run_ids), out + err
+
+    again = MlflowServer(server.command, server.env, server.port, folder / "again.log").start()
+    try:
+        synced = nbtrack_cli("sync", cwd=Path.cwd(), check=True)
+        finished = re.search(rf"push to {again.url} finished: (.*)", synced.stdout)
+        assert finished, synced.stdout
+        done = dict(reversed(part.split(" ", 1)) for part in finished.group(1).split(", "))
+        # what was kept (a half-written run finished in place among them) and the parents
+        # the selection brings, already there
+        assert int(done.get("pushed", 0)) + int(done.get("finished", 0)) == int(kept.group(1))
+        copied = assert_same_runs(store, again.url, "fraud", run_ids, tmp_path)  # each once
+        assert all(r.data.tags["nbtrack.origin.complete"] == "true" for r in copied.values())
+    finally:
+        again.stop()
