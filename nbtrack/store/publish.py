@@ -33,6 +33,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 # MLflow's limits on one log_batch call.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+PAGE = 1000  # runs or models a search returns at a time
 # Fault injection for the tests: the process ends (as if killed) after this many copy steps.
 CRASH_AFTER_ENV = "_NBTRACK_PUSH_CRASH_AFTER_STEPS"
 
@@ -162,6 +163,8 @@ class Pusher:
         without_run_urls(self.target)  # each run's line names its copy already
         self._experiments: dict[str, str] = {}
         self._copies: dict[str, str] = {}  # source run id -> its copy's id
+        self._copies_on_target: dict[tuple[str, str], dict[str, list]] = {}
+        self._source_models: dict[str, dict[str, list]] = {}  # experiment -> run id -> models
         self._steps = 0
         self._secrets = Redactor()
         self._secrets.add_from_environment()
@@ -206,8 +209,9 @@ class Pusher:
                 and copy.info.status in TERMINAL:
             self._copies[source_id] = copy.info.run_id
             return Outcome(source_id, name, ALREADY, copy.info.run_id)
-        state = PUSHED if copy is None else FINISHED
-        if copy is None:
+        fresh = copy is None  # a new copy: nothing on the target to compare with
+        state = PUSHED if fresh else FINISHED
+        if fresh:
             copy = self.target.create_run(
                 experiment_id, start_time=run.info.start_time, run_name=run.info.run_name,
                 tags={ORIGIN_STORE: origin, ORIGIN_RUN: origin_id})
@@ -216,11 +220,17 @@ class Pusher:
         self._copies[source_id] = target_id
         self._redacted = 0
         redactor = self._redactor_for(run)
-        self._copy_params_and_tags(run, target_id, redactor)
-        self._copy_metrics(run, target_id)
+        params, tags = self._params_and_tags(run, redactor)
+        points = self._points(run, target_id, fresh)
+        if fresh and len(params) <= MAX_PARAMS and len(tags) <= MAX_TAGS \
+                and len(params) + len(tags) + len(points) <= MAX_METRICS:
+            self.target.log_batch(target_id, metrics=points, params=params, tags=tags)  # one call
+            self._step()
+        else:
+            self._log_in_chunks(target_id, params, tags, points)
         self._copy_inputs(run, copy, target_id)
         self._copy_artifacts(source_id, target_id, redactor)
-        self._copy_models(run, experiment_id, target_id)
+        self._copy_models(run, experiment_id, target_id, fresh)
         if run.info.status in TERMINAL:
             self.target.set_terminated(target_id, status=run.info.status,
                                        end_time=run.info.end_time)
@@ -255,17 +265,32 @@ class Pusher:
         return self.origin, run.info.run_id
 
     def _find_copy(self, experiment_id: str, source_id: str, origin: str):
+        """The target's copy of a run (a complete one first), from one read of the experiment's
+        copies per push (a search per run grows slower as the target fills).
+        """
+        if (experiment_id, origin) not in self._copies_on_target:
+            self._copies_on_target[(experiment_id, origin)] = self._copies_in(experiment_id, origin)
+        runs = self._copies_on_target[(experiment_id, origin)].get(source_id, [])
+        complete = [r for r in runs if r.data.tags.get(ORIGIN_COMPLETE) == "true"]
+        return (complete or runs or [None])[0]
+
+    def _copies_in(self, experiment_id: str, origin: str) -> dict[str, list]:
         from mlflow.entities import ViewType
 
-        origin = origin.replace("'", "\\'")
-        runs = self.target.search_runs(
-            [experiment_id], f"tags.`{ORIGIN_RUN}` = '{source_id}' and "
-                             f"tags.`{ORIGIN_STORE}` = '{origin}'",
-            ViewType.ACTIVE_ONLY, max_results=10, order_by=["attributes.start_time ASC"])
-        complete = [r for r in runs if r.data.tags.get(ORIGIN_COMPLETE) == "true"]
-        return (complete or list(runs) or [None])[0]
+        quoted = origin.replace("'", "\\'")
+        found: dict[str, list] = {}
+        token = None
+        while True:
+            page = self.target.search_runs(
+                [experiment_id], f"tags.`{ORIGIN_STORE}` = '{quoted}'", ViewType.ACTIVE_ONLY,
+                max_results=PAGE, order_by=["attributes.start_time ASC"], page_token=token)
+            for run in page:
+                found.setdefault(run.data.tags.get(ORIGIN_RUN), []).append(run)
+            token = page.token
+            if not token:
+                return found
 
-    def _copy_params_and_tags(self, run, target_id: str, redactor: Redactor) -> None:
+    def _params_and_tags(self, run, redactor: Redactor) -> tuple[list, list]:
         from mlflow.entities import Param, RunTag
 
         params = [Param(k, self._clean(redactor, v)) for k, v in run.data.params.items()
@@ -278,11 +303,18 @@ class Pusher:
             copied_parent = self._copies.get(parent) or self._copy_id(parent)
             if copied_parent:
                 tags.append(RunTag(PARENT_TAG, copied_parent))
+        return params, tags
+
+    def _log_in_chunks(self, target_id: str, params: list, tags: list, points: list) -> None:
+        """Params and tags, then the points, within MLflow's limits on one call."""
         for chunk in _chunks(params, MAX_PARAMS):
             self.target.log_batch(target_id, params=chunk)
         for chunk in _chunks(tags, MAX_TAGS):
             self.target.log_batch(target_id, tags=chunk)
         self._step()
+        for chunk in _chunks(points, MAX_METRICS):
+            self.target.log_batch(target_id, metrics=chunk)
+            self._step()
 
     def _copy_id(self, source_id: str) -> str | None:
         """The target's copy of a run pushed earlier (by another push), if any."""
@@ -294,23 +326,22 @@ class Pusher:
         copy = self._find_copy(self._target_experiment(run.info.experiment_id), origin_id, origin)
         return copy.info.run_id if copy is not None else None
 
-    def _copy_metrics(self, run, target_id: str) -> None:
+    def _points(self, run, target_id: str, fresh: bool) -> list:
         """Every point of every series; on a partial copy only the points it lacks."""
         from mlflow.entities import Metric
 
         points = []
         for key in run.data.metrics:
             history = self.source.get_metric_history(run.info.run_id, key)
-            have = Counter((m.step, m.timestamp, m.value)
-                           for m in self.target.get_metric_history(target_id, key))
+            have = Counter() if fresh else Counter(
+                (m.step, m.timestamp, m.value)
+                for m in self.target.get_metric_history(target_id, key))
             for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
                 if have[(m.step, m.timestamp, m.value)]:
                     have[(m.step, m.timestamp, m.value)] -= 1
                     continue
                 points.append(Metric(key, m.value, m.timestamp, m.step))
-        for chunk in _chunks(points, MAX_METRICS):
-            self.target.log_batch(target_id, metrics=chunk)
-            self._step()
+        return points
 
     def _copy_inputs(self, run, copy, target_id: str) -> None:
         have = {(d.dataset.name, d.dataset.digest) for d in copy.inputs.dataset_inputs} \
@@ -349,16 +380,21 @@ class Pusher:
         if clean != text:
             path.write_text(clean, encoding="utf-8")
 
-    def _copy_models(self, run, experiment_id: str, target_id: str) -> None:
+    def _copy_models(self, run, experiment_id: str, target_id: str, fresh: bool) -> None:
         """Each logged model as a logged model of the copy: its files (MLmodel's ids rewritten
         to the copy's), tags and params, linked as the copy's output.
         """
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
         source_id = run.info.run_id
-        models = self.source.search_logged_models(
-            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{source_id}'")
-        copies = {m.tags.get(ORIGIN_MODEL): m for m in self.target.search_logged_models(
+        if run.info.experiment_id not in self._source_models:  # one read per experiment
+            self._source_models[run.info.experiment_id] = self._models_by_run(
+                run.info.experiment_id)
+        models = self._source_models[run.info.experiment_id].get(source_id, [])
+        if not models:
+            return
+        copies = {} if fresh else {m.tags.get(ORIGIN_MODEL): m for m in
+                                   self.target.search_logged_models(
             experiment_ids=[experiment_id], filter_string=f"source_run_id = '{target_id}'")}
         steps = {o.model_id: o.step for o in (run.outputs.model_outputs if run.outputs else [])}
         for model in sorted(models, key=lambda m: m.creation_timestamp):
@@ -376,6 +412,18 @@ class Pusher:
                                                                       steps[model.model_id])])
             self.target.finalize_logged_model(copy.model_id, model.status)
             self._step()
+
+    def _models_by_run(self, experiment_id: str) -> dict[str, list]:
+        found: dict[str, list] = {}
+        token = None
+        while True:
+            page = self.source.search_logged_models(experiment_ids=[experiment_id],
+                                                    max_results=PAGE, page_token=token)
+            for model in page:
+                found.setdefault(model.source_run_id, []).append(model)
+            token = page.token
+            if not token:
+                return found
 
     def _copy_model_files(self, model, new_model_id: str, source_id: str, target_id: str):
         import mlflow.artifacts

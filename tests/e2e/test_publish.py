@@ -175,9 +175,9 @@ def test_push_of_one_child_brings_its_parent_and_links_them(store, tmp_path):
 
 def test_push_killed_halfway_is_finished_by_the_next_without_duplicates(store, tmp_path):
     """Fault injection: CRASH_ENV makes the push process end abruptly (os._exit, as a kill
-    would) after that many copy steps. The parent takes 3 (create, params and tags, end), its
-    first child then create, params and tags, metrics, ...: 6 steps end the push inside the
-    second run, its metrics written, its dataset input, artifacts and end not."""
+    would) after that many copy steps. The parent takes 3 (create, one batch of params, tags
+    and points, end), its first child then create, batch, dataset input: 6 steps end the push
+    inside the second run, its metrics written, its artifacts, model and end not."""
     experiment = "fraud"
     run_ids = make_runs(experiment, tmp_path, model=False)
     target = f"sqlite:///{tmp_path / 'team.db'}"
