@@ -253,7 +253,12 @@ def _with_progress(runs, description, hidden, redact, work):
     bar = tqdm(total=len(runs), unit="run", desc=description, file=sys.stderr,
                disable=hidden or None)
 
+    copied = 0
+
     def done(outcome) -> None:
+        nonlocal copied
+        copied += outcome.size
+        bar.set_postfix_str(f"{copied / 1e6:,.1f} MB", refresh=False)
         bar.update(1)
         bar.write(redact.redact(_line(outcome)), file=sys.stdout)
 

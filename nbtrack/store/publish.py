@@ -56,6 +56,7 @@ class Outcome:
     target_run_id: str | None = None
     detail: str = ""
     redacted: int = 0  # params left out and texts with a secret redacted
+    size: int = 0  # bytes of artifacts and model files copied
 
 
 def without_credentials(uri: str) -> str:
@@ -121,14 +122,20 @@ def select_runs(source_uri: str, run_ids: Iterable[str] = (), experiment: str | 
 
 
 def _all_runs(client, experiment_ids, filter_string, view) -> list:
-    runs, token = [], None
+    return _every(lambda token: client.search_runs(
+        experiment_ids, filter_string, view, max_results=PAGE, page_token=token,
+        order_by=["attributes.start_time ASC"]))
+
+
+def _every(search) -> list:
+    """Every item of a paged MLflow search; ``search(token)`` returns one page."""
+    items, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, view, max_results=1000,
-                                  page_token=token, order_by=["attributes.start_time ASC"])
-        runs += list(page)
+        page = search(token)
+        items += list(page)
         token = page.token
         if not token:
-            return runs
+            return items
 
 
 def _parents_first(runs: list) -> list:
@@ -218,7 +225,7 @@ class Pusher:
             self._step()
         target_id = copy.info.run_id
         self._copies[source_id] = target_id
-        self._redacted = 0
+        self._redacted = self._size = 0
         redactor = self._redactor_for(run)
         params, tags = self._params_and_tags(run, redactor)
         points = self._points(run, target_id, fresh)
@@ -236,7 +243,8 @@ class Pusher:
                                        end_time=run.info.end_time)
             self._step()
             self.target.set_tag(target_id, ORIGIN_COMPLETE, "true")  # last: the copy is whole
-        return Outcome(source_id, name, state, target_id, redacted=self._redacted)
+        return Outcome(source_id, name, state, target_id, redacted=self._redacted,
+                       size=self._size)
 
     def _redactor_for(self, run) -> Redactor:
         """The pusher's secrets and those the run's own params and tags name."""
@@ -279,16 +287,10 @@ class Pusher:
 
         quoted = origin.replace("'", "\\'")
         found: dict[str, list] = {}
-        token = None
-        while True:
-            page = self.target.search_runs(
-                [experiment_id], f"tags.`{ORIGIN_STORE}` = '{quoted}'", ViewType.ACTIVE_ONLY,
-                max_results=PAGE, order_by=["attributes.start_time ASC"], page_token=token)
-            for run in page:
-                found.setdefault(run.data.tags.get(ORIGIN_RUN), []).append(run)
-            token = page.token
-            if not token:
-                return found
+        for run in _all_runs(self.target, [experiment_id], f"tags.`{ORIGIN_STORE}` = '{quoted}'",
+                             ViewType.ACTIVE_ONLY):
+            found.setdefault(run.data.tags.get(ORIGIN_RUN), []).append(run)
+        return found
 
     def _params_and_tags(self, run, redactor: Redactor) -> tuple[list, list]:
         from mlflow.entities import Param, RunTag
@@ -367,6 +369,7 @@ class Pusher:
                 if path.suffix in TEXT_SUFFIXES and path.is_file():
                     self._redact_file(path, redactor)
             self.target.log_artifacts(target_id, local)  # same paths: a second upload overwrites
+            self._size += _size_of(local)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self._step()
@@ -415,15 +418,10 @@ class Pusher:
 
     def _models_by_run(self, experiment_id: str) -> dict[str, list]:
         found: dict[str, list] = {}
-        token = None
-        while True:
-            page = self.source.search_logged_models(experiment_ids=[experiment_id],
-                                                    max_results=PAGE, page_token=token)
-            for model in page:
-                found.setdefault(model.source_run_id, []).append(model)
-            token = page.token
-            if not token:
-                return found
+        for model in _every(lambda token: self.source.search_logged_models(
+                experiment_ids=[experiment_id], max_results=PAGE, page_token=token)):
+            found.setdefault(model.source_run_id, []).append(model)
+        return found
 
     def _copy_model_files(self, model, new_model_id: str, source_id: str, target_id: str):
         import mlflow.artifacts
@@ -445,6 +443,7 @@ class Pusher:
                     file.write(text.replace(model.model_id, new_model_id)
                                .replace(source_id, target_id))
             self.target.log_model_artifacts(new_model_id, local)
+            self._size += _size_of(local)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -486,6 +485,10 @@ def push_runs(pusher: Pusher, runs: list, on_done: Callable[[Outcome], None] | N
         if on_done is not None:
             on_done(outcome)
     return outcomes
+
+
+def _size_of(folder: str) -> int:
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
 
 
 def _chunks(items: list, size: int):
