@@ -19,3 +19,13 @@ class NotebookError(NbtrackError):
 
 class PermissionDeniedError(StoreError):
     """The tracking server refused an operation: the logged-in user lacks the permission."""
+
+
+class RunOpenedPartlyError(StoreError):
+    """A run was created, but what follows its creation (its first params, making it MLflow's
+    active run) failed. ``run_id`` names the run, so its record goes into it instead of a new one
+    that would leave this one behind, RUNNING and empty."""
+
+    def __init__(self, run_id: str, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.run_id = run_id

@@ -172,6 +172,8 @@ class Tracker:
                                            display.warn),
                 )
             except Exception as error:
+                # A run created before the failure is the one the record goes into, not a second.
+                active.run_id = getattr(error, "run_id", None)
                 consequence = ("the cell's own mlflow calls go to MLflow's default run"
                                if syntax.uses_mlflow else "it is recorded when the cell ends")
                 display.warn(f"could not open run '{active.run_name}' before the cell "

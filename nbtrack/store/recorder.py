@@ -16,7 +16,7 @@ from itertools import repeat
 from pathlib import Path
 
 from nbtrack.display import short_error as _short
-from nbtrack.errors import StoreError
+from nbtrack.errors import RunOpenedPartlyError, StoreError
 from nbtrack.record import KILLED_REASON_TAG, CellRecord, FigureSnapshot, RunOutcome, Series
 from nbtrack.store import flavors, registry
 from nbtrack.store.kernel_state import (
@@ -105,15 +105,18 @@ class Recorder:
                 tags=tags,
             )
         run_id = run.info.run_id
-        if params:
-            from mlflow.entities import Param
+        try:
+            if params:
+                from mlflow.entities import Param
 
-            with quiet_mlflow():
-                self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        # A run left active by an earlier cell's own mlflow.start_run() stays as it was: ours goes
-        # on top of it instead of raising MLflow's "run already active" error.
-        with experiment_of(run.info.experiment_id):
-            mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+                with quiet_mlflow():
+                    self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            # A run left active by an earlier cell's own mlflow.start_run() stays as it was: ours
+            # goes on top of it instead of raising MLflow's "run already active" error.
+            with experiment_of(run.info.experiment_id):
+                mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+        except Exception as error:  # the store went away after creating the run
+            raise RunOpenedPartlyError(run_id, error) from error
         return run_id
 
     def write(self, record: CellRecord, progress: dict | None = None,

@@ -571,6 +571,32 @@ def test_tracking_server_killed_and_restarted_mid_session(shell, tmp_path, monke
         server.stop()
 
 
+def test_a_store_lost_right_after_creating_the_run_leaves_one_run_not_two(shell, store,
+                                                                           monkeypatch, capsys):
+    """The store takes the run opened before a cell, then fails before it is MLflow's active run
+    (a server killed between two requests: a sweep under load met this). The record goes into
+    that run: no second run, no empty RUNNING one left behind.
+    """
+    import mlflow
+
+    real_start_run = mlflow.start_run
+    failures = []
+
+    def start_run_once_unreachable(*args, **kwargs):
+        # The injected fault: the store is unreachable for the request after create_run.
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("server went away")
+        return real_start_run(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "start_run", start_run_once_unreachable)
+    result = shell.run("%%track -e opened -n own\nimport mlflow\nx = 7\nx")
+    assert result.success and result.result == 7 and failures
+    assert "could not open run 'own'" in capsys.readouterr().err
+    runs = shell.runs("opened")
+    assert [(run.info.status, run.data.params.get("x")) for run in runs] == [("FINISHED", "7")]
+
+
 def sweep_notebook(folder: Path) -> Path:
     return write_notebook(folder / "sweep.ipynb", [
         "%load_ext nbtrack",
