@@ -24,7 +24,8 @@ class PermissionDeniedError(StoreError):
 class RunOpenedPartlyError(StoreError):
     """A run was created, but what follows its creation (its first params, making it MLflow's
     active run) failed. ``run_id`` names the run, so its record goes into it instead of a new one
-    that would leave this one behind, RUNNING and empty."""
+    that would leave this one behind, RUNNING and empty.
+    """
 
     def __init__(self, run_id: str, cause: BaseException) -> None:
         super().__init__(str(cause))
