@@ -6,5 +6,7 @@ python -m pip install -q -e ".[test]"
 bash scripts/install_browser.sh
 bash scripts/install_postgres.sh
 python -m ruff check nbtrack tests benchmarks
-# The 20 slowest tests, so a test that grows slow shows in every full run.
-python -m pytest --durations=20 "$@"
+# The 20 slowest tests, so a test that grows slow shows in every full run. Two workers
+# (pytest-xdist), each test file in one of them: module fixtures (a JupyterLab, a team server)
+# start once, and a test waiting on its kernel leaves the other core to the other worker.
+python -m pytest -n 2 --dist loadfile --durations=20 "$@"
