@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
                         help="Optuna's sampler (default tpe).")
     search.add_argument("--seed", type=int, default=None, help="Seed of the sampler.")
+    search.add_argument("--study", metavar="URL",
+                        help="Optuna storage to keep the study in (e.g. sqlite:///study.db, "
+                             "postgresql://...); default: study.db beside the executed "
+                             "notebooks. The same command resumes an interrupted search: "
+                             "finished trials are not run again; --trials N counts them.")
 
     runs = commands.add_parser("runs", help="Print an experiment's leaderboard.",
                                description="Print an experiment's runs ranked by a metric, the "

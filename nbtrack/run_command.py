@@ -95,33 +95,56 @@ def _search(args) -> int:
     spec.check(batch.notebook_parameters(notebook))
     kernel = batch.choose_kernel(notebook, args.kernel)
     experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
-    outdir = (args.outdir or notebook.resolve().parent / "runs") / time.strftime(
-        f"{notebook.stem}-search-%Y%m%d-%H%M%S")
+    name = spec.study_name(notebook)
+    outdir = (args.outdir or notebook.resolve().parent / "runs") / name
+    outdir.mkdir(parents=True, exist_ok=True)
+    study = spec.study(name, args.study or f"sqlite:///{outdir / 'study.db'}")
     recorder = Recorder(absolute_tracking_uri())
     recorder.experiment_id(experiment)
-    sweep = uuid.uuid4().hex[:12]
-    space = {f"search.{d.name}": (f"choice{d.choices}" if d.kind == "choice"
-                                  else f"{d.kind}({d.low:g}, {d.high:g})") for d in dimensions}
-    parent = sweeps.open_sweep(recorder, experiment, f"{notebook.stem} search", sweep, {
-        **space, **{f"fixed.{k}": v for k, v in fixed.items()}, "sampler": spec.sampler,
-        "objective": spec.objective, "direction": "minimize" if spec.minimize else "maximize",
-        "trials": spec.trials, "seed": spec.seed})
-    trials, _ = search.run_search(
-        spec, search.plan_trial(notebook, outdir, experiment, sweep, kernel, parent),
+    reason = "the search's driver stopped during this trial (Ctrl-C or killed); asked again"
+    earlier, interrupted = search.earlier_trials(
+        study, fixed, lambda execution: recorder.end_running_runs(experiment, execution, reason))
+    # A resumed search keeps its sweep id and parent run: the board shows it as one sweep.
+    sweep = study.user_attrs.get("nbtrack.sweep") or uuid.uuid4().hex[:12]
+    parent = study.user_attrs.get("nbtrack.parent_run")
+    if earlier or interrupted:
+        print(f"nbtrack run: resuming search {name}: {len(earlier)} trial(s) finished before, "
+              f"{interrupted} interrupted (asked again), "
+              f"{max(0, spec.trials - len(earlier))} to go; executions in {outdir}",
+              file=sys.stderr)
+    if parent is None:
+        space = {f"search.{d.name}": (f"choice{d.choices}" if d.kind == "choice"
+                                      else f"{d.kind}({d.low:g}, {d.high:g})")
+                 for d in dimensions}
+        parent = sweeps.open_sweep(recorder, experiment, f"{notebook.stem} search", sweep, {
+            **space, **{f"fixed.{k}": v for k, v in fixed.items()}, "sampler": spec.sampler,
+            "objective": spec.objective, "direction": "minimize" if spec.minimize else "maximize",
+            "trials": spec.trials, "seed": spec.seed, "study": name})
+        study.set_user_attr("nbtrack.sweep", sweep)
+        study.set_user_attr("nbtrack.parent_run", parent)
+    trials = search.run_search(
+        spec, study, search.plan_trial(notebook, outdir, experiment, sweep, kernel, parent),
         lambda executions: batch.run_sweep(executions, jobs=args.jobs, progress=False),
         lambda execution: execution_metric(experiment, execution.execution_id, spec.objective),
-        jobs=args.jobs, progress=not args.no_progress)
+        jobs=args.jobs, progress=not args.no_progress, earlier=earlier)
     for trial in trials:
         point = ", ".join(f"{k}={v}" for k, v in trial.parameters.items())
-        status = trial.result.status if trial.state == "COMPLETE" or trial.result.status != "ok" \
-            else "FAILED"
-        reason = trial.result.reason or ("" if trial.value is not None
-                                         else f"its runs logged no {spec.objective!r}")
+        if trial.result is None:  # run before this search resumed
+            status, reason = ("ok" if trial.state == "COMPLETE" else "FAILED"), "(earlier)"
+        else:
+            status = (trial.result.status if trial.state == "COMPLETE"
+                      or trial.result.status != "ok" else "FAILED")
+            reason = trial.result.reason or ("" if trial.value is not None
+                                             else f"its runs logged no {spec.objective!r}")
         score = f"{spec.objective}={trial.value:.6g}" if trial.value is not None else reason
+        if trial.earlier and trial.value is not None:
+            score += " (earlier)"
         print(f"trial {trial.number:<3} {status:<7} {point}: {score}")
     best = search.best_trial(trials, spec.minimize)
     counts = {"trials_complete": sum(t.state == "COMPLETE" for t in trials),
-              "trials_failed": sum(t.state == "FAILED" for t in trials)}
+              "trials_failed": sum(t.state == "FAILED" for t in trials),
+              "trials_interrupted": len([k for k in study.user_attrs
+                                         if k.startswith(search.INTERRUPTED_ATTR + ".")])}
     best_tags = {}
     if best is not None:
         counts[f"best_{spec.objective}"] = best.value

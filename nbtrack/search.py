@@ -3,17 +3,23 @@
 Each trial is an ordinary tracked execution of the notebook (as ``nbtrack run`` makes them), its
 runs tagged with the trial's number; the objective is the metric its runs logged, read back from
 the store, and told to Optuna's study (ask/tell). Up to ``jobs`` trials run at once.
+
+The study is kept in Optuna's storage (a SQLite file beside the executed notebooks, or the one
+``--study`` names) under a name made from the search's settings, so the same command after a
+Ctrl-C or a killed driver resumes it: finished trials are not run again, and a trial that was
+running is marked failed (its runs end KILLED) and its values are asked again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from nbtrack.batch import Execution, ExecutionResult, Kernel, parse_assignment, parse_value
 from nbtrack.errors import BadOptionError
@@ -89,6 +95,7 @@ class Trial:
     result: ExecutionResult | None = None
     value: float | None = None
     state: str = "RUNNING"  # COMPLETE, FAILED (execution failed or no objective)
+    earlier: bool = False  # run by an earlier invocation of a search this one resumes
 
 
 @dataclass
@@ -126,40 +133,94 @@ class Search:
                 f"--search: {', '.join(map(repr, missing))} not set in the notebook's parameters "
                 f"cell (it sets: {', '.join(sorted(notebook_names)) or 'nothing'}).")
 
-    def study(self, name: str):
-        """A new Optuna study for this search."""
+    def study_name(self, notebook: Path) -> str:
+        """The study's name: the notebook's and a digest of what is searched, so the same
+        command finds the same study and another search (other space, objective, direction,
+        sampler, seed or fixed values) gets one of its own. The trial count is not in it: a
+        larger ``--trials`` goes on with the study.
+        """
+        settings = json.dumps([str(notebook.resolve()), [repr(d) for d in self.dimensions],
+                               self.objective, self.minimize, self.sampler, self.seed,
+                               sorted((k, repr(v)) for k, v in self.fixed.items())])
+        return f"{notebook.stem}-search-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
+
+    def study(self, name: str, storage: str | None = None):
+        """The search's Optuna study in ``storage`` (an Optuna storage URL; None: in memory),
+        the one kept there under ``name`` if there is one.
+        """
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = (optuna.samplers.RandomSampler(seed=self.seed) if self.sampler == "random"
                    else optuna.samplers.TPESampler(seed=self.seed))
-        return optuna.create_study(study_name=name, sampler=sampler,
-                                   direction="minimize" if self.minimize else "maximize")
+        try:
+            return optuna.create_study(study_name=name, sampler=sampler, storage=storage,
+                                       load_if_exists=True,
+                                       direction="minimize" if self.minimize else "maximize")
+        except Exception as error:
+            raise BadOptionError(f"--study {storage!r}: Optuna could not open or create the "
+                                 f"study there ({type(error).__name__}: {error}).") from error
 
 
-def run_search(search: Search, make_execution: Callable[[int, dict], Execution],
+EXECUTION_ATTR = "nbtrack.execution"  # on an Optuna trial: the execution that ran it
+INTERRUPTED_ATTR = "nbtrack.interrupted"  # on the study, per trial: running when the driver stopped
+
+
+def earlier_trials(study, fixed: dict,
+                   end_interrupted: Callable[[str], object]) -> tuple[list[Trial], int]:
+    """The trials a kept study already holds, for a search that resumes it.
+
+    Trials left running by a driver that stopped (Ctrl-C, killed) are marked failed and
+    ``interrupted``, their execution's runs ended with ``end_interrupted(execution_id)``, and their
+    values queued to be asked again. Returns the finished trials and how many were interrupted.
+    """
+    import optuna
+
+    states = optuna.trial.TrialState
+    finished, interrupted = [], 0
+    for kept in study.get_trials(deepcopy=False):
+        if kept.state == states.RUNNING:
+            if kept.user_attrs.get(EXECUTION_ATTR):
+                end_interrupted(kept.user_attrs[EXECUTION_ATTR])
+            study.set_user_attr(f"{INTERRUPTED_ATTR}.{kept.number}", True)
+            study.tell(kept.number, state=states.FAIL)
+            study.enqueue_trial(kept.params, skip_if_exists=False)
+            interrupted += 1
+        elif (kept.state == states.WAITING
+              or study.user_attrs.get(f"{INTERRUPTED_ATTR}.{kept.number}")):
+            continue  # queued to be asked again, or asked again already
+        elif kept.state.is_finished():
+            finished.append(Trial(kept.number, {**fixed, **kept.params}, value=kept.value,
+                                  state="COMPLETE" if kept.state == states.COMPLETE
+                                  else "FAILED", earlier=True))
+    return finished, interrupted
+
+
+def run_search(search: Search, study, make_execution: Callable[[int, dict], Execution],
                run_batch: Callable[[list[Execution]], list[ExecutionResult]],
                objective_of: Callable[[Execution], float | None], jobs: int = 1,
-               progress: bool = True) -> tuple[list[Trial], Any]:
-    """Ask Optuna for ``jobs`` trials at a time, run their executions, tell it what they scored.
+               progress: bool = True, earlier: Sequence[Trial] = ()) -> list[Trial]:
+    """Ask Optuna for ``jobs`` trials at a time, run their executions, tell it what they scored,
+    until ``earlier`` and the new trials make ``search.trials``.
 
     ``make_execution(number, parameters)`` names an execution, ``run_batch`` runs a list of them
     at once, ``objective_of`` reads the objective an execution's runs logged (None: none).
-    Returns every trial and the study.
+    Returns every trial, the earlier ones first.
     """
     from tqdm.auto import tqdm
 
-    study = search.study("nbtrack")
     distributions = {d.name: d.distribution() for d in search.dimensions}
-    trials: list[Trial] = []
-    with tqdm(total=search.trials, desc="trials", unit="trial", disable=not progress,
-              file=sys.stderr) as bar:
+    trials: list[Trial] = list(earlier)
+    with tqdm(total=search.trials, initial=min(len(trials), search.trials), desc="trials",
+              unit="trial", disable=not progress, file=sys.stderr) as bar:
         while len(trials) < search.trials:
             batch = []
             for _ in range(min(jobs, search.trials - len(trials))):
                 asked = study.ask(distributions)
                 trial = Trial(asked.number, {**search.fixed, **asked.params})
-                batch.append((asked, trial, make_execution(asked.number, trial.parameters)))
+                execution = make_execution(asked.number, trial.parameters)
+                asked.set_user_attr(EXECUTION_ATTR, execution.execution_id)
+                batch.append((asked, trial, execution))
             results = run_batch([execution for _, _, execution in batch])
             for (asked, trial, execution), result in zip(batch, results, strict=True):
                 trial.result = result
@@ -178,7 +239,7 @@ def run_search(search: Search, make_execution: Callable[[int, dict], Execution],
                 if best is not None:
                     bar.set_postfix_str(f"best {search.objective}={best.value:.4g} "
                                         f"(trial {best.number})")
-    return trials, study
+    return trials
 
 
 def best_trial(trials: Sequence[Trial], minimize: bool) -> Trial | None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 from conftest import cell_runs, nbtrack_cli, write_notebook
 
@@ -60,6 +66,66 @@ def test_minimize_picks_the_lowest_objective_as_best(notebook, client):
               if line.startswith("trial ")]
     best = next(line for line in done.stdout.splitlines() if line.startswith("best:"))
     assert len(losses) == 3 and f"loss={min(losses):.6g} " in best
+
+
+def test_a_search_whose_driver_is_killed_resumes_with_the_same_command(tmp_path, store, client):
+    """The driver and its kernel SIGKILLed while the third of four trials runs: the same command
+    runs only what is missing (the killed trial's values asked again), one sweep, one parent run.
+    """
+    notebook = write_notebook(tmp_path / "project" / "slow.ipynb", [
+        "%load_ext nbtrack",
+        "%%track -n fit\nimport time\ntime.sleep(4)\nscore = 10 - (x - 2) ** 2"],
+        parameters="x = 0.0")
+    command = ["run", "slow.ipynb", "--search", "x=uniform(-4, 4)", "--trials", "4",
+               "--objective", "score", "--seed", "5", "-e", "resume", "--no-progress"]
+    driver = subprocess.Popen([sys.executable, "-m", "nbtrack", *command], cwd=notebook.parent,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and driver.poll() is None:
+            found = client.get_experiment_by_name("resume")
+            runs = cell_runs(client.search_runs([found.experiment_id])) if found else []
+            if (sum(r.info.status == "FINISHED" for r in runs) == 2
+                    and any(r.info.status == "RUNNING" for r in runs)):
+                break
+            time.sleep(0.3)
+        assert driver.poll() is None, driver.communicate()[0][-3000:]
+        os.killpg(driver.pid, signal.SIGKILL)  # fault: the driver (and its kernel) die mid-trial
+    finally:
+        driver.wait(timeout=60)
+    time.sleep(3)  # the orphaned kernel sees its parent gone and exits
+
+    done = nbtrack_cli(*command, cwd=notebook.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming search slow-search-" in done.stderr
+    assert "2 trial(s) finished before, 1 interrupted (asked again), 2 to go" in done.stderr
+    experiment = client.get_experiment_by_name("resume")
+    every = client.search_runs([experiment.experiment_id])
+    runs = cell_runs(every)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    [killed] = [r for r in runs if r.info.status == "KILLED"]
+    assert len(finished) == 4 and len(runs) == 5
+    assert "driver stopped" in killed.data.tags["nbtrack.killed_reason"]
+    # Trials 0 and 1 ran once; the killed trial's x ran again, as a later trial.
+    trial_of = {r.info.run_id: int(r.data.tags["nbtrack.trial"]) for r in runs}
+    assert sorted(trial_of[r.info.run_id] for r in finished)[:2] == [0, 1]
+    assert trial_of[killed.info.run_id] == 2
+    assert killed.data.params["x"] in {r.data.params["x"] for r in finished
+                                       if trial_of[r.info.run_id] > 2}
+    # One sweep, one parent run, told how it went.
+    [parent] = [r for r in every if "nbtrack.sweep_parent" in r.data.tags]
+    assert {r.data.tags["nbtrack.sweep"] for r in runs} == {parent.data.tags["nbtrack.sweep"]}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_complete"] == 4
+    assert parent.data.metrics["trials_interrupted"] == 1
+    assert done.stdout.count("(earlier)") == 2
+
+    again = nbtrack_cli(*command, cwd=notebook.parent)  # finished: nothing runs again
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 trial(s) finished before, 0 interrupted (asked again), 0 to go" in again.stderr
+    assert len(cell_runs(client.search_runs([experiment.experiment_id]))) == 5
 
 
 @pytest.mark.parametrize("args, message", [
