@@ -26,8 +26,10 @@ from nbtrack.config import (
     BATCH_ENV,
     EXECUTION_ID_ENV,
     EXPERIMENT_NAME_ENV,
+    OBJECTIVE_ENV,
     PARAMETERS_ENV,
     PARENT_RUN_ENV,
+    PRUNE_FOLDER_ENV,
     SWEEP_ID_ENV,
     TRACKING_URI_ENV,
     TRIAL_ENV,
@@ -35,8 +37,8 @@ from nbtrack.config import (
 from nbtrack.errors import BadOptionError, NbtrackError, NotebookError
 from nbtrack.record import BATCH_TAG
 
-OK, FAILED, KILLED = "ok", "FAILED", "KILLED"
-_EXIT_FAILED, _EXIT_KILLED = 1, 3
+OK, FAILED, KILLED, PRUNED = "ok", "FAILED", "KILLED", "PRUNED"
+_EXIT_FAILED, _EXIT_KILLED, _EXIT_PRUNED = 1, 3, 4
 # How long an execution's last steps (attaching the executed notebook, ending a dead kernel's
 # runs) wait for a store that is down or locked, like a tracked cell in a batch execution.
 STORE_WAIT_SECONDS = 120.0
@@ -217,12 +219,14 @@ class Execution:
     kernel: Kernel | None = None  # default: choose_kernel(notebook), in the execution's process
     trial: int | None = None  # the Optuna trial it is (nbtrack run --search)
     parent_run: str | None = None  # the sweep's parent run, whose children its runs are
+    prune_folder: Path | None = None  # --prune: where its kernel reports the objective's points
+    objective: str | None = None  # --prune: the metric it reports
 
 
 @dataclass(frozen=True)
 class ExecutionResult:
-    """How an execution ended: ``ok``, ``FAILED`` or ``KILLED``, with a one-line reason (for
-    ``ok``: what nbtrack could not do afterwards, if anything).
+    """How an execution ended: ``ok``, ``FAILED``, ``KILLED`` or ``PRUNED`` (by a search), with
+    a one-line reason (for ``ok``: what nbtrack could not do afterwards, if anything).
     """
 
     execution: Execution
@@ -254,6 +258,9 @@ def kernel_environment(execution: Execution, tracking_uri: str) -> dict[str, str
     extra = {TRIAL_ENV: str(execution.trial)} if execution.trial is not None else {}
     if execution.parent_run:
         extra[PARENT_RUN_ENV] = execution.parent_run
+    if execution.prune_folder is not None and execution.objective:
+        extra[PRUNE_FOLDER_ENV] = str(execution.prune_folder)
+        extra[OBJECTIVE_ENV] = execution.objective
     return {
         **extra,
         "JPY_SESSION_NAME": str(execution.notebook.resolve()),
@@ -301,7 +308,7 @@ def _execute_in_process(execution: Execution, tracking_uri: str) -> ExecutionRes
     done = subprocess.run([sys.executable, "-m", BATCH_TAG, request], env=env,
                           capture_output=True, text=True)
     reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
-    status = {0: OK, _EXIT_KILLED: KILLED}.get(done.returncode, FAILED)
+    status = {0: OK, _EXIT_KILLED: KILLED, _EXIT_PRUNED: PRUNED}.get(done.returncode, FAILED)
     if status != OK and not reason:
         reason = f"exit code {done.returncode}"
     reason, notes = _after_execution(execution, tracking_uri, status, reason)
@@ -378,7 +385,8 @@ def _worker(request: dict) -> int:
         code = _EXIT_FAILED
         reason = str(error)
     except PapermillExecutionError as error:
-        code = _EXIT_FAILED
+        # A search's pruner stopped it (nbtrack/capture/pruning.py): pruned, not failed.
+        code = _EXIT_PRUNED if error.ename == "TrialPruned" else _EXIT_FAILED
         reason = f"cell {error.exec_count} raised {error.ename}: {error.evalue}"
     except DeadKernelError as error:
         code = _EXIT_KILLED

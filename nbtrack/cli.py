@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
                         help="Optuna's sampler (default tpe).")
     search.add_argument("--seed", type=int, default=None, help="Seed of the sampler.")
+    search.add_argument("--prune", action="store_true",
+                        help="Stop a trial early when the objective's points it logs so far "
+                             "(nbtrack.log_metric(OBJECTIVE, value, step=...)) are worse than "
+                             "the median of earlier trials at the same step; its runs end KILLED "
+                             "with the tag nbtrack.pruned=true and keep their points.")
+    search.add_argument("--pruner", default="median", choices=["median", "hyperband"],
+                        help="Optuna's pruner with --prune (default median).")
+    search.add_argument("--prune-startup", type=int, default=3, metavar="N",
+                        help="Trials that run in full before the median pruner prunes any "
+                             "(default 3).")
     search.add_argument("--study", metavar="URL",
                         help="Optuna storage to keep the study in (e.g. sqlite:///study.db, "
                              "postgresql://...); default: study.db beside the executed "

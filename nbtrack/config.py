@@ -111,6 +111,10 @@ SWEEP_ID_ENV = "NBTRACK_SWEEP_ID"
 TRIAL_ENV = "NBTRACK_TRIAL"
 # The sweep's parent run: an execution's runs are its children (mlflow.parentRunId).
 PARENT_RUN_ENV = "NBTRACK_PARENT_RUN_ID"
+# `nbtrack run --search --prune`: the folder a trial's kernel reports its objective's points to
+# (and finds the search's word to stop in), and the objective's name (nbtrack/capture/pruning.py).
+PRUNE_FOLDER_ENV = "NBTRACK_PRUNE_FOLDER"
+OBJECTIVE_ENV = "NBTRACK_OBJECTIVE"
 PARAMETERS_ENV = "NBTRACK_PARAMETERS"
 WAIT_FOR_STORE_ENV = "NBTRACK_WAIT_FOR_STORE"
 JOURNAL_DIR_ENV = "NBTRACK_JOURNAL_DIR"

@@ -229,6 +229,7 @@ CELL_TAG = "nbtrack.cell"
 BATCH_TAG = "nbtrack.batch"
 SWEEP_TAG = "nbtrack.sweep"
 TRIAL_TAG = "nbtrack.trial"
+PRUNED_TAG = "nbtrack.pruned"  # "true" on the run of a cell a search pruned (--prune)
 PARENT_RUN_TAG = "mlflow.parentRunId"
 SUPERSEDES_TAG = "nbtrack.supersedes"
 KILLED_REASON_TAG = "nbtrack.killed_reason"

@@ -90,7 +90,8 @@ def _search(args) -> int:
         name, values = batch.parse_assignment(text, "--grid")
         dimensions.append(search.parse_dimension(f"{name}=choice({values})"))
     spec = search.Search(dimensions, args.trials, args.objective or "", args.minimize,
-                         args.sampler, args.seed, fixed)
+                         args.sampler, args.seed, fixed, args.prune, args.pruner,
+                         args.prune_startup)
     batch.check_notebook(notebook, set(fixed))
     spec.check(batch.notebook_parameters(notebook))
     kernel = batch.choose_kernel(notebook, args.kernel)
@@ -119,18 +120,21 @@ def _search(args) -> int:
         parent = sweeps.open_sweep(recorder, experiment, f"{notebook.stem} search", sweep, {
             **space, **{f"fixed.{k}": v for k, v in fixed.items()}, "sampler": spec.sampler,
             "objective": spec.objective, "direction": "minimize" if spec.minimize else "maximize",
-            "trials": spec.trials, "seed": spec.seed, "study": name})
+            "trials": spec.trials, "seed": spec.seed, "study": name,
+            "pruner": spec.pruner if spec.prune else "none"})
         study.set_user_attr("nbtrack.sweep", sweep)
         study.set_user_attr("nbtrack.parent_run", parent)
     trials = search.run_search(
-        spec, study, search.plan_trial(notebook, outdir, experiment, sweep, kernel, parent),
+        spec, study, search.plan_trial(notebook, outdir, experiment, sweep, kernel, parent,
+                                       spec.objective if spec.prune else None),
         lambda executions: batch.run_sweep(executions, jobs=args.jobs, progress=False),
         lambda execution: execution_metric(experiment, execution.execution_id, spec.objective),
         jobs=args.jobs, progress=not args.no_progress, earlier=earlier)
     for trial in trials:
         point = ", ".join(f"{k}={v}" for k, v in trial.parameters.items())
         if trial.result is None:  # run before this search resumed
-            status, reason = ("ok" if trial.state == "COMPLETE" else "FAILED"), "(earlier)"
+            status = {"COMPLETE": "ok", "PRUNED": "PRUNED"}.get(trial.state, "FAILED")
+            reason = "(earlier)"
         else:
             status = (trial.result.status if trial.state == "COMPLETE"
                       or trial.result.status != "ok" else "FAILED")
@@ -143,6 +147,7 @@ def _search(args) -> int:
     best = search.best_trial(trials, spec.minimize)
     counts = {"trials_complete": sum(t.state == "COMPLETE" for t in trials),
               "trials_failed": sum(t.state == "FAILED" for t in trials),
+              "trials_pruned": sum(t.state == "PRUNED" for t in trials),
               "trials_interrupted": len([k for k in study.user_attrs
                                          if k.startswith(search.INTERRUPTED_ATTR + ".")])}
     best_tags = {}

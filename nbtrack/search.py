@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nbtrack.batch import Execution, ExecutionResult, Kernel, parse_assignment, parse_value
 from nbtrack.errors import BadOptionError
@@ -94,7 +95,7 @@ class Trial:
     parameters: dict
     result: ExecutionResult | None = None
     value: float | None = None
-    state: str = "RUNNING"  # COMPLETE, FAILED (execution failed or no objective)
+    state: str = "RUNNING"  # COMPLETE, PRUNED, FAILED (execution failed or no objective)
     earlier: bool = False  # run by an earlier invocation of a search this one resumes
 
 
@@ -109,6 +110,9 @@ class Search:
     sampler: str = "tpe"
     seed: int | None = None
     fixed: dict = field(default_factory=dict)
+    prune: bool = False  # stop trials whose objective so far is worse than earlier trials'
+    pruner: str = "median"  # Optuna's MedianPruner, or "hyperband"
+    prune_startup: int = 3  # trials that run in full before any is pruned (median pruner)
 
     def check(self, notebook_names: set[str] | None) -> None:
         """Raise BadOptionError for a spec that cannot run: no objective, no trials, a name the
@@ -120,6 +124,10 @@ class Search:
             raise BadOptionError("--trials takes a positive number.")
         if self.sampler not in ("tpe", "random"):
             raise BadOptionError(f"--sampler {self.sampler!r}: use tpe or random.")
+        if self.pruner not in ("median", "hyperband"):
+            raise BadOptionError(f"--pruner {self.pruner!r}: use median or hyperband.")
+        if self.prune_startup < 0:
+            raise BadOptionError("--prune-startup takes a number of trials, 0 or more.")
         names = [d.name for d in self.dimensions]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -141,7 +149,8 @@ class Search:
         """
         settings = json.dumps([str(notebook.resolve()), [repr(d) for d in self.dimensions],
                                self.objective, self.minimize, self.sampler, self.seed,
-                               sorted((k, repr(v)) for k, v in self.fixed.items())])
+                               sorted((k, repr(v)) for k, v in self.fixed.items())]
+                              + ([self.pruner, self.prune_startup] if self.prune else []))
         return f"{notebook.stem}-search-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
 
     def study(self, name: str, storage: str | None = None):
@@ -153,9 +162,15 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = (optuna.samplers.RandomSampler(seed=self.seed) if self.sampler == "random"
                    else optuna.samplers.TPESampler(seed=self.seed))
+        if not self.prune:
+            pruner = optuna.pruners.NopPruner()
+        elif self.pruner == "hyperband":
+            pruner = optuna.pruners.HyperbandPruner()
+        else:
+            pruner = optuna.pruners.MedianPruner(n_startup_trials=self.prune_startup)
         try:
             return optuna.create_study(study_name=name, sampler=sampler, storage=storage,
-                                       load_if_exists=True,
+                                       load_if_exists=True, pruner=pruner,
                                        direction="minimize" if self.minimize else "maximize")
         except Exception as error:
             raise BadOptionError(f"--study {storage!r}: Optuna could not open or create the "
@@ -190,9 +205,11 @@ def earlier_trials(study, fixed: dict,
               or study.user_attrs.get(f"{INTERRUPTED_ATTR}.{kept.number}")):
             continue  # queued to be asked again, or asked again already
         elif kept.state.is_finished():
-            finished.append(Trial(kept.number, {**fixed, **kept.params}, value=kept.value,
-                                  state="COMPLETE" if kept.state == states.COMPLETE
-                                  else "FAILED", earlier=True))
+            state = {states.COMPLETE: "COMPLETE", states.PRUNED: "PRUNED"}.get(kept.state,
+                                                                                "FAILED")
+            finished.append(Trial(kept.number, {**fixed, **kept.params},
+                                  value=kept.value if state == "COMPLETE" else None,
+                                  state=state, earlier=True))
     return finished, interrupted
 
 
@@ -221,13 +238,21 @@ def run_search(search: Search, study, make_execution: Callable[[int, dict], Exec
                 execution = make_execution(asked.number, trial.parameters)
                 asked.set_user_attr(EXECUTION_ATTR, execution.execution_id)
                 batch.append((asked, trial, execution))
-            results = run_batch([execution for _, _, execution in batch])
+            watcher = PruneWatcher(batch) if search.prune else None
+            try:
+                results = run_batch([execution for _, _, execution in batch])
+            finally:
+                if watcher is not None:
+                    watcher.stop()
+            import optuna
+
             for (asked, trial, execution), result in zip(batch, results, strict=True):
                 trial.result = result
                 trial.value = objective_of(execution) if result.status == "ok" else None
-                if trial.value is None or not math.isfinite(trial.value):
-                    import optuna
-
+                if result.status == "PRUNED":
+                    study.tell(asked, state=optuna.trial.TrialState.PRUNED)
+                    trial.state = "PRUNED"
+                elif trial.value is None or not math.isfinite(trial.value):
                     study.tell(asked, state=optuna.trial.TrialState.FAIL)
                     trial.state = "FAILED"
                 else:
@@ -235,11 +260,72 @@ def run_search(search: Search, study, make_execution: Callable[[int, dict], Exec
                     trial.state = "COMPLETE"
                 trials.append(trial)
                 bar.update(1)
-                best = best_trial(trials, search.minimize)
-                if best is not None:
-                    bar.set_postfix_str(f"best {search.objective}={best.value:.4g} "
-                                        f"(trial {best.number})")
+                bar.set_postfix_str(_progress_note(trials, search))
     return trials
+
+
+def _progress_note(trials: Sequence[Trial], search: Search) -> str:
+    """The progress bar's note: trials done, pruned and failed, and the best so far."""
+    counts = {state: sum(t.state == state for t in trials)
+              for state in ("COMPLETE", "PRUNED", "FAILED")}
+    note = f"{counts['COMPLETE']} done"
+    if search.prune:
+        note += f", {counts['PRUNED']} pruned"
+    note += f", {counts['FAILED']} failed"
+    best = best_trial(trials, search.minimize)
+    if best is not None:
+        note += f"; best {search.objective}={best.value:.4g} (trial {best.number})"
+    return note
+
+
+class PruneWatcher:
+    """While a batch of trials runs (``--prune``): read the objective's points their kernels
+    report, tell them to their Optuna trials, and prune a trial the pruner says is behind.
+    A thread of the ``nbtrack run`` process, polling twice a second; no user code runs here.
+    """
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, batch: Sequence[tuple[Any, Trial, Execution]]) -> None:
+        import threading
+
+        self._batch = [(asked, execution, {"offset": 0, "steps": set(), "pruned": False})
+                       for asked, _, execution in batch]
+        self._stopped = threading.Event()
+        self.problem = ""
+        self._thread = threading.Thread(target=self._watch, name="nbtrack-prune", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.POLL_SECONDS):
+            self.poll()
+
+    def poll(self) -> None:
+        """Tell each trial the points reported since the last poll; prune those behind."""
+        from nbtrack.capture.pruning import prune, read_reported
+
+        for asked, execution, seen in self._batch:
+            if seen["pruned"]:
+                continue
+            try:
+                points, seen["offset"] = read_reported(execution.prune_folder, seen["offset"])
+                for step, value in points:
+                    if step not in seen["steps"] and math.isfinite(value):
+                        seen["steps"].add(step)
+                        asked.report(value, step)
+                if points and asked.should_prune():
+                    prune(execution.prune_folder)
+                    seen["pruned"] = True
+            except Exception as error:  # the trial then runs in full
+                if not self.problem:
+                    self.problem = f"pruning trial {asked.number}: {type(error).__name__}: {error}"
+                    print(f"nbtrack run: warning: {self.problem}", file=sys.stderr)
+
+    def stop(self) -> None:
+        """Stop polling, after one last read of what the batch reported."""
+        self._stopped.set()
+        self._thread.join()
+        self.poll()
 
 
 def best_trial(trials: Sequence[Trial], minimize: bool) -> Trial | None:
@@ -258,13 +344,19 @@ def trial_label(number: int, parameters: dict) -> str:
 
 
 def plan_trial(notebook: Path, outdir: Path, experiment: str, sweep_id: str,
-               kernel: Kernel | None, parent_run: str | None = None
-               ) -> Callable[[int, dict], Execution]:
-    """The ``make_execution`` of :func:`run_search` for one notebook and folder."""
+               kernel: Kernel | None, parent_run: str | None = None,
+               prune_objective: str | None = None) -> Callable[[int, dict], Execution]:
+    """The ``make_execution`` of :func:`run_search` for one notebook and folder; with
+    ``prune_objective``, each trial's kernel reports that metric's points (see PruneWatcher).
+    """
+    from nbtrack.capture.pruning import prepare
 
     def make(number: int, parameters: dict) -> Execution:
         output = outdir / f"{notebook.stem}-{trial_label(number, parameters)}.ipynb"
+        folder = (prepare(outdir / "pruning" / f"trial-{number:03d}") if prune_objective
+                  else None)
         return Execution(notebook, output, parameters, experiment, sweep_id, kernel=kernel,
-                         trial=number, parent_run=parent_run)
+                         trial=number, parent_run=parent_run, prune_folder=folder,
+                         objective=prune_objective)
 
     return make

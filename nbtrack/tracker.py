@@ -21,6 +21,7 @@ from nbtrack.capture import lineage, sanitize
 from nbtrack.capture.curves import LightningTap
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.notebook import notebook_path
+from nbtrack.capture.pruning import PruneChannel
 from nbtrack.capture.source import analyze
 from nbtrack.capture.system import SystemSampler
 from nbtrack.capture.values import metric_number, param_text
@@ -144,6 +145,7 @@ class Tracker:
         active.lightning.install()
         if self._wants_live(options):
             active.live = LivePanel(self.publish, active.run_name)
+        active.pruning = PruneChannel.from_environ(self.environ)
         if self.settings.system_metrics:
             active.system = SystemSampler()
             active.system.start()
@@ -309,6 +311,8 @@ class Tracker:
             series = active.series[key] = Series(str(key))
         timestamp_ms = int(time.time() * 1000)
         series.add(number, len(series) if step is None else int(step), timestamp_ms)
+        if active.pruning is not None and key == active.pruning.objective:
+            active.pruning.report(series.steps[-1], number)  # raises TrialPruned once pruned
         if timestamp_ms - active.spooled_ms >= SPOOL_INTERVAL_MS:
             self.queue.spool(active, timestamp_ms)
         if active.live is not None and timestamp_ms >= active.live.next_ms:

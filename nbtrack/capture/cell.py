@@ -19,6 +19,7 @@ from typing import Any
 from nbtrack.capture import curves, datasets, estimators, frameworks, lineage, sanitize
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.notebook import notebook_snapshot, saved_cells
+from nbtrack.capture.pruning import TrialPruned
 from nbtrack.capture.secrets import Redactor, is_secret_name
 from nbtrack.capture.source import CellSyntax, is_shell_name
 from nbtrack.capture.training import cell_models, cell_series, setting_names
@@ -49,6 +50,7 @@ from nbtrack.record import (
     KILLED,
     NOTEBOOK_TAG,
     PARENT_RUN_TAG,
+    PRUNED_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
     UPSTREAM_TAG,
@@ -93,6 +95,7 @@ class ActiveCell:
     autologged: frozenset[str] = frozenset()  # flavors whose models mlflow.autolog logs itself
     system: Any = None  # the SystemSampler of CPU, memory and GPU while the cell runs
     live: Any = None  # the LivePanel drawing the series under the running cell
+    pruning: Any = None  # the PruneChannel of a search's trial run with --prune
     problems: list[str] = field(default_factory=list)
 
 
@@ -375,6 +378,8 @@ def run_tags(active: ActiveCell, error: BaseException | None, redactor: Redactor
                           (PARENT_RUN_ENV, PARENT_RUN_TAG)):
         if active.environ.get(variable):
             tags[tag] = active.environ[variable]
+    if isinstance(error, TrialPruned):
+        tags[PRUNED_TAG] = "true"
     if error is not None:
         tags[ERROR_TAG] = redactor.redact(
             f"{type(error).__name__}: {error}".strip().rstrip(":")
@@ -417,7 +422,7 @@ def run_status(error: BaseException | None) -> str:
     """FINISHED, KILLED (Ctrl-C) or FAILED, from the cell's exception."""
     if error is None:
         return FINISHED
-    if isinstance(error, KeyboardInterrupt):
+    if isinstance(error, (KeyboardInterrupt, TrialPruned)):
         return KILLED
     return FAILED
 

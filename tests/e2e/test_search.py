@@ -128,6 +128,44 @@ def test_a_search_whose_driver_is_killed_resumes_with_the_same_command(tmp_path,
     assert len(cell_runs(client.search_runs([experiment.experiment_id]))) == 5
 
 
+def test_prune_stops_trials_behind_the_median_and_keeps_their_points(tmp_path, store, client):
+    """Trials 0 and 1 climb fast; later ones slowly (the curve depends on the trial number, so the
+    test knows which fall behind). With --prune after two trials, the slow ones stop early, end
+    KILLED with nbtrack.pruned=true and the points logged before the stop; the search goes on.
+    """
+    notebook = write_notebook(tmp_path / "project" / "curve.ipynb", [
+        "%load_ext nbtrack",
+        "%%track -n fit\nimport os, time\nimport nbtrack\n"
+        "rate = 1.0 if int(os.environ['NBTRACK_TRIAL']) < 2 else 0.1\n"
+        "for step in range(12):\n"
+        "    nbtrack.log_metric('score', rate * (step + 1), step=step)\n"
+        "    time.sleep(0.4)\n"
+        "score = rate * 12"], parameters="x = 0.0")
+    done = nbtrack_cli("run", "curve.ipynb", "--search", "x=uniform(0, 1)", "--trials", "4",
+                       "--objective", "score", "--prune", "--prune-startup", "2", "--seed", "1",
+                       "-e", "pruned", "--no-progress", cwd=notebook.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    experiment = client.get_experiment_by_name("pruned")
+    every = client.search_runs([experiment.experiment_id])
+    runs = {int(r.data.tags["nbtrack.trial"]): r for r in cell_runs(every)}
+    assert sorted(runs) == [0, 1, 2, 3]
+    for number in (0, 1):
+        assert runs[number].info.status == "FINISHED" and "nbtrack.pruned" not in runs[number].data.tags
+        assert len(client.get_metric_history(runs[number].info.run_id, "score")) == 12
+    for number in (2, 3):
+        run = runs[number]
+        assert run.info.status == "KILLED" and run.data.tags["nbtrack.pruned"] == "true"
+        points = client.get_metric_history(run.info.run_id, "score")
+        assert 1 <= len(points) < 12  # stopped early, the points before the stop kept
+        assert sorted((p.step, p.value) for p in points) == [
+            (step, pytest.approx(0.1 * (step + 1))) for step in range(len(points))]
+        assert f"trial {number:<3} PRUNED" in done.stdout
+    [parent] = [r for r in every if "nbtrack.sweep_parent" in r.data.tags]
+    assert parent.data.metrics["trials_pruned"] == 2 and parent.data.metrics["trials_complete"] == 2
+    assert parent.data.params["pruner"] == "median"
+    assert "best: trial 0, score=12" in done.stdout or "best: trial 1, score=12" in done.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--search", "x=normal(0,1)"], "is not a distribution"),
     (["--search", "x=uniform(3,1)"], "needs a < b"),
