@@ -173,8 +173,9 @@ class Search:
                                        load_if_exists=True, pruner=pruner,
                                        direction="minimize" if self.minimize else "maximize")
         except Exception as error:
-            raise BadOptionError(f"--study {storage!r}: Optuna could not open or create the "
-                                 f"study there ({type(error).__name__}: {error}).") from error
+            raise BadOptionError(f"Optuna could not open or create the study {name!r} in "
+                                 f"{storage!r} ({type(error).__name__}: {error}); name another "
+                                 "storage with --study URL.") from error
 
 
 EXECUTION_ATTR = "nbtrack.execution"  # on an Optuna trial: the execution that ran it
