@@ -176,13 +176,15 @@ def runs(experiment: str | None = None, filter: str | None = None, order_by=None
 
 
 def leaderboard(experiment: str | None = None, metric: str | None = None, ascending: bool = False,
-                top: int = 50):
-    """The leaderboard widget: runs ranked by ``metric``, with Register and Set champion.
+                top: int = 50, sweep: str | None = None):
+    """The leaderboard widget: runs ranked by ``metric``, with Register and Set champion;
+    ``sweep`` (an id from ``nbtrack run``) shows one sweep's runs, its best trial marked.
 
     Examples
     --------
     >>> board = nbtrack.leaderboard(metric="val_auc")  # doctest: +SKIP
     >>> board  # shows it  # doctest: +SKIP
+    >>> nbtrack.leaderboard(sweep="3f2a9c1d0b7e")  # one search, ranked by its objective  # doctest: +SKIP
 
     """
     tracker = _tracker()
@@ -190,7 +192,8 @@ def leaderboard(experiment: str | None = None, metric: str | None = None, ascend
         from nbtrack.tracker import Tracker
 
         tracker = Tracker()
-    return tracker.leaderboard(experiment, metric=metric, ascending=ascending, top=top)
+    return tracker.leaderboard(experiment, metric=metric, ascending=ascending, top=top,
+                               sweep=sweep)
 
 
 def load(reference: str):

@@ -153,7 +153,7 @@ def _search(args) -> int:
     best_tags = {}
     if best is not None:
         counts[f"best_{spec.objective}"] = best.value
-        best_tags = {"nbtrack.best_trial": str(best.number),
+        best_tags = {sweeps.BEST_TRIAL_TAG: str(best.number),
                      **{f"nbtrack.best.{k}": str(v) for k, v in best.parameters.items()}}
     sweeps.close_sweep(recorder, parent, counts, best_tags, failed=best is None)
     print()

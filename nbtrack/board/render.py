@@ -6,6 +6,7 @@ panel shows rank the same runs the same way.
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 from typing import Any
@@ -18,6 +19,7 @@ STYLE = """<style>
 .nbtrack-t tr.nbtrack-champion td{background:#fff6d5;font-weight:600}
 .nbtrack-t td.nbtrack-diff{background:#ffe3e3}
 .nbtrack-t tr.nbtrack-selected td{outline:1px solid #2b7bb9}
+.nbtrack-t tr.nbtrack-best td{background:#e3f4e1}
 </style>"""
 
 
@@ -52,24 +54,30 @@ def is_champion(models: Any, alias: str = "champion") -> bool:
     return any(f"@{alias}" in str(m).split() for m in (models or []))
 
 
-def html_table(board, selected=(), alias: str = "champion", caption: str = "") -> str:
-    """Render a ranked board as an HTML table; champion rows and selected rows are marked."""
+def html_table(board, selected=(), alias: str = "champion", caption: str = "", best=()) -> str:
+    """Render a ranked board as an HTML table; champion rows, selected rows and the runs of a
+    search's best trial (``best``, run ids) are marked.
+    """
     columns = _columns(board)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     rows = []
-    selected = set(selected)
+    selected, best = set(selected), set(best)
     for _, row in board.iterrows():
         classes = []
         if "models" in board.columns and is_champion(row.get("models"), alias):
             classes.append("nbtrack-champion")
         if row.get("run_id") in selected:
             classes.append("nbtrack-selected")
+        if row.get("run_id") in best:
+            classes.append("nbtrack-best")
         cells = []
         for column in columns:
             value = row[column]
             text = _notebook_name(value) if column == "notebook" else format_value(value)
             if column == "run" and "nbtrack-champion" in classes:
                 text = f"\u2605 {text}"
+            if column == "run" and "nbtrack-best" in classes:
+                text = f"\u25c6 {text}"
             cells.append(f"<td>{html.escape(text)}</td>")
         class_attr = f' class="{" ".join(classes)}"' if classes else ""
         rows.append(f"<tr{class_attr}>{''.join(cells)}</tr>")
@@ -151,3 +159,11 @@ def diff_html(run_diff) -> str:
     if run_diff.source:
         parts.append('<pre class="nbtrack-source-diff">' + html.escape(run_diff.source) + "</pre>")
     return "".join(parts)
+
+
+def png_figure(png: bytes, label: str) -> str:
+    """A PNG picture with its label, inline (data URI), as a figure."""
+    data = base64.b64encode(png).decode()
+    return (f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,'
+            f'{data}" style="max-width:360px"><figcaption>{html.escape(label)}</figcaption>'
+            f"</figure>")

@@ -8,7 +8,6 @@ and text tables that travel in the same display bundle as the widget view.
 
 from __future__ import annotations
 
-import base64
 import html
 from collections.abc import Callable
 
@@ -38,6 +37,9 @@ class Leaderboard(widgets.VBox):
         Rank lowest first (losses, errors).
     top
         How many runs to show.
+    sweep
+        Only the runs of one ``nbtrack run`` sweep or search (its id, tag ``nbtrack.sweep``),
+        ranked by the search's objective, its best trial marked; the "sweep" menu chooses too.
 
     Examples
     --------
@@ -49,7 +51,7 @@ class Leaderboard(widgets.VBox):
 
     def __init__(self, experiment=None, metric=None, ascending=False, top=50, tracker=None,
                  tracking_uri=None, filter=None, notebook: str | None = None,
-                 user: Callable[[], str] = lambda: ""):
+                 user: Callable[[], str] = lambda: "", sweep: str | None = None):
         # Given, never reached for: the kernel's tracker (the board waits for its writes and
         # refreshes after each run), the notebook, and who is logged in when a champion moves.
         self._tracker = tracker
@@ -64,6 +66,8 @@ class Leaderboard(widgets.VBox):
         self._metric = metric
         self._refreshing = False
         self._history = plots.HistoryCache(tracking_uri)  # series read once per (run, key)
+        self._sweeps: dict = {}  # sweep id -> nbtrack.store.sweeps.Sweep
+        self._best: set[str] = set()  # the shown runs of the chosen search's best trial
 
         self.metric_choice = _with_class(widgets.Dropdown(description="rank by"), "nbtrack-metric")
         self.ascending_toggle = _with_class(
@@ -75,6 +79,12 @@ class Leaderboard(widgets.VBox):
                          placeholder="params.C = '0.1' and metrics.val_auc > 0.9",
                          description="filter", layout=widgets.Layout(width="420px")),
             "nbtrack-filter")
+        self.sweep_choice = _with_class(
+            widgets.Dropdown(options=[("all runs", "")], value="", description="sweep"),
+            "nbtrack-sweep")
+        if sweep:  # the menu lists the experiment's sweeps at the first refresh
+            self.sweep_choice.options = [("all runs", ""), (sweep, sweep)]
+            self.sweep_choice.value = sweep
         self.refresh_button = _with_class(widgets.Button(description="Refresh", icon="refresh"),
                                           "nbtrack-refresh")
         self.table = _with_class(widgets.HTML(), "nbtrack-table")
@@ -110,6 +120,7 @@ class Leaderboard(widgets.VBox):
         self.metric_choice.observe(lambda change: self._on_metric(change["new"]), names="value")
         self.ascending_toggle.observe(lambda _: self.refresh(), names="value")
         self.filter_box.observe(lambda _: self.refresh(), names="value")
+        self.sweep_choice.observe(lambda change: self._on_sweep(change["new"]), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
         self.param_choice.observe(lambda _: self._refreshing or self._draw(), names="value")
         self.selector.observe(lambda change: self._on_selection(change["new"]), names="value")
@@ -121,7 +132,8 @@ class Leaderboard(widgets.VBox):
 
         super().__init__(children=[
             widgets.HBox([self.metric_choice, self.ascending_toggle, self.filter_box,
-                          self.refresh_button]),
+                          self.sweep_choice, self.refresh_button],
+                         layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.table, widgets.VBox([self.param_choice, self.plots])],
                          layout=widgets.Layout(flex_flow="row wrap")),
             self.selector,
@@ -133,7 +145,10 @@ class Leaderboard(widgets.VBox):
             self.comparison,
         ])
         self.add_class("nbtrack-board")
-        self.refresh()
+        if sweep:
+            self._on_sweep(sweep)
+        else:
+            self.refresh()
         if self._tracker is not None:
             self._tracker.on_run_recorded(self.refresh)
 
@@ -155,11 +170,19 @@ class Leaderboard(widgets.VBox):
             return
         self._refreshing = True
         try:
+            self._sweeps = {s.sweep_id: s for s in query.experiment_sweeps(
+                self.experiment, tracking_uri=self.tracking_uri)}
+            sweep = self._sweeps.get(self.sweep_choice.value)
             # The run index answers from memory; a due full re-read runs in the background.
-            table = query.runs_page(self.experiment, filter=self.filter_box.value.strip() or None,
-                                    metric=self._metric, ascending=self.ascending, top=self.top,
+            table = query.runs_page(self.experiment, filter=self._filter(), metric=self._metric,
+                                    ascending=self.ascending, top=self.top,
                                     tracker=self._tracker, tracking_uri=self.tracking_uri,
                                     missing_ok=True, background=True)
+            if self.sweep_choice.value and "tags.nbtrack.sweep_parent" in table.columns:
+                table = table[table["tags.nbtrack.sweep_parent"] != "true"]  # not a trial
+            trials = table.get("tags.nbtrack.trial")
+            self._best = set(table["run_id"][trials == sweep.best_trial]) \
+                if sweep is not None and sweep.best_trial and trials is not None else set()
             board = query.rank(table, metric=table.attrs.get("metric", self._metric),
                                ascending=self.ascending, top=self.top)
         except Exception as error:
@@ -177,6 +200,12 @@ class Leaderboard(widgets.VBox):
                              if c.startswith("metrics."))
             self.metric_choice.options = metrics
             self.metric_choice.value = self._metric if self._metric in metrics else None
+            chosen_sweep = self.sweep_choice.value
+            self.sweep_choice.options = [("all runs", "")] + [
+                (s.label, s.sweep_id) for s in self._sweeps.values()] + (
+                [(chosen_sweep, chosen_sweep)] if chosen_sweep and
+                chosen_sweep not in self._sweeps else [])
+            self.sweep_choice.value = chosen_sweep
             selected = [r for r in self.selector.value if r in set(board["run_id"])]
             self.selector.options = [(self._label(row), row["run_id"])
                                      for _, row in board.iterrows()]
@@ -300,7 +329,7 @@ class Leaderboard(widgets.VBox):
     def _draw(self) -> None:
         self.table.value = render.html_table(self.runs, selected=self.selected,
                                              alias=self.alias.value.strip() or "champion",
-                                             caption=self._caption())
+                                             caption=self._caption(), best=self._best)
         self.plots.value = self._plots_html(self.selected)
 
     def _plots_html(self, selected=()) -> str:
@@ -312,12 +341,41 @@ class Leaderboard(widgets.VBox):
         order = "lowest first" if self.ascending else "highest first"
         by = f", ranked by {self._metric} ({order})" if self._metric else ""
         where = f", filter: {self.filter_box.value}" if self.filter_box.value.strip() else ""
+        sweep = self._sweeps.get(self.sweep_choice.value)
+        if self.sweep_choice.value:
+            where += f", sweep {sweep.label if sweep else self.sweep_choice.value}"
+        if sweep is not None and sweep.best_trial:
+            where += f", \u25c6 its best trial ({sweep.best_trial})"
         return f"experiment '{self.experiment}'{by}{where}"
+
+    def _filter(self) -> str | None:
+        """The filter box's expression, narrowed to the chosen sweep."""
+        typed = self.filter_box.value.strip()
+        sweep = self.sweep_choice.value.replace("'", "")
+        if not sweep:
+            return typed or None
+        return f"tags.`nbtrack.sweep` = '{sweep}'" + (f" and {typed}" if typed else "")
 
     def _label(self, row) -> str:
         value = row.get(self._metric) if self._metric else None
         shown = f" · {self._metric}={render.format_value(value)}" if self._metric else ""
-        return f"{row['rank']}. {render.format_value(row['run'])}{shown}"
+        best = " \u25c6" if row.get("run_id") in self._best else ""
+        return f"{row['rank']}. {render.format_value(row['run'])}{shown}{best}"
+
+    def _on_sweep(self, sweep_id) -> None:
+        """Show one sweep's runs, ranked by its objective as its search was."""
+        if self._refreshing:
+            return
+        objective = query.sweep_objective(self.experiment, sweep_id, self.tracking_uri) \
+            if sweep_id else None
+        if objective is not None:
+            self._metric = objective[0]
+            self._refreshing = True  # one refresh below, not one for the toggle too
+            try:
+                self.ascending_toggle.value = objective[1]
+            finally:
+                self._refreshing = False
+        self.refresh()
 
     def _on_metric(self, metric) -> None:
         if self._refreshing or metric is None or metric == self._metric:
@@ -365,7 +423,7 @@ class Leaderboard(widgets.VBox):
             parts.append(f"this version already holds @{html.escape(alias)}")
         else:
             parts.append(self._version_summary(f"current @{alias}", holder, metric))
-            differs = _data_differs(candidate.run_id, holder.run_id, self.tracking_uri)
+            differs = query.data_differs(candidate.run_id, holder.run_id, self.tracking_uri)
             if differs:
                 parts.append(f"<b>⚠ evaluated on different data</b>: {html.escape(differs)}")
         return "<br>".join(parts)
@@ -389,7 +447,7 @@ class Leaderboard(widgets.VBox):
             parts.append(render.diff_html(diff.compare(*facts)))
         for run in runs:
             for path, png in query.figure_images(run.info.run_id, self.tracking_uri):
-                parts.append(_img(png, f"{run.data.tags.get('mlflow.runName', '')}: {path}"))
+                parts.append(render.png_figure(png, f"{run.data.tags.get('mlflow.runName', '')}: {path}"))
         return "".join(parts)
 
     def _run_name(self, run_id: str) -> str:
@@ -413,7 +471,8 @@ class Leaderboard(widgets.VBox):
         if self.runs is None:
             return "<p>nbtrack leaderboard: no runs read yet</p>"
         return render.html_table(self.runs, alias=self.alias.value.strip() or "champion",
-                                 caption=self._caption()) + self._plots_html(self.selected)
+                                 caption=self._caption(), best=self._best
+                                 ) + self._plots_html(self.selected)
 
     def _repr_html_(self) -> str:
         return self.static_html()
@@ -438,28 +497,3 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, NbtrackError):
         return str(error)
     return display.short_error(error)
-
-
-def _img(png: bytes, label: str) -> str:
-    data = base64.b64encode(png).decode()
-    return (f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,'
-            f'{data}" style="max-width:360px"><figcaption>{html.escape(label)}</figcaption>'
-            f"</figure>")
-
-
-def _data_differs(run_a: str | None, run_b: str | None, tracking_uri=None) -> str:
-    """Say how two runs' datasets differ ('' when they used the same data)."""
-    if not run_a or not run_b:
-        return ""
-    digests = []
-    for run_id in (run_a, run_b):
-        inputs = query.get_run(run_id, tracking_uri).inputs.dataset_inputs
-        digests.append({d.dataset.name: d.dataset.digest for d in inputs})
-    a, b = digests
-    changed = [n for n in sorted(set(a) & set(b)) if a[n] != b[n]]
-    if changed:
-        return "dataset digests differ for " + ", ".join(
-            f"{n} ({a[n]} vs {b[n]})" for n in changed)
-    if a and b and not set(a) & set(b):
-        return "the two runs share no dataset"
-    return ""

@@ -379,21 +379,43 @@ def execution_metric(experiment: str, execution_id: str, metric: str,
     return values[-1] if values else None
 
 
+def experiment_sweeps(experiment: str, sweep_id: str | None = None, tracking_uri: str | None = None):
+    """The sweeps and searches of ``experiment`` (or the one ``sweep_id`` names), newest first:
+    :class:`nbtrack.store.sweeps.Sweep` each.
+    """
+    from mlflow import MlflowClient
+
+    from nbtrack.store.sweeps import sweeps_in
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    return sweeps_in(client, found.experiment_id, sweep_id) if found is not None else []
+
+
 def sweep_objective(experiment: str, sweep_id: str,
                     tracking_uri: str | None = None) -> tuple[str, bool] | None:
     """The objective a search ranked its trials by, and whether lower is better, from its parent
     run; None for a grid sweep (no objective) or a sweep nbtrack does not know.
     """
-    from mlflow import MlflowClient
+    sweeps = experiment_sweeps(experiment, sweep_id, tracking_uri)
+    if not sweeps or sweeps[0].objective is None:
+        return None
+    return sweeps[0].objective, sweeps[0].minimize
 
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    parents = client.search_runs(
-        [found.experiment_id], max_results=1,
-        filter_string=f"tags.`nbtrack.sweep` = '{sweep_id}' and tags.`nbtrack.sweep_parent` = 'true'")
-    if not parents or "objective" not in parents[0].data.params:
-        return None
-    params = parents[0].data.params
-    return params["objective"], params.get("direction") == "minimize"
+
+def data_differs(run_a: str | None, run_b: str | None, tracking_uri=None) -> str:
+    """Say how two runs' datasets differ ('' when they used the same data)."""
+    if not run_a or not run_b:
+        return ""
+    digests = []
+    for run_id in (run_a, run_b):
+        inputs = get_run(run_id, tracking_uri).inputs.dataset_inputs
+        digests.append({d.dataset.name: d.dataset.digest for d in inputs})
+    a, b = digests
+    changed = [n for n in sorted(set(a) & set(b)) if a[n] != b[n]]
+    if changed:
+        return "dataset digests differ for " + ", ".join(
+            f"{n} ({a[n]} vs {b[n]})" for n in changed)
+    if a and b and not set(a) & set(b):
+        return "the two runs share no dataset"
+    return ""

@@ -58,6 +58,11 @@ def test_search_runs_trials_tagged_with_their_number_and_finds_a_good_point(note
 
 
 def test_minimize_picks_the_lowest_objective_as_best(notebook, client):
+    # A run of the same experiment outside the search, better than any trial: the sweep's board
+    # must leave it out.
+    outsider = client.create_run(client.create_experiment("min"), run_name="outsider")
+    client.log_metric(outsider.info.run_id, "loss", -1000.0)
+    client.set_terminated(outsider.info.run_id)
     done = nbtrack_cli("run", "search.ipynb", "--search", "x=uniform(-4, 4)", "--trials", "3",
                        "--objective", "loss", "--minimize", "--seed", "1", "-e", "min",
                        "--no-progress", cwd=notebook.parent)
@@ -66,6 +71,27 @@ def test_minimize_picks_the_lowest_objective_as_best(notebook, client):
               if line.startswith("trial ")]
     best = next(line for line in done.stdout.splitlines() if line.startswith("best:"))
     assert len(losses) == 3 and f"loss={min(losses):.6g} " in best
+
+    # The board shows one sweep: its trials only, ranked by its objective lowest first, the
+    # best trial's run marked; the sweep menu lists it.
+    from nbtrack.board.widget import Leaderboard
+
+    [parent] = client.search_runs([outsider.info.experiment_id],
+                                  filter_string="tags.`nbtrack.sweep_parent` = 'true'")
+    sweep = parent.data.tags["nbtrack.sweep"]
+    board = Leaderboard(experiment="min", sweep=sweep)
+    assert board.metric == "loss" and board.ascending
+    assert list(board.runs["loss"]) == pytest.approx(sorted(losses), rel=1e-5)
+    assert outsider.info.run_id not in set(board.runs["run_id"])
+    best_run = board.runs["run_id"][0]
+    assert client.get_run(best_run).data.tags["nbtrack.trial"] == parent.data.tags[
+        "nbtrack.best_trial"]
+    assert board._best == {best_run}
+    assert '<tr class="nbtrack-best"><td>1</td><td>\u25c6 ' in board.static_html()
+    assert f"its best trial ({parent.data.tags['nbtrack.best_trial']})" in board.static_html()
+    assert any(value == sweep for _, value in board.sweep_choice.options)
+    board.sweep_choice.value = ""  # all runs again: the outsider leads
+    assert board.runs["run_id"][0] == outsider.info.run_id and not board._best
 
 
 def test_a_search_whose_driver_is_killed_resumes_with_the_same_command(tmp_path, store, client):
