@@ -8,8 +8,8 @@ so secret-named params are left out, and the secrets nbtrack knows of (secret-na
 variables, params and tags, URL passwords) are redacted from params, tags and text artifacts.
 
 Each copy carries its origin (:data:`ORIGIN_STORE`, :data:`ORIGIN_RUN`), found again by
-the next push: a copy with the completion marker :data:`ORIGIN_COMPLETE` (written last) is
-skipped, one a cut-short push left without it is finished in place, never made twice.
+the next push: a copy whose run has ended (its end, written last, marks it whole) is skipped, one
+a cut-short push left running is finished in place, never made twice.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from nbtrack.capture.secrets import Redactor, is_secret_name
 
 ORIGIN_STORE = "nbtrack.origin.store"
 ORIGIN_RUN = "nbtrack.origin.run_id"
-ORIGIN_COMPLETE = "nbtrack.origin.complete"
+ORIGIN_COMPLETE = "nbtrack.origin.complete"  # earlier pushes' mark of a whole copy; not copied
 ORIGIN_MODEL = "nbtrack.origin.model_id"
 PARENT_TAG = "mlflow.parentRunId"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -212,8 +212,7 @@ class Pusher:
         experiment_id = self._target_experiment(run.info.experiment_id)
         origin, origin_id = self._origin_of(run)
         copy = self._find_copy(experiment_id, origin_id, origin)
-        if copy is not None and copy.data.tags.get(ORIGIN_COMPLETE) == "true" \
-                and copy.info.status in TERMINAL:
+        if copy is not None and copy.info.status in TERMINAL:
             self._copies[source_id] = copy.info.run_id
             return Outcome(source_id, name, ALREADY, copy.info.run_id)
         fresh = copy is None  # a new copy: nothing on the target to compare with
@@ -236,13 +235,13 @@ class Pusher:
         else:
             self._log_in_chunks(target_id, params, tags, points)
         self._copy_inputs(run, copy, target_id)
-        self._copy_artifacts(source_id, target_id, redactor)
+        self._copy_artifacts(run, copy, redactor)
         self._copy_models(run, experiment_id, target_id, fresh)
         if run.info.status in TERMINAL:
+            # Last: an ended copy is a whole one.
             self.target.set_terminated(target_id, status=run.info.status,
                                        end_time=run.info.end_time)
             self._step()
-            self.target.set_tag(target_id, ORIGIN_COMPLETE, "true")  # last: the copy is whole
         return Outcome(source_id, name, state, target_id, redacted=self._redacted,
                        size=self._size)
 
@@ -279,7 +278,7 @@ class Pusher:
         if (experiment_id, origin) not in self._copies_on_target:
             self._copies_on_target[(experiment_id, origin)] = self._copies_in(experiment_id, origin)
         runs = self._copies_on_target[(experiment_id, origin)].get(source_id, [])
-        complete = [r for r in runs if r.data.tags.get(ORIGIN_COMPLETE) == "true"]
+        complete = [r for r in runs if r.info.status in TERMINAL]
         return (complete or runs or [None])[0]
 
     def _copies_in(self, experiment_id: str, origin: str) -> dict[str, list]:
@@ -359,16 +358,21 @@ class Pusher:
         self._redacted += clean != text
         return clean
 
-    def _copy_artifacts(self, source_id: str, target_id: str, redactor: Redactor) -> None:
-        if not self.source.list_artifacts(source_id):
+    def _copy_artifacts(self, run, copy, redactor: Redactor) -> None:
+        # Between the runs' artifact stores: the client's calls would each read the run again.
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        source = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.source_uri)
+        if not source.list_artifacts():
             return
         folder = tempfile.mkdtemp(prefix="nbtrack-push-")
         try:
-            local = self.source.download_artifacts(source_id, "", folder)
+            local = source.download_artifacts("", folder)
             for path in Path(local).rglob("*"):
                 if path.suffix in TEXT_SUFFIXES and path.is_file():
                     self._redact_file(path, redactor)
-            self.target.log_artifacts(target_id, local)  # same paths: a second upload overwrites
+            target = get_artifact_repository(copy.info.artifact_uri, tracking_uri=self.target_uri)
+            target.log_artifacts(local)  # same paths: a second upload overwrites
             self._size += _size_of(local)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -479,8 +483,7 @@ def push_runs(pusher: Pusher, runs: list, on_done: Callable[[Outcome], None] | N
               ) -> list[Outcome]:
     """Push ``runs`` in order (parents first); ``on_done`` hears of each as it ends."""
     outcomes = []
-    for run in runs:
-        outcome = pusher.push(run)
+    for outcome in map(pusher.push, runs):
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
