@@ -1,9 +1,12 @@
 """Executing notebooks headless, tracked like interactive ones: one execution or a parameter sweep.
 
 papermill injects parameters after the notebook's ``parameters`` cell and drives nbclient. Each
-execution runs in a process of its own, so that executions run side by side (``-j``) with their own
-environment, and a kernel that dies takes only its own execution with it. The kernel is the one the
-notebook's kernelspec names (or ``-k``), checked before anything runs.
+execution runs in a worker process, one execution at a time each, so that executions run side by
+side (``-j``) with their own environment and a kernel that dies takes only its own execution with
+it. The workers are kept from one execution to the next: a new process for each would import
+papermill each time (2-3 s of CPU, most of it jsonschema's format checkers, which nbformat loads),
+as long as a tiny notebook's whole execution. The kernel is the one the notebook's kernelspec names
+(or ``-k``), checked before anything runs.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import multiprocessing
 import os
 import re
-import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +40,6 @@ from nbtrack.config import (
     TRIAL_ENV,
 )
 from nbtrack.errors import BadOptionError, NbtrackError, NotebookError
-from nbtrack.record import BATCH_TAG
 
 OK, FAILED, KILLED, PRUNED = "ok", "FAILED", "KILLED", "PRUNED"
 _EXIT_FAILED, _EXIT_KILLED, _EXIT_PRUNED = 1, 3, 4
@@ -285,7 +289,9 @@ def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
     with tqdm(total=len(executions), desc="executions", unit="nb", disable=not progress,
               file=sys.stderr) as bar, ThreadPoolExecutor(
                   max_workers=max(1, jobs), thread_name_prefix="nbtrack-execution") as pool:
-        futures = [pool.submit(_execute_in_process, e, tracking_uri) for e in executions]
+        workers = _workers(max(1, jobs))
+        futures = [pool.submit(_execute_in_process, e, tracking_uri, workers)
+                   for e in executions]
         for future in futures:
             result = future.result()
             results.append(result)
@@ -295,22 +301,54 @@ def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
     return results
 
 
-def _execute_in_process(execution: Execution, tracking_uri: str) -> ExecutionResult:
+_pool: tuple[int, ProcessPoolExecutor] | None = None  # this process's workers, and how many
+_pool_lock = threading.Lock()
+
+
+def _workers(jobs: int) -> ProcessPoolExecutor:
+    """The worker processes executions run in, started once for as many executions as come."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != jobs:
+            if _pool is not None:
+                _pool[1].shutdown(wait=False)
+            # Spawned, not forked: this process has threads (progress, the pool's, a pruner's).
+            _pool = jobs, ProcessPoolExecutor(max_workers=jobs, initializer=_quiet,
+                                              mp_context=multiprocessing.get_context("spawn"))
+        return _pool[1]
+
+
+def _quiet() -> None:
+    """A worker's and its kernels' own output is not the sweep's: why an execution failed comes
+    back as its result.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
+def _execute_in_process(execution: Execution, tracking_uri: str,
+                        workers: ProcessPoolExecutor) -> ExecutionResult:
+    global _pool
     execution.output.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **kernel_environment(execution, tracking_uri)}
-    request = json.dumps({
+    request = {
         "notebook": str(execution.notebook), "output": str(execution.output),
         "parameters": execution.parameters, "execution_id": execution.execution_id,
         "experiment": execution.experiment,
         "cwd": str(execution.cwd) if execution.cwd is not None else None,
         "kernel": asdict(execution.kernel) if execution.kernel is not None else None,
-    }, default=str)
-    done = subprocess.run([sys.executable, "-m", BATCH_TAG, request], env=env,
-                          capture_output=True, text=True)
-    reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
-    status = {0: OK, _EXIT_KILLED: KILLED, _EXIT_PRUNED: PRUNED}.get(done.returncode, FAILED)
+    }
+    try:
+        code, reason = workers.submit(_execute_in_worker, request, env).result()
+    except BrokenProcessPool:  # a worker was killed: the next executions get new ones
+        with _pool_lock:
+            if _pool is not None and _pool[1] is workers:
+                _pool = None
+        code, reason = _EXIT_KILLED, "the process executing it died"
+    status = {0: OK, _EXIT_KILLED: KILLED, _EXIT_PRUNED: PRUNED}.get(code, FAILED)
     if status != OK and not reason:
-        reason = f"exit code {done.returncode}"
+        reason = f"exit code {code}"
     reason, notes = _after_execution(execution, tracking_uri, status, reason)
     if status == OK:
         return ExecutionResult(execution, OK, "; ".join(notes))
@@ -352,9 +390,9 @@ def _after_execution(execution: Execution, tracking_uri: str, status: str,
     return reason, [note for note in notes if note]
 
 
-def _worker(request: dict) -> int:
-    """Execute one notebook (in the process ``nbtrack run`` started for it); see run_sweep.
-    Prints why it failed, if it did, as its last line on stderr.
+def _execute_in_worker(request: dict, env: dict[str, str]) -> tuple[int, str]:
+    """Execute one notebook in a worker process (see run_sweep) with ``env`` as the environment
+    its kernel starts with; its exit code (0, or _EXIT_*) and why it failed, if it did.
     """
     import logging
 
@@ -366,6 +404,9 @@ def _worker(request: dict) -> int:
     notebook = Path(request["notebook"])
     output = Path(request["output"])
     code, reason = 0, ""
+    before = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)  # jupyter_client starts the kernel with this process's environment
     try:
         kernel = (Kernel(**request["kernel"]) if request.get("kernel")
                   else choose_kernel(notebook))
@@ -394,9 +435,9 @@ def _worker(request: dict) -> int:
     except Exception as error:  # kernel failed to start, notebook unreadable, ...
         code = _EXIT_FAILED
         reason = f"{type(error).__name__}: {error}"
-    if reason:
-        print(reason.replace("\n", " "), file=sys.stderr)
-    return code
+    os.environ.clear()  # the next execution's environment is all its own
+    os.environ.update(before)
+    return code, reason.replace("\n", " ")
 
 
 def _when_store_answers(step: Callable[[], object], failed: str) -> str | None:
@@ -449,6 +490,3 @@ def _redacted_copy(notebook: Path, folder: Path, redactor) -> Path | None:
     copy.write_bytes(text)
     return copy
 
-
-if __name__ == "__main__":
-    sys.exit(_worker(json.loads(sys.argv[1])))

@@ -296,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
                 objective = sweep_objective(experiment, args.sweep)
                 if objective is not None and metric is None:
                     metric, ascending = objective
-                sweep = f"tags.`nbtrack.sweep` = '{args.sweep}'"
-                where = f"{sweep} and {where}" if where else sweep
+                from nbtrack.store.sweeps import trials_filter
+
+                where = f"{trials_filter(args.sweep)} and {where}" if where \
+                    else trials_filter(args.sweep)
             _print_board(experiment, metric, ascending, args.top, args.format, filter=where,
                          html=args.html, param=args.param)
             return EXIT_OK

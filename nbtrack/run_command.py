@@ -10,6 +10,7 @@ import uuid
 
 from nbtrack.cli import EXIT_FAILED, EXIT_OK, _print_board
 from nbtrack.errors import NbtrackError
+from nbtrack.store import sweeps
 
 
 def run(args) -> int:
@@ -41,8 +42,6 @@ def run(args) -> int:
     sweep = uuid.uuid4().hex[:12]
     parent = None
     if len(points) > 1:
-        from nbtrack.store import sweeps
-
         grid = {f"grid.{k}": v for k, v in (batch.parse_assignment(t, "--grid") for t in args.grid)}
         parent = sweeps.open_sweep(recorder, experiment, f"{notebook.stem} sweep", sweep,
                                    {**grid, **{f"fixed.{k}": v for k, v in
@@ -67,7 +66,7 @@ def run(args) -> int:
     print()
     try:
         _print_board(experiment, metric=args.metric,
-                     filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(points) * 20,
+                     filter=sweeps.trials_filter(sweep), top=len(points) * 20,
                      title=f"experiment '{experiment}', this run's executions")
     except NbtrackError as error:
         print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)
@@ -78,7 +77,6 @@ def _search(args) -> int:
     """``nbtrack run --search``: an Optuna study over tracked executions (see nbtrack.search)."""
     from nbtrack import batch, search
     from nbtrack.config import resolve_experiment
-    from nbtrack.store import sweeps
     from nbtrack.store.kernel_state import absolute_tracking_uri
     from nbtrack.store.query import execution_metric
     from nbtrack.store.recorder import Recorder

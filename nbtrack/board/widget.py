@@ -16,7 +16,7 @@ import ipywidgets as widgets
 from nbtrack import display
 from nbtrack.board import plots, render
 from nbtrack.errors import NbtrackError
-from nbtrack.store import query, registry
+from nbtrack.store import query, registry, sweeps
 
 
 def _with_class(widget, name: str):
@@ -178,8 +178,6 @@ class Leaderboard(widgets.VBox):
                                     ascending=self.ascending, top=self.top,
                                     tracker=self._tracker, tracking_uri=self.tracking_uri,
                                     missing_ok=True, background=True)
-            if self.sweep_choice.value and "tags.nbtrack.sweep_parent" in table.columns:
-                table = table[table["tags.nbtrack.sweep_parent"] != "true"]  # not a trial
             trials = table.get("tags.nbtrack.trial")
             self._best = set(table["run_id"][trials == sweep.best_trial]) \
                 if sweep is not None and sweep.best_trial and trials is not None else set()
@@ -351,10 +349,9 @@ class Leaderboard(widgets.VBox):
     def _filter(self) -> str | None:
         """The filter box's expression, narrowed to the chosen sweep."""
         typed = self.filter_box.value.strip()
-        sweep = self.sweep_choice.value.replace("'", "")
-        if not sweep:
+        if not self.sweep_choice.value:
             return typed or None
-        return f"tags.`nbtrack.sweep` = '{sweep}'" + (f" and {typed}" if typed else "")
+        return sweeps.trials_filter(self.sweep_choice.value) + (f" and {typed}" if typed else "")
 
     def _label(self, row) -> str:
         value = row.get(self._metric) if self._metric else None

@@ -11,10 +11,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nbtrack.record import SWEEP_TAG
+from nbtrack.record import EXECUTION_TAG, SWEEP_TAG
 
 SWEEP_PARENT_TAG = "nbtrack.sweep_parent"  # on the parent: it is a sweep's, not a cell's
 BEST_TRIAL_TAG = "nbtrack.best_trial"  # on a search's parent once it ends: its best trial's number
+
+
+def trials_filter(sweep_id: str) -> str:
+    """MLflow's filter for the runs a sweep's executions made (its parent run left out)."""
+    return (f"tags.`{SWEEP_TAG}` = '{sweep_id.replace(chr(39), '')}' "
+            f"and tags.`{EXECUTION_TAG}` != ''")
 
 
 def open_sweep(recorder, experiment: str, name: str, sweep_id: str,

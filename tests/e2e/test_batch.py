@@ -60,6 +60,7 @@ def test_grid_with_two_jobs_runs_every_point_with_its_params_and_notebook(sweep_
     board = done.stdout[done.stdout.index("this run's executions"):].splitlines()
     assert [line.split()[0] for line in board[2:5]] == ["1", "2", "3"]
     assert board[2].split()[1] == "fit" and "0.3" in board[2]
+    assert len([line for line in board[2:] if line[:1].isdigit()]) == 3  # not the sweep's parent
     # One parent run for the sweep, its executions' runs its children (the MLflow UI groups them).
     [parent] = [r for r in client.search_runs([runs[0].info.experiment_id])
                 if "nbtrack.sweep_parent" in r.data.tags]
