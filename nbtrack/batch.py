@@ -289,8 +289,7 @@ def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
     with tqdm(total=len(executions), desc="executions", unit="nb", disable=not progress,
               file=sys.stderr) as bar, ThreadPoolExecutor(
                   max_workers=max(1, jobs), thread_name_prefix="nbtrack-execution") as pool:
-        workers = _workers(max(1, jobs))
-        futures = [pool.submit(_execute_in_process, e, tracking_uri, workers)
+        futures = [pool.submit(_execute_in_process, e, tracking_uri, max(1, jobs))
                    for e in executions]
         for future in futures:
             result = future.result()
@@ -327,8 +326,7 @@ def _quiet() -> None:
     os.dup2(devnull, 2)
 
 
-def _execute_in_process(execution: Execution, tracking_uri: str,
-                        workers: ProcessPoolExecutor) -> ExecutionResult:
+def _execute_in_process(execution: Execution, tracking_uri: str, jobs: int) -> ExecutionResult:
     global _pool
     execution.output.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **kernel_environment(execution, tracking_uri)}
@@ -339,9 +337,12 @@ def _execute_in_process(execution: Execution, tracking_uri: str,
         "cwd": str(execution.cwd) if execution.cwd is not None else None,
         "kernel": asdict(execution.kernel) if execution.kernel is not None else None,
     }
+    workers = _workers(jobs)
     try:
         code, reason = workers.submit(_execute_in_worker, request, env).result()
-    except BrokenProcessPool:  # a worker was killed: the next executions get new ones
+    except BrokenProcessPool:
+        # A worker was killed, and the pool ended the others' executions with it: those
+        # executions are KILLED, the next ones get new workers.
         with _pool_lock:
             if _pool is not None and _pool[1] is workers:
                 _pool = None

@@ -19,6 +19,8 @@ SWEEP_CELLS = [
     "%%track -n fit\n"
     "import os, signal\n"
     "if C == 'die':\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "if C == 'worker':\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
     "if C == 'boom':\n    raise ValueError('C must be a number')\n"
     "score = C * 10 + seed",
 ]
@@ -84,6 +86,24 @@ def test_failed_and_killed_executions_leave_the_others_and_exit_non_zero(sweep_n
     assert by_c["die"].info.status == "KILLED"
     assert "kernel died" in by_c["die"].data.tags["nbtrack.killed_reason"]
     assert "Traceback" not in done.stderr
+
+
+def test_a_worker_process_killed_ends_its_execution_and_new_workers_run_the_rest(
+        sweep_notebook, client):
+    """Fault: the cell SIGKILLs the process executing its notebook (its kernel's parent, one of
+    nbtrack run's kept workers), then its kernel. That execution ends KILLED; the ones after it
+    run in new workers.
+    """
+    done = nbtrack_cli("run", "sweep.ipynb", "--grid", "C=1,'worker',2", "-j", "1",
+                       "-e", "workers", "--no-progress", cwd=sweep_notebook.parent)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert any(line.startswith("KILLED") and "the process executing it died" in line
+               for line in done.stdout.splitlines()), done.stdout
+    by_c = {r.data.params["C"]: r for r in experiment_runs(client, "workers")}
+    assert by_c["1"].info.status == "FINISHED" and by_c["2"].info.status == "FINISHED"
+    assert by_c["2"].data.metrics["score"] == 20.0
+    assert by_c["worker"].info.status == "KILLED"
+    assert "the process executing it died" in by_c["worker"].data.tags["nbtrack.killed_reason"]
 
 
 def test_unknown_parameter_warns_and_still_runs(sweep_notebook, client):
