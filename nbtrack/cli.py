@@ -20,6 +20,7 @@ from nbtrack.errors import NbtrackError
 from nbtrack.record import EXECUTION_TAG
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -318,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     except NbtrackError as error:
         print(f"nbtrack {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        again = "; the same command resumes a search" if args.command == "run" else ""
+        print(f"\nnbtrack {args.command}: interrupted{again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:  # the store refused, or another failure outside the user's input
         from nbtrack.display import short_error
 

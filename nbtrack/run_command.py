@@ -160,7 +160,7 @@ def _search(args) -> int:
               f"({', '.join(f'{k}={v}' for k, v in best.parameters.items())})")
     try:
         _print_board(experiment, metric=spec.objective, ascending=spec.minimize,
-                     filter=f"tags.`nbtrack.sweep` = '{sweep}'", top=len(trials) * 20,
+                     filter=sweeps.trials_filter(sweep), top=len(trials) * 20,
                      title=f"experiment '{experiment}', this search's trials")
     except NbtrackError as error:
         print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)

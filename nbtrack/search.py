@@ -160,8 +160,7 @@ class Search:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = (optuna.samplers.RandomSampler(seed=self.seed) if self.sampler == "random"
-                   else optuna.samplers.TPESampler(seed=self.seed))
+        sampler = self._sampler(self.seed)
         if not self.prune:
             pruner = optuna.pruners.NopPruner()
         elif self.pruner == "hyperband":
@@ -169,13 +168,24 @@ class Search:
         else:
             pruner = optuna.pruners.MedianPruner(n_startup_trials=self.prune_startup)
         try:
-            return optuna.create_study(study_name=name, sampler=sampler, storage=storage,
-                                       load_if_exists=True, pruner=pruner,
-                                       direction="minimize" if self.minimize else "maximize")
+            study = optuna.create_study(study_name=name, sampler=sampler, storage=storage,
+                                        load_if_exists=True, pruner=pruner,
+                                        direction="minimize" if self.minimize else "maximize")
         except Exception as error:
             raise BadOptionError(f"Optuna could not open or create the study {name!r} in "
                                  f"{storage!r} ({type(error).__name__}: {error}); name another "
                                  "storage with --study URL.") from error
+        earlier = len(study.get_trials(deepcopy=False))
+        if earlier and self.seed is not None:
+            # Seeded as at the start, a resumed search would draw its first trials' values again.
+            study.sampler = self._sampler(self.seed + earlier)
+        return study
+
+    def _sampler(self, seed: int | None):
+        import optuna
+
+        return (optuna.samplers.RandomSampler(seed=seed) if self.sampler == "random"
+                else optuna.samplers.TPESampler(seed=seed))
 
 
 EXECUTION_ATTR = "nbtrack.execution"  # on an Optuna trial: the execution that ran it

@@ -47,6 +47,8 @@ def test_search_runs_trials_tagged_with_their_number_and_finds_a_good_point(note
     best = max(runs, key=lambda r: r.data.metrics["score"])
     assert f"best: trial {best.data.tags['nbtrack.trial']}, score=" in done.stdout
     assert done.stdout.count("\ntrial ") + done.stdout.startswith("trial ") == 6
+    board = done.stdout[done.stdout.index("this search's trials"):].splitlines()
+    assert len([line for line in board[2:] if line[:1].isdigit()]) == 6  # not the parent run
     executed = list((notebook.parent / "runs").rglob("*.ipynb"))
     assert len(executed) == 6 and all("-trial-" in p.name for p in executed)
     # nbtrack runs --sweep ID: that search's trials, ranked by its objective
@@ -139,6 +141,9 @@ def test_a_search_whose_driver_is_killed_resumes_with_the_same_command(tmp_path,
     assert trial_of[killed.info.run_id] == 2
     assert killed.data.params["x"] in {r.data.params["x"] for r in finished
                                        if trial_of[r.info.run_id] > 2}
+    # The resumed sampler draws new values, not the first trials' again (same --seed).
+    before = {r.data.params["x"] for r in runs if trial_of[r.info.run_id] <= 2}
+    assert len([r for r in finished if r.data.params["x"] not in before]) == 1
     # One sweep, one parent run, told how it went.
     [parent] = [r for r in every if "nbtrack.sweep_parent" in r.data.tags]
     assert {r.data.tags["nbtrack.sweep"] for r in runs} == {parent.data.tags["nbtrack.sweep"]}
@@ -152,6 +157,45 @@ def test_a_search_whose_driver_is_killed_resumes_with_the_same_command(tmp_path,
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 trial(s) finished before, 0 interrupted (asked again), 0 to go" in again.stderr
     assert len(cell_runs(client.search_runs([experiment.experiment_id]))) == 5
+
+
+def test_ctrl_c_stops_a_search_with_one_line_and_the_same_command_resumes_it(tmp_path, store,
+                                                                           client):
+    notebook = write_notebook(tmp_path / "project" / "slow.ipynb", [
+        "%load_ext nbtrack", "%%track -n fit\nimport time\ntime.sleep(30)\nscore = x"],
+        parameters="x = 0.0")
+    command = ["run", "slow.ipynb", "--search", "x=uniform(-4, 4)", "--trials", "1",
+               "--objective", "score", "-e", "ctrl-c", "--no-progress"]
+    # A shell's Ctrl-C: SIGINT to the command's process group (not ignored, as it would be in
+    # a background job).
+    driver = subprocess.Popen([sys.executable, "-m", "nbtrack", *command], cwd=notebook.parent,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            found = client.get_experiment_by_name("ctrl-c")
+            if found and any(r.info.status == "RUNNING"
+                             for r in cell_runs(client.search_runs([found.experiment_id]))):
+                break
+            time.sleep(0.3)
+        os.killpg(driver.pid, signal.SIGINT)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, out + err
+    assert "nbtrack run: interrupted; the same command resumes a search" in err
+    assert "Traceback" not in err
+    time.sleep(3)  # the interrupted kernel sees its parent gone and exits
+
+    quick = write_notebook(notebook, ["%load_ext nbtrack", "%%track -n fit\nscore = x"],
+                           parameters="x = 0.0")
+    done = nbtrack_cli(*command, cwd=quick.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 trial(s) finished before, 1 interrupted (asked again), 1 to go" in done.stderr
+    runs = cell_runs(client.search_runs([client.get_experiment_by_name("ctrl-c").experiment_id]))
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
 
 
 def test_prune_stops_trials_behind_the_median_and_keeps_their_points(tmp_path, store, client):
