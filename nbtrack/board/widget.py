@@ -363,13 +363,14 @@ class Leaderboard(widgets.VBox):
         """Show one sweep's runs, ranked by its objective as its search was."""
         if self._refreshing:
             return
-        objective = query.sweep_objective(self.experiment, sweep_id, self.tracking_uri) \
-            if sweep_id else None
-        if objective is not None:
-            self._metric = objective[0]
+        # Known from the last refresh, or (a board opened on a sweep) read once.
+        sweep = self._sweeps.get(sweep_id) or next(iter(query.experiment_sweeps(
+            self.experiment, sweep_id, self.tracking_uri)), None) if sweep_id else None
+        if sweep is not None and sweep.objective is not None:
+            self._metric = sweep.objective
             self._refreshing = True  # one refresh below, not one for the toggle too
             try:
-                self.ascending_toggle.value = objective[1]
+                self.ascending_toggle.value = sweep.minimize
             finally:
                 self._refreshing = False
         self.refresh()
