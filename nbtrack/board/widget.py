@@ -177,7 +177,7 @@ class Leaderboard(widgets.VBox):
             table = query.runs_page(self.experiment, filter=self._filter(), metric=self._metric,
                                     ascending=self.ascending, top=self.top,
                                     tracker=self._tracker, tracking_uri=self.tracking_uri,
-                                    missing_ok=True, background=True)
+                                    missing_ok=True, background=True, on_change=self.refresh)
             trials = table.get("tags.nbtrack.trial")
             self._best = set(table["run_id"][trials == sweep.best_trial]) \
                 if sweep is not None and sweep.best_trial and trials is not None else set()
@@ -344,6 +344,9 @@ class Leaderboard(widgets.VBox):
             where += f", sweep {sweep.label if sweep else self.sweep_choice.value}"
         if sweep is not None and sweep.best_trial:
             where += f", \u25c6 its best trial ({sweep.best_trial})"
+        if self._table is not None and self._table.attrs.get("filling"):
+            where += (f"; reading the runs: ranked among the first "
+                      f"{self._table.attrs.get('indexed', 0):,} read")
         return f"experiment '{self.experiment}'{by}{where}"
 
     def _filter(self) -> str | None:

@@ -203,10 +203,7 @@ class KernelQueue:
 
     def _written(self, record: CellRecord, outcome: RunOutcome) -> None:
         """The writer put a run in the store (called on its thread)."""
-        from nbtrack.store import index
-
         self._previous_runs[record.tags.get(CELL_TAG, "")] = outcome.run_id
-        index.note_written(outcome.tracking_uri, outcome.run_id)
         self._on_written(record, outcome)
 
     # -- reading and closing ------------------------------------------------------------------

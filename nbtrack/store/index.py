@@ -7,14 +7,22 @@ inputs) in memory and in a small SQLite file of nbtrack's own, and asks MLflow o
 MLflow stays the only source of truth: the index is read from MLflow through ``MlflowClient``
 alone, and deleting the file loses nothing.
 
-Where the file lives: ``$NBTRACK_CACHE_DIR`` (default ``$XDG_CACHE_HOME/nbtrack``, else
-``~/.cache/nbtrack``), one ``runs-<hash>.sqlite`` per tracking URI (relative SQLite paths made
-absolute) and experiment id.
+Where the file lives: one ``runs-<hash>.sqlite`` per tracking URI (relative SQLite paths made
+absolute) and experiment id, beside the store for a SQLite store (the ``.nbtrack-index`` folder
+next to its database file), so every process that writes to the store and every process that
+reads it share one index; for other stores (a team server) in ``$XDG_CACHE_HOME/nbtrack``, else
+``~/.cache/nbtrack``. ``$NBTRACK_CACHE_DIR`` puts every index file in one folder instead.
+
+Who fills it: the recorder puts each run it finishes into the file (:func:`record_runs`), so a
+store nbtrack has been writing to has its index before anyone looks. Each row carries a sequence
+number, so a look reads only the rows other processes added since its last one.
 
 How it stays current (:meth:`RunIndex.refresh`):
 
+- the rows recorders (this process's or others') put in the file since the last look;
 - runs that started since the last look, with a margin for clock skew between processes
-  (``attributes.start_time >= ...``), and runs that ended since (``attributes.end_time``);
+  (``attributes.start_time >= ...``), and runs that ended since (``attributes.end_time``): a few
+  seconds for a SQLite store, whose writers share this machine's clock, two minutes for others;
 - every run the index holds as RUNNING that started in the last 24 hours, read again (live
   metrics);
 - the experiment's deleted runs (``ViewType.DELETED_ONLY``), dropped from the ranking; runs the
@@ -24,6 +32,11 @@ How it stays current (:meth:`RunIndex.refresh`):
   steps above cannot see (a finished run renamed or re-tagged in the MLflow UI, a run created
   with a start time in the past) show within that bound, or at once with ``refresh(full=True)``.
 
+A board's first look (``refresh(background=True)``) never waits for every run: an index with
+rows answers at once while the full read runs in the background; with no rows (a store nbtrack
+never saw) it reads the newest :data:`QUICK_LOOK_RUNS` runs first, then the rest in pages in the
+background, telling :meth:`RunIndex.on_change` listeners as the ranking fills.
+
 Ranking and filtering (:meth:`RunIndex.search`) evaluate MLflow's filter syntax with MLflow's own
 in-memory evaluator (``SearchUtils.filter``, which MLflow's file store uses), on summaries ordered
 as the SQL store orders ``search_runs`` (start time, newest first, then run id).
@@ -31,50 +44,40 @@ as the SQL store orders ``search_runs`` (start time, newest first, then run id).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 
-from nbtrack.config import DEFAULT_RECONCILE_SECONDS, RECONCILE_ENV, cache_dir
+from nbtrack.config import DEFAULT_RECONCILE_SECONDS, RECONCILE_ENV
+from nbtrack.store.index_file import IndexFile, IndexUnusable, index_path, sqlite_file
 from nbtrack.store.kernel_state import absolute_tracking_uri
 from nbtrack.store.summaries import RUNNING, RunSummary, natural_order
 
-SCHEMA_VERSION = 1
 # Runs other processes start are looked for from this long before the last look: their clocks
-# (another machine's, on a team server) may lag ours.
+# (another machine's, on a team server) may lag ours. A SQLite store's writers share our clock,
+# and commit a run as they create it.
 CLOCK_SKEW_MS = 120_000
+LOCAL_CLOCK_SKEW_MS = 5_000
 LIVE_RUN_MS = 24 * 3600 * 1000  # running runs younger than this are read again at each look
 PAGE_SIZE = 10_000  # runs per search_runs page, as mlflow.search_runs reads them
+FILL_PAGE_SIZE = 2_500  # runs per page of a first fill in the background (ranked as they come)
+QUICK_LOOK_RUNS = 1_000  # newest runs a first look at a never-indexed store reads at once
+FILL_NOTIFY_SECONDS = 1.0  # listeners hear of a filling index at most this often
 IDS_PER_QUERY = 100  # run ids per "attributes.run_id IN (...)" filter
 
-def index_path(tracking_uri: str, experiment_id: str, folder: Path | None = None) -> Path:
-    """The index file of one experiment of one store."""
-    key = hashlib.sha256(f"{absolute_tracking_uri(tracking_uri)}\0{experiment_id}".encode()).hexdigest()
-    return (folder or cache_dir()) / f"runs-{key[:20]}.sqlite"
 
-
-# -- the summaries: what MLflow's in-memory filter reads of a Run -------------------------------
-
-
-class IndexUnusable(Exception):
-    """The index file cannot be used as it is (corrupt, other schema, other store): rebuild it."""
-
-
-# Runs this process has just written. A run written late, with its original times (a journal
-# replayed after the store was away), starts and ends before the incremental read's window, so
-# the next incremental read of its experiment looks these up by id.
-_WRITTEN: dict[str, set[str]] = {}
-_WRITTEN_LOCK = threading.Lock()
-
-
-def note_written(tracking_uri: str, run_id: str) -> None:
-    """Tell the indexes of this process that ``run_id`` was written to ``tracking_uri``."""
-    with _WRITTEN_LOCK:
-        _WRITTEN.setdefault(absolute_tracking_uri(tracking_uri), set()).add(run_id)
+def record_runs(tracking_uri: str, runs: list) -> None:
+    """Put runs just written (``mlflow.entities.Run``) into their experiments' index files,
+    creating the files; the recorder calls this as it finishes each run.
+    """
+    by_experiment: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        by_experiment.setdefault(run.info.experiment_id, []).append(RunSummary.from_run(run))
+    for experiment_id, summaries in by_experiment.items():
+        RunIndex(tracking_uri, experiment_id).add_rows(summaries)
 
 
 class RunIndex:
@@ -87,7 +90,7 @@ class RunIndex:
     experiment_id
         The experiment whose runs are indexed.
     folder
-        Where the index file goes; default :func:`cache_dir`.
+        Where the index file goes; default :func:`index_path`'s choice.
     reconcile_seconds
         Age after which :meth:`refresh` reads every run again; default
         ``$NBTRACK_INDEX_RECONCILE_SECONDS`` or 600.
@@ -108,16 +111,21 @@ class RunIndex:
         self.tracking_uri = absolute_tracking_uri(tracking_uri)
         self.experiment_id = str(experiment_id)
         self.path = index_path(self.tracking_uri, self.experiment_id, folder)
+        self._file = IndexFile(self.path, self.tracking_uri, self.experiment_id)
         if reconcile_seconds is None:
             reconcile_seconds = float(os.environ.get(RECONCILE_ENV) or DEFAULT_RECONCILE_SECONDS)
         self.reconcile_seconds = reconcile_seconds
+        self._skew_ms = LOCAL_CLOCK_SKEW_MS if sqlite_file(self.tracking_uri) else CLOCK_SKEW_MS
         self._runs: dict[str, RunSummary] = {}
         self._ordered: list[RunSummary] | None = None  # active runs in natural order
         self._looked_at: int | None = None  # ms, wall clock when the last refresh began
         self._reconciled_at: int | None = None
+        self._seq = 0  # the last row of the file merged here
+        self._unsaved: set[str] = set()  # runs whose summary here differs from the file's
         self._loaded = False
         self._lock = threading.RLock()
         self._background: threading.Thread | None = None
+        self._listeners: list = []
         self.last_refresh: dict = {}
 
     @classmethod
@@ -127,7 +135,8 @@ class RunIndex:
         One copy a process: the board, ``nbtrack.leaderboard()`` and the refresh after each
         tracked cell then share the summaries in memory instead of each reloading the file.
         """
-        key = (absolute_tracking_uri(tracking_uri), str(experiment_id), str(cache_dir()))
+        key = (absolute_tracking_uri(tracking_uri), str(experiment_id),
+               str(index_path(tracking_uri, str(experiment_id))))
         with cls._shared_lock:
             index = cls._shared.get(key)
             if index is None:
@@ -163,6 +172,36 @@ class RunIndex:
 
     # -- keeping current ----------------------------------------------------------------------
 
+    @property
+    def filling(self) -> bool:
+        """True while the index has never held every run and a background read is bringing
+        them: what it ranks is the runs read so far.
+        """
+        thread = self._background
+        return self._reconciled_at is None and thread is not None and thread.is_alive()
+
+    def on_change(self, listener) -> None:
+        """Call ``listener()`` when a background read changed the index (on that thread, at most
+        every :data:`FILL_NOTIFY_SECONDS` while it fills, and when it ends). A bound method is
+        held weakly: a board that is gone stops hearing.
+        """
+        held = weakref.WeakMethod(listener) if hasattr(listener, "__self__") else (
+            lambda: listener)
+        with self._lock:
+            if all(other() != listener for other in self._listeners):
+                self._listeners.append(held)
+
+    def _notify(self) -> None:
+        with self._lock:
+            self._listeners = [held for held in self._listeners if held() is not None]
+            listeners = [held() for held in self._listeners]
+        for listener in listeners:
+            if listener is not None:
+                try:
+                    listener()
+                except Exception:  # noqa: S110 - a board says its own errors; the read goes on
+                    pass
+
     def reconcile_due(self) -> bool:
         """True when the last full read of the experiment is older than ``reconcile_seconds``."""
         if self._reconciled_at is None:
@@ -179,27 +218,28 @@ class RunIndex:
             (default): a full read when one is due (no usable file, or older than
             ``reconcile_seconds``), else only the changes.
         background
-            With ``full=None``, a due full read of an index that already holds runs happens in a
-            background thread (this call returns after the quick look for changes); the next
-            refresh after it ends sees its result.
+            With ``full=None``, a due full read happens in a background thread and this call
+            returns at once with what the index holds (the file's runs, changes since the last
+            look) or, holding nothing, the newest :data:`QUICK_LOOK_RUNS` runs; listeners
+            (:meth:`on_change`) hear as the read goes on.
 
         Returns
         -------
         dict
-            ``{"mode": "full" | "changes", "read": runs read from MLflow, "changed": runs added
-            or updated, "removed": runs deleted or gone, "seconds": ...}``.
+            ``{"mode": "full" | "changes" | "quick", "read": runs read from MLflow, "changed":
+            runs added or updated, "removed": runs deleted or gone, "seconds": ...}``.
 
         """
         started = time.perf_counter()
         with self._lock:
             if not self._loaded:
                 self._load()
-            if full is None:
-                full = self.reconcile_due()
-                if full and background and self._runs:
-                    self._reconcile_in_background()
-                    full = False
-            stats = self._reconcile() if full else self._changes()
+            if full is None and background and self.reconcile_due():
+                stats = self._look_while_reading()
+            else:
+                if full is None:
+                    full = self.reconcile_due()
+                stats = self._reconcile() if full else self._changes()
             stats["seconds"] = time.perf_counter() - started
             self.last_refresh = stats
             return stats
@@ -210,6 +250,62 @@ class RunIndex:
         if thread is not None:
             thread.join(timeout)
 
+    def _look_while_reading(self) -> dict:
+        """A look that does not wait for the due full read: that goes on in the background."""
+        if self._runs or self._looked_at is not None:
+            stats = self._changes() if self._looked_at is not None else self._file_changes()
+        else:
+            stats = self._quick_look()
+            if stats["mode"] == "full":
+                return stats
+        self._reconcile_in_background()
+        return stats
+
+    def _quick_look(self) -> dict:
+        """The newest runs, at once; all of them (a full read) when there are few."""
+        from mlflow.entities import ViewType
+
+        looked_at = _now_ms()
+        page = self._client().search_runs([self.experiment_id], run_view_type=ViewType.ALL,
+                                          max_results=QUICK_LOOK_RUNS)
+        fetched = [RunSummary.from_run(run) for run in page]
+        if len(fetched) < QUICK_LOOK_RUNS:
+            self._replace_all(fetched, looked_at)
+            return {"mode": "full", "read": len(fetched), "changed": len(fetched), "removed": 0}
+        self._merge(fetched)
+        return {"mode": "quick", "read": len(fetched), "changed": len(fetched), "removed": 0}
+
+    def _merge(self, summaries: list[RunSummary], from_file: bool = False) -> list[RunSummary]:
+        """Take these summaries in; the ones that changed what the index held."""
+        changed = []
+        for summary in summaries:
+            held = self._runs.get(summary.run_id)
+            if held is not None and from_file and held.info.status != RUNNING \
+                    and summary.info.status == RUNNING:
+                continue  # a row written while the run ran; this index has read its end
+            if held is None or not _same(held, summary):
+                self._runs[summary.run_id] = summary
+                changed.append(summary)
+                if from_file:
+                    self._unsaved.discard(summary.run_id)
+                else:
+                    self._unsaved.add(summary.run_id)
+        if changed:
+            self._ordered = None
+        return changed
+
+    def _file_changes(self) -> dict:
+        """Only the rows recorders added to the file since the last look (no MLflow read)."""
+        changed = self._merge_file_rows()
+        return {"mode": "changes", "read": 0, "changed": len(changed), "removed": 0}
+
+    def _merge_file_rows(self) -> list[RunSummary]:
+        try:
+            records, self._seq = self._file.rows_since(self._seq)
+        except (sqlite3.DatabaseError, IndexUnusable, OSError):
+            return []  # the next save rebuilds the file
+        return self._merge([RunSummary(record) for record in records], from_file=True)
+
     def _reconcile_in_background(self) -> None:
         if self._background is not None and self._background.is_alive():
             return
@@ -218,7 +314,7 @@ class RunIndex:
 
         def work():
             try:
-                fetched, looked_at = with_imports(self._read_all)
+                fetched, looked_at = with_imports(lambda: self._read_all(filling=True))
             except Exception as error:  # a cache: the next refresh tries again, and says so
                 from nbtrack import display
 
@@ -226,6 +322,7 @@ class RunIndex:
                 return
             with self._lock:
                 self._replace_all(fetched, looked_at)
+            self._notify()
 
         self._background = start("run-index", work)
 
@@ -234,7 +331,8 @@ class RunIndex:
 
         return MlflowClient(tracking_uri=self.tracking_uri)
 
-    def _search(self, filter_string: str = "", view=None) -> list:
+    def _search(self, filter_string: str = "", view=None, page_size: int = PAGE_SIZE,
+                each_page=None) -> list:
         from mlflow.entities import ViewType
 
         client = self._client()
@@ -242,8 +340,10 @@ class RunIndex:
         while True:
             page = client.search_runs([self.experiment_id], filter_string=filter_string,
                                       run_view_type=view or ViewType.ACTIVE_ONLY,
-                                      max_results=PAGE_SIZE, page_token=token)
+                                      max_results=page_size, page_token=token)
             found.extend(page)
+            if each_page is not None:
+                each_page(page)
             token = page.token
             if not token:
                 return found
@@ -258,11 +358,26 @@ class RunIndex:
             found += self._search(f"attributes.run_id IN ({quoted})", view=ViewType.ALL)
         return found
 
-    def _read_all(self) -> tuple[list[RunSummary], int]:
+    def _read_all(self, filling: bool = False) -> tuple[list[RunSummary], int]:
+        """Every run; while ``filling`` an index that never held them all, each page is ranked
+        as it comes and listeners hear of it.
+        """
         from mlflow.entities import ViewType
 
         looked_at = _now_ms()
-        return [RunSummary.from_run(run) for run in self._search(view=ViewType.ALL)], looked_at
+        filling = filling and self._reconciled_at is None
+        told = [time.monotonic()]
+
+        def each_page(page) -> None:
+            with self._lock:
+                self._merge([RunSummary.from_run(run) for run in page])
+            if time.monotonic() - told[0] >= FILL_NOTIFY_SECONDS:
+                told[0] = time.monotonic()
+                self._notify()
+
+        runs = self._search(view=ViewType.ALL, page_size=FILL_PAGE_SIZE if filling else PAGE_SIZE,
+                            each_page=each_page if filling else None)
+        return [RunSummary.from_run(run) for run in runs], looked_at
 
     def _reconcile(self) -> dict:
         fetched, looked_at = self._read_all()
@@ -272,17 +387,23 @@ class RunIndex:
                 "removed": len(before - set(self._runs))}
 
     def _replace_all(self, fetched: list[RunSummary], looked_at: int) -> None:
+        held = self._runs
         self._runs = {s.run_id: s for s in fetched}
         self._ordered = None
         self._looked_at = looked_at
         self._reconciled_at = looked_at
-        self._save(fetched, replace=True)
+        # Only rows that differ from the file's are written: each write gives its row a new
+        # sequence number, which every other process's index then reads again.
+        self._unsaved = {s.run_id for s in fetched if s.run_id in self._unsaved
+                         or s.run_id not in held or not _same(held[s.run_id], s)}
+        self._save(keep_only=set(self._runs))
 
     def _changes(self) -> dict:
         from mlflow.entities import ViewType
 
         looked_at = _now_ms()
-        since = (self._looked_at or 0) - CLOCK_SKEW_MS
+        from_file = self._merge_file_rows()
+        since = (self._looked_at or 0) - self._skew_ms
         read = self._search(f"attributes.start_time >= {since}")
         read += self._search(f"attributes.end_time >= {since}")
         # Live metrics of running runs. Runs left RUNNING for over a day are mostly abandoned
@@ -293,91 +414,66 @@ class RunIndex:
         deleted_now = {run.info.run_id: run for run in self._search(view=ViewType.DELETED_ONLY)}
         held_deleted = [s.run_id for s in self._runs.values() if s.deleted]
         restored = [run_id for run_id in held_deleted if run_id not in deleted_now]
-        with _WRITTEN_LOCK:
-            noted = sorted(_WRITTEN.get(self.tracking_uri, ()))
-        by_id = self._by_ids(running + restored + noted)
-        read += by_id
-        if noted:  # those of other experiments wait for those experiments' indexes
-            with _WRITTEN_LOCK:
-                _WRITTEN.get(self.tracking_uri, set()).difference_update(
-                    run.info.run_id for run in by_id)
+        read += self._by_ids(running + restored)
         read += [run for run_id, run in deleted_now.items()
                  if run_id not in self._runs or not self._runs[run_id].deleted]
-        changed = []
-        for run in read:
-            summary = RunSummary.from_run(run)
-            held = self._runs.get(summary.run_id)
-            if held is None or not held.same_as(summary):
-                self._runs[summary.run_id] = summary
-                changed.append(summary)
+        changed = self._merge([RunSummary.from_run(run) for run in read])
         found = {run.info.run_id for run in read}
         # Held as deleted, neither deleted nor found now: removed for good (mlflow gc).
         gone = [run_id for run_id in restored if run_id not in found]
         for run_id in gone:
             del self._runs[run_id]
-        if changed or gone:
+        if gone:
             self._ordered = None
         self._looked_at = looked_at
-        if changed or gone:
-            self._save(changed, removed=gone)
-        else:
-            self._save_meta()
-        return {"mode": "changes", "read": len(read), "changed": len(changed),
+        self._save(removed=gone)
+        return {"mode": "changes", "read": len(read), "changed": len(changed) + len(from_file),
                 "removed": len(gone) + sum(1 for s in changed if s.deleted)}
 
     # -- the file ------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=30)
-        connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        connection.execute("CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, "
-                           "summary TEXT NOT NULL)")
-        return connection
+    def add_rows(self, summaries: list[RunSummary]) -> None:
+        """Put summaries into the file only (a recorder's runs; an index in memory merges them
+        at its next look). A file of another schema is made again.
+        """
+        try:
+            self._file.add(summaries)
+        except (sqlite3.DatabaseError, IndexUnusable):
+            self._file.discard()
+            self._file.add(summaries)
 
     def _load(self) -> None:
         """Read the file into memory; an unusable file is discarded (a full read follows)."""
         self._loaded = True
-        if not self.path.exists():
+        if not self._file.exists():
             return
         try:
-            with _closing(self._connect()) as connection:
-                meta = dict(connection.execute("SELECT key, value FROM meta"))
-                expected = {"schema_version": str(SCHEMA_VERSION),
-                            "tracking_uri": self.tracking_uri,
-                            "experiment_id": self.experiment_id}
-                if any(meta.get(key) != value for key, value in expected.items()):
-                    raise IndexUnusable(f"made for {meta}")
-                texts = [text for (text,) in connection.execute("SELECT summary FROM runs")]
-                # One document: the decoder then shares the key strings ("val_auc", ...) of
-                # every run, where a loads() a run would keep a copy of each in each run.
-                records = json.loads("[" + ",".join(texts) + "]")
-                del texts
-                self._runs = {r["info"]["run_id"]: RunSummary(r) for r in records}
-                self._ordered = None
-                self._looked_at = int(meta["looked_at"]) if meta.get("looked_at") else None
-                self._reconciled_at = (int(meta["reconciled_at"]) if meta.get("reconciled_at")
-                                       else None)
+            meta, records, seq = self._file.load()
+            self._runs = {r["info"]["run_id"]: RunSummary(r) for r in records}
+            del records
+            self._ordered = None
+            self._seq = seq
+            self._looked_at = int(meta["looked_at"]) if meta.get("looked_at") else None
+            self._reconciled_at = (int(meta["reconciled_at"]) if meta.get("reconciled_at")
+                                   else None)
         except (sqlite3.DatabaseError, IndexUnusable, ValueError, KeyError, TypeError):
             # Corrupt, another schema, or another store's: start again from MLflow.
-            self._runs, self._looked_at, self._reconciled_at = {}, None, None
+            self._runs, self._looked_at, self._reconciled_at, self._seq = {}, None, None, 0
             self._ordered = None
-            self._discard_file()
+            self._file.discard()
 
-    def _discard_file(self) -> None:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-
-    def _save(self, summaries: list[RunSummary], replace: bool = False,
-              removed: list[str] = ()) -> None:
+    def _save(self, removed: list[str] = (), keep_only: set[str] | None = None) -> None:
+        """Write the runs read since the last save (and the look's times) to the file."""
         try:
-            self._write(summaries, replace, removed)
-        except sqlite3.DatabaseError:
+            self._write(removed, keep_only)
+        except (sqlite3.DatabaseError, IndexUnusable):
             # Broken under us (another process, a full disk): one more go on a fresh file.
-            self._discard_file()
+            self._file.discard()
+            self._seq = 0
+            self._unsaved = set(self._runs)
             try:
-                self._write(list(self._runs.values()), True, ())
-            except (sqlite3.DatabaseError, OSError) as error:
+                self._write((), None)
+            except (sqlite3.DatabaseError, IndexUnusable, OSError) as error:
                 self._warn_unsaved(error)
         except OSError as error:
             self._warn_unsaved(error)
@@ -388,46 +484,22 @@ class RunIndex:
         display.warn(f"the run index could not be saved to {self.path} ({error}); it is kept in "
                      f"memory only, and the next process reads the runs from MLflow again.")
 
-    def _write(self, summaries, replace: bool, removed) -> None:
-        with _closing(self._connect()) as connection, connection:
-            if replace:
-                connection.execute("DELETE FROM runs")
-            connection.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?)",
-                                   [(s.run_id, s.to_json()) for s in summaries])
-            connection.executemany("DELETE FROM runs WHERE run_id = ?",
-                                   [(run_id,) for run_id in removed])
-            self._write_meta(connection)
-
-    def _save_meta(self) -> None:
-        try:
-            with _closing(self._connect()) as connection, connection:
-                self._write_meta(connection)
-        except (sqlite3.DatabaseError, OSError) as error:
-            self._warn_unsaved(error)
-
-    def _write_meta(self, connection) -> None:
-        meta = {"schema_version": SCHEMA_VERSION, "tracking_uri": self.tracking_uri,
-                "experiment_id": self.experiment_id, "looked_at": self._looked_at,
-                "reconciled_at": self._reconciled_at}
-        connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                               [(k, None if v is None else str(v)) for k, v in meta.items()])
+    def _write(self, removed, keep_only) -> None:
+        meta = {"looked_at": self._looked_at, "reconciled_at": self._reconciled_at}
+        summaries = [self._runs[run_id] for run_id in self._unsaved if run_id in self._runs]
+        others, seq = self._file.save(summaries, self._seq, meta, removed, keep_only)
+        self._unsaved = set()
+        # Rows other processes added meanwhile: newer than ours only where they were not
+        # written here too (those were rewritten above, with what this look read).
+        written = {s.run_id for s in summaries}
+        self._merge([RunSummary(r) for r in others if r["info"]["run_id"] not in written],
+                    from_file=True)
+        self._seq = seq
 
 
-class _closing:
-    """Close a sqlite3 connection on exit (its own context manager only commits)."""
-
-    def __init__(self, connection):
-        self.connection = connection
-
-    def __enter__(self):
-        return self.connection
-
-    def __exit__(self, *exc):
-        self.connection.close()
+def _same(held: RunSummary, summary: RunSummary) -> bool:
+    return held.to_json() == summary.to_json() or held.same_as(summary)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-# -- a page of the board -------------------------------------------------------------------------

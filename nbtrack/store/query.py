@@ -55,7 +55,7 @@ def runs(experiment=None, filter=None, order_by=None, tracker=None, tracking_uri
 
 
 def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50, tracker=None,
-              tracking_uri=None, missing_ok=False, background=False):
+              tracking_uri=None, missing_ok=False, background=False, on_change=None):
     """The ``top`` runs ranked by ``metric``, read from the run index, ready for :func:`rank`.
 
     The same question as ``rank(runs(experiment, filter=filter), metric, ascending, top)``, with
@@ -68,7 +68,10 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
     pandas.DataFrame
         The first ``top`` ranked runs in ``mlflow.search_runs``'s format, with a column for every
         metric the matching runs have. ``attrs["metric"]`` is the metric ranked by (the one most
-        runs have when ``metric`` is None) and ``attrs["matched"]`` how many runs matched.
+        runs have when ``metric`` is None), ``attrs["matched"]`` how many runs matched, and
+        ``attrs["filling"]`` True while a first read of the experiment goes on in the background
+        (``background=True``): the page ranks the runs read so far, ``attrs["indexed"]`` of them,
+        and ``on_change()`` is called as more arrive.
 
     """
     import mlflow
@@ -86,6 +89,8 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
 
         return pd.DataFrame()
     index = run_index.RunIndex.shared(client.tracking_uri, found.experiment_id)
+    if on_change is not None:
+        index.on_change(on_change)
     index.refresh(background=background)
     try:
         matched = index.search(filter or None)
@@ -99,6 +104,8 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
     table = summaries.to_frame(ranked[:top], metrics=keys)
     table.attrs["metric"] = metric
     table.attrs["matched"] = len(matched)
+    table.attrs["filling"] = index.filling
+    table.attrs["indexed"] = len(index)
     return table
 
 

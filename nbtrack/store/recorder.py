@@ -19,6 +19,7 @@ from nbtrack.display import short_error as _short
 from nbtrack.errors import RunOpenedPartlyError, StoreError
 from nbtrack.record import KILLED_REASON_TAG, CellRecord, FigureSnapshot, RunOutcome, Series
 from nbtrack.store import flavors, registry
+from nbtrack.store import index as run_index
 from nbtrack.store.kernel_state import (
     experiment_of,
     quiet_mlflow,
@@ -203,6 +204,8 @@ class Recorder:
             registered = progress.get("registered")
         if not refused:
             attempt("finish", "run status", lambda: self._finish(client, run_id, record))
+            if "finish" in done:
+                _index_runs(client, [run_id])
         return RunOutcome(
             run_id=run_id,
             experiment=record.experiment,
@@ -243,6 +246,7 @@ class Recorder:
             client.log_batch(run_id, tags=[RunTag(KILLED_REASON_TAG, reason[:500])])
             _log_metrics(client, run_id, _series_metrics(series))
             client.set_terminated(run_id, status="KILLED")
+            _index_runs(client, [run_id])
         return run_id
 
     def execution_runs(self, experiment: str, execution_id: str) -> list:
@@ -271,6 +275,7 @@ class Recorder:
             for run in runs:
                 self.client.set_tag(run.info.run_id, KILLED_REASON_TAG, reason[:500])
                 self.client.set_terminated(run.info.run_id, status="KILLED")
+            _index_runs(self.client, [run.info.run_id for run in runs])
         return len(runs)
 
     # -- the parts of a run ------------------------------------------------------------------
@@ -370,6 +375,16 @@ class Recorder:
 
     def _finish(self, client, run_id: str, record: CellRecord) -> None:
         client.set_terminated(run_id, status=record.status, end_time=record.end_time_ms)
+
+
+def _index_runs(client, run_ids: list[str]) -> None:
+    """Put finished runs into the run index's file, so a board's first look need not read them
+    from the store. A cache: when it cannot be written, the board reads the runs from MLflow.
+    """
+    try:
+        run_index.record_runs(client.tracking_uri, [client.get_run(run_id) for run_id in run_ids])
+    except Exception:  # noqa: S110 - the run is in the store; only a shortcut to it is missing
+        pass
 
 
 def _series_metrics(series: Sequence[Series]) -> list:

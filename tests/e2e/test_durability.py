@@ -727,7 +727,7 @@ def test_normal_kernel_shutdown_drains_the_queue(tmp_path, store, kernel_env):
 
 def test_a_run_written_late_with_its_original_times_reaches_the_board_index(store):
     # A queued run is written with the times its cell ran, maybe long before the index's last
-    # look: the writer notes it, and the next incremental read fetches it by id.
+    # look: the recorder puts it in the index file, and the next incremental read merges it.
     from mlflow import MlflowClient
 
     from nbtrack.store import index as run_index
@@ -742,7 +742,7 @@ def test_a_run_written_late_with_its_original_times_reaches_the_board_index(stor
     client.set_terminated(run.info.run_id, end_time=hour_ago + 1000)
     index.refresh(full=False)
     assert [s.run_id for s in index.summaries()] == []  # outside the incremental window
-    run_index.note_written(store, run.info.run_id)
+    run_index.record_runs(store, [client.get_run(run.info.run_id)])  # as the recorder does
     index.refresh(full=False)
     assert [s.run_id for s in index.summaries()] == [run.info.run_id]
 

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -299,3 +300,83 @@ def test_deleted_runs_stay_out_as_search_runs_leaves_them_out(client, runs):
     assert ids[9] not in {s.run_id for s in index.search()}
     deleted = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
     assert [r.info.run_id for r in deleted] == [ids[9]]
+
+
+# -- the first look (issue 16.4) -------------------------------------------------------------------
+
+
+def test_the_index_file_lives_beside_a_sqlite_store_and_in_the_cache_for_a_server(store,
+                                                                                  monkeypatch,
+                                                                                  tmp_path):
+    from nbtrack.store.index_file import INDEX_FOLDER
+
+    monkeypatch.delenv("NBTRACK_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    database = Path(store[len("sqlite:///"):])
+    assert RunIndex(store, "1").path.parent == database.parent / INDEX_FOLDER
+    assert RunIndex("http://127.0.0.1:5000", "1").path.parent == tmp_path / "xdg" / "nbtrack"
+    monkeypatch.setenv("NBTRACK_CACHE_DIR", str(tmp_path / "chosen"))
+    assert RunIndex(store, "1").path.parent == tmp_path / "chosen"
+
+
+def test_a_tracked_cell_fills_the_index_so_a_new_process_ranks_it_without_reading_mlflow(shell,
+                                                                                       client):
+    import nbtrack
+
+    for i in range(3):
+        assert shell.run(f"%%track -e filled -n cell-{i}\nscore = {i} / 10").success
+    assert nbtrack.flush(timeout=60)
+    experiment_id = client.get_experiment_by_name("filled").experiment_id
+    index = RunIndex(client.tracking_uri, experiment_id)  # a new process's: nothing in memory
+    assert index.path.exists()  # the recorder made it; nobody looked at the board yet
+    stats = index.refresh(background=True)
+    assert stats["mode"] == "changes" and stats["read"] == 0  # answered from the file alone
+    assert names(index) == {"cell-0", "cell-1", "cell-2"}
+    assert [s.data.metrics["score"] for s in index.search(order_by=["metrics.score DESC"])] == [
+        0.2, 0.1, 0.0]
+    index.wait(timeout=60)  # the full read due on a file nobody reconciled, in the background
+    assert not index.filling and not index.reconcile_due()
+
+
+def test_a_first_look_at_a_store_never_indexed_ranks_the_newest_runs_then_fills(client, runs,
+                                                                                monkeypatch):
+    from nbtrack.store import index as run_index
+
+    experiment_id, ids = runs
+    # Small pages so 24 runs take several: the sizes are settings, the reads are MLflow's.
+    monkeypatch.setattr(run_index, "QUICK_LOOK_RUNS", 6)
+    monkeypatch.setattr(run_index, "FILL_PAGE_SIZE", 5)
+    monkeypatch.setattr(run_index, "FILL_NOTIFY_SECONDS", 0.0)
+    index = RunIndex(client.tracking_uri, experiment_id)
+    heard = []
+
+    class Board:  # a listener held weakly, as the board's refresh is
+        def refresh(self):
+            heard.append((len(index), index.filling))
+
+    board = Board()
+    index.on_change(board.refresh)
+    stats = index.refresh(background=True)
+    assert stats["mode"] == "quick" and stats["read"] == 6
+    newest = [r.info.run_id for r in client.search_runs([experiment_id], max_results=6,
+                                                       run_view_type=ViewType.ALL)]
+    assert {s.run_id for s in index.summaries()} <= set(newest)
+    index.wait(timeout=60)
+    assert heard[0][0] < 23 and heard[0][1]  # ranked while it filled...
+    assert heard[-1] == (23, False)  # ... and told once it held every run
+    assert [len_ for len_, _ in heard] == sorted(len_ for len_, _ in heard)
+    assert [s.run_id for s in index.summaries()] == [
+        s.run_id for s in fresh_index(client, experiment_id).summaries()]
+
+
+def test_a_second_look_right_after_a_sweep_does_not_read_its_runs_again(client):
+    experiment_id = client.create_experiment("sweep-just-ended")
+    minute_ago = int(time.time() * 1000) - 60_000
+    for i in range(20):  # a sweep that ended a minute ago
+        run_id = make_run(client, experiment_id, i, status="RUNNING", start_time=minute_ago + i)
+        client.set_terminated(run_id, end_time=minute_ago + 1000 + i)
+    index = fresh_index(client, experiment_id)
+    assert len(index) == 20
+    stats = index.refresh(full=False)
+    # A SQLite store's writers share this machine's clock: only the last seconds are read again.
+    assert stats["read"] == 0 and stats["changed"] == 0

@@ -1,0 +1,169 @@
+"""The run index's file: one experiment's run summaries in a small SQLite database of nbtrack's own.
+
+Several processes share one file: the recorders of every kernel writing to the store add the runs
+they finish, and every board reading the store keeps it current from MLflow. Each row carries a
+sequence number (SQLite's ``AUTOINCREMENT``, handed out under the write lock, so in commit order),
+so a process reads only the rows added since the sequence it last saw (:meth:`IndexFile.rows_since`).
+A file made for another schema, store or experiment is refused with :class:`IndexUnusable`; the
+caller discards it and starts again from MLflow, which loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from nbtrack.config import CACHE_ENV, cache_dir
+from nbtrack.store.kernel_state import absolute_tracking_uri
+
+SCHEMA_VERSION = 2
+INDEX_FOLDER = ".nbtrack-index"  # beside a SQLite store's database file
+IDENTITY_KEYS = ("schema_version", "tracking_uri", "experiment_id")
+
+
+def index_path(tracking_uri: str, experiment_id: str, folder: Path | None = None) -> Path:
+    """The index file of one experiment of one store."""
+    uri = absolute_tracking_uri(tracking_uri)
+    key = hashlib.sha256(f"{uri}\0{experiment_id}".encode()).hexdigest()
+    if folder is None:
+        database = sqlite_file(uri)
+        folder = (database.parent / INDEX_FOLDER if database is not None
+                  and not os.environ.get(CACHE_ENV) else cache_dir())
+    return folder / f"runs-{key[:20]}.sqlite"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store's URI, else None."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = uri[len(prefix):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+class IndexUnusable(Exception):
+    """The index file cannot be used as it is (corrupt, other schema, other store): rebuild it."""
+
+
+class IndexFile:
+    """The file at ``path``, made for one experiment (``experiment_id``) of one store."""
+
+    def __init__(self, path: Path, tracking_uri: str, experiment_id: str):
+        self.path = path
+        self.identity = {"schema_version": str(SCHEMA_VERSION), "tracking_uri": tracking_uri,
+                         "experiment_id": experiment_id}
+
+    def exists(self) -> bool:
+        """Whether the file is there."""
+        return self.path.exists()
+
+    @contextmanager
+    def _open(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection to the checked file, inside one transaction (taking the write lock at
+        once when ``write``, so a read-then-write inside it sees no other writer in between).
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                if self._check(connection, write):
+                    yield connection
+                else:
+                    yield None  # a file another process is creating: nothing in it yet
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    def _check(self, connection: sqlite3.Connection, write: bool) -> bool:
+        """True when the file has this index's tables (created here when writing)."""
+        tables = {name for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            if not write:
+                return False
+            connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+            connection.execute("CREATE TABLE runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                               "run_id TEXT NOT NULL UNIQUE, summary TEXT NOT NULL)")
+            connection.executemany("INSERT INTO meta VALUES (?, ?)", self.identity.items())
+            return True
+        meta = dict(connection.execute(
+            "SELECT key, value FROM meta WHERE key IN (?, ?, ?)", IDENTITY_KEYS))
+        if meta != self.identity or "runs" not in tables:
+            raise IndexUnusable(f"made for {meta}")
+        return True
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def load(self) -> tuple[dict, list[dict], int]:
+        """Everything: the file's meta values, every row's summary record, the last sequence."""
+        with self._open() as connection:
+            if connection is None:
+                return {}, [], 0
+            meta = dict(connection.execute("SELECT key, value FROM meta"))
+            records, seq = _rows(connection, 0)
+        return meta, records, seq
+
+    def rows_since(self, seq: int) -> tuple[list[dict], int]:
+        """The summary records of rows added after ``seq``, and the last sequence now."""
+        if not self.path.exists():
+            return [], seq
+        with self._open() as connection:
+            return _rows(connection, seq) if connection is not None else ([], seq)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def add(self, summaries: Iterable) -> None:
+        """Upsert summaries (a recorder's runs), each with a new sequence number."""
+        with self._open(write=True) as connection:
+            _upsert(connection, summaries)
+
+    def save(self, summaries: Iterable, since: int, meta: dict, removed: Iterable[str] = (),
+             keep_only: set[str] | None = None) -> tuple[list[dict], int]:
+        """A look's write: first the records of rows other processes added after ``since``
+        (returned, for the caller to merge before its own rows replace them), then ``summaries``
+        upserted, ``removed`` run ids deleted, every row not in ``keep_only`` (when given) deleted,
+        and ``meta`` stored. Returns those records and the last sequence after the write.
+        """
+        with self._open(write=True) as connection:
+            others, _ = _rows(connection, since)
+            if keep_only is not None:
+                keep_only = keep_only | {r["info"]["run_id"] for r in others}
+                held = [run_id for (run_id,) in connection.execute("SELECT run_id FROM runs")]
+                removed = [*removed, *(run_id for run_id in held if run_id not in keep_only)]
+            _upsert(connection, summaries)
+            connection.executemany("DELETE FROM runs WHERE run_id = ?",
+                                   [(run_id,) for run_id in removed])
+            connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                   [(k, None if v is None else str(v)) for k, v in meta.items()])
+            (seq,) = connection.execute("SELECT COALESCE(MAX(seq), 0) FROM runs").fetchone()
+        return others, seq
+
+    def discard(self) -> None:
+        """Delete the file (with SQLite's side files)."""
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+
+def _rows(connection: sqlite3.Connection, since: int) -> tuple[list[dict], int]:
+    rows = connection.execute("SELECT seq, summary FROM runs WHERE seq > ? ORDER BY seq",
+                              (since,)).fetchall()
+    if not rows:
+        return [], since
+    # One document: the decoder then shares the key strings ("val_auc", ...) of every run,
+    # where a loads() a run would keep a copy of each in each run.
+    return json.loads("[" + ",".join(text for _, text in rows) + "]"), rows[-1][0]
+
+
+def _upsert(connection: sqlite3.Connection, summaries: Iterable) -> None:
+    # REPLACE deletes the run's old row and inserts a new one: a new, higher sequence number.
+    connection.executemany("INSERT OR REPLACE INTO runs (run_id, summary) VALUES (?, ?)",
+                           [(s.run_id, s.to_json()) for s in summaries])
