@@ -77,6 +77,8 @@ EXPERIMENT = "board-scale"
 STORES_ENV = "NBTRACK_BENCH_STORES"
 # Bump when the content of a built store changes: older stores are then rebuilt.
 BUILD_VERSION = 1
+SWEEP_RUNS = 5_000  # runs a sweep writes before the looks after it (at most the store's size)
+QUICK_SWEEP_RUNS = 20
 BATCH_START_MS = 1_700_000_000_000  # start time of run 0; run i starts i seconds later
 
 FILTER = "params.model = 'logreg' and metrics.val_auc > 0.8"
@@ -178,12 +180,14 @@ def _reset_index() -> None:
     gc.collect()
 
 
-def ask_nbtrack(uri: str, metric: str, ascending: bool, filter_string: str | None) -> list[str]:
-    """What the board does: ``runs_page`` then ``rank``; the ranked run ids."""
+def ask_nbtrack(uri: str, metric: str, ascending: bool, filter_string: str | None,
+                background: bool = False) -> list[str]:
+    """What ``nbtrack runs`` and ``leaderboard()`` do (the board with ``background``, so a due
+    full read goes on in the background): ``runs_page`` then ``rank``; the ranked run ids."""
     from nbtrack.store import query
 
     page = query.runs_page(EXPERIMENT, filter=filter_string, metric=metric, ascending=ascending,
-                           top=TOP, tracking_uri=uri)
+                           top=TOP, tracking_uri=uri, background=background)
     board = query.rank(page, metric=page.attrs["metric"], ascending=ascending, top=TOP)
     return list(board["run_id"])
 
@@ -275,8 +279,8 @@ def _child(question: str) -> int:
     return 0
 
 
-def measure_size(size: int, repeats: int, memory: bool,
-                 client_timeout: float = 300.0) -> tuple[list[dict], list[str]]:
+def measure_size(size: int, repeats: int, memory: bool, client_timeout: float = 300.0,
+                 sweep_runs: int = 0) -> tuple[list[dict], list[str]]:
     """Every tool's answer to every question at one size: rows and problems found."""
     from mlflow import MlflowClient
 
@@ -353,6 +357,9 @@ def measure_size(size: int, repeats: int, memory: bool,
         keep(operation, NBTRACK, samples, answer, reference[operation])
         print(f"  {size:,} runs, {operation}: {NBTRACK} {median(samples):.3f} s", flush=True)
     problems += check_store(uri, size, reference)
+    rows += measure_first_looks(uri, experiment_id, index_file, size, reference, problems)
+    if sweep_runs:
+        rows += measure_look_after_sweep(path, size, min(sweep_runs, size), problems)
 
     if memory:
         # A separate pass: tracemalloc slows Python down, so no time is taken under it.
@@ -380,6 +387,112 @@ def measure_size(size: int, repeats: int, memory: bool,
     return rows, problems
 
 
+def fill_as_recorder(uri: str, experiment_id: str) -> None:
+    """The index file as nbtrack's recorders leave it after writing every run of the store
+    (:func:`nbtrack.store.index_file.record_runs` a run as it finishes; here in batches)."""
+    from mlflow import MlflowClient
+
+    from nbtrack.store import index_file
+
+    client = MlflowClient(tracking_uri=uri)
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=10_000, page_token=token)
+        index_file.record_runs(uri, list(page))
+        token = page.token
+        if not token:
+            return
+
+
+def board_index(uri: str, experiment_id: str):
+    from nbtrack.store.index import RunIndex
+
+    return RunIndex.shared(uri, experiment_id)
+
+
+def measure_first_looks(uri: str, experiment_id: str, index_file: Path, size: int,
+                        reference: dict, problems: list[str]) -> list[dict]:
+    """The board's first look in a new process (``background=True``): on a store whose index
+    nbtrack's recorders filled as they wrote it, and on a store nbtrack never saw (the newest
+    runs at once, every run once the background read ends)."""
+    found = []
+
+    def row(operation, seconds, answer, note=""):
+        expected = reference["first page"]
+        if answer is not None and answer != expected:
+            problems.append(f"{size:,} runs, {operation}: ranked other runs than {FLUENT} "
+                            f"({_first_difference(answer, expected)})")
+            return
+        found.append({"size": size, "operation": operation, "tool": NBTRACK,
+                      "seconds": seconds, "samples_s": [seconds], "note": note})
+        print(f"  {size:,} runs, {operation}: {NBTRACK} {seconds:.2f} s {note}", flush=True)
+
+    _reset_index()
+    index_file.unlink(missing_ok=True)
+    fill_as_recorder(uri, experiment_id)
+    _reset_index()
+    seconds, answer = timed(ask_nbtrack, uri, "val_auc", False, None, True)
+    row("first look, index the recorder filled", seconds, answer)
+    board_index(uri, experiment_id).wait()
+
+    _reset_index()
+    index_file.unlink(missing_ok=True)
+    started = time.perf_counter()
+    seconds, answer = timed(ask_nbtrack, uri, "val_auc", False, None, True)
+    index = board_index(uri, experiment_id)
+    shown = len(index)
+    index.wait()
+    filled = time.perf_counter() - started
+    row("first look, store never indexed: first page", seconds, None,
+        f"(ranks the newest {shown:,} runs)" if shown < size else "")
+    row("first look, store never indexed: every run ranked", filled,
+        ask_nbtrack(uri, "val_auc", False, None, True))
+    return found
+
+
+def measure_look_after_sweep(path: Path, size: int, sweep_runs: int,
+                             problems: list[str]) -> list[dict]:
+    """Right after a sweep wrote ``sweep_runs`` runs (another tool's: ``MlflowClient``) into a
+    copy of the store the board had indexed: its first look, then its second, against
+    ``mlflow.search_runs`` reading the store once."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    scratch = Path(tempfile.mkdtemp(prefix="board-scale-sweep-"))
+    try:
+        copy = scratch / path.name
+        shutil.copy(path, copy)
+        uri = f"sqlite:///{copy}"
+        _reset_index()
+        ask_nbtrack(uri, "val_auc", False, None)  # the board's index, current
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        for i in range(sweep_runs):
+            run = client.create_run(experiment_id, run_name=f"sweep-{i}")
+            client.log_batch(run.info.run_id, metrics=[
+                Metric("val_auc", round(random.Random(i).random(), 3), int(time.time() * 1000), 0)])
+            client.set_terminated(run.info.run_id)
+        rows = []
+        for operation in ("look after a sweep: first", "look after a sweep: second"):
+            seconds, answer = timed(ask_nbtrack, uri, "val_auc", False, None, True)
+            read = board_index(uri, experiment_id).last_refresh.get("read")
+            rows.append({"size": size, "operation": operation, "tool": NBTRACK,
+                         "seconds": seconds, "samples_s": [seconds],
+                         "note": f"{sweep_runs:,} new runs; {read:,} read from MLflow"})
+            print(f"  {size:,} runs, {operation}: {NBTRACK} {seconds:.2f} s ({read:,} runs read)",
+                  flush=True)
+        seconds, expected = timed(ask_fluent, uri, "val_auc", False, None)
+        if answer != expected:
+            problems.append(f"{size:,} runs, look after a sweep: ranked other runs than {FLUENT} "
+                            f"({_first_difference(answer, expected)})")
+        rows.append({"size": size, "operation": "look after a sweep", "tool": FLUENT,
+                     "seconds": seconds, "samples_s": [seconds]})
+        return rows
+    finally:
+        _reset_index()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _first_difference(answer: list[str], expected: list[str]) -> str:
     if len(answer) != len(expected):
         return f"{len(answer)} runs instead of {len(expected)}"
@@ -402,7 +515,9 @@ def report(results: dict) -> str:
             lines.append([f"{row['size']:,}", row["operation"], row["tool"], row.get("note", "-"),
                           "", "", ""])
             continue
-        question = "first page" if row["operation"].startswith("first page") else row["operation"]
+        question = ("first page" if row["operation"].startswith(("first page", "first look"))
+                    else "look after a sweep" if row["operation"].startswith("look after")
+                    else row["operation"])
         ratios = []
         for tool in (CLIENT, FLUENT):
             base = next((r for r in rows if r["size"] == row["size"] and r["tool"] == tool
@@ -432,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-timeout", type=float, default=300.0,
                         help="seconds MlflowClient.search_runs may take for one question; it is "
                              "not asked the others at that size once it runs over (default 300)")
+    parser.add_argument("--sweep-runs", type=int, default=None,
+                        help="runs a sweep writes before the looks after it (default "
+                             f"{SWEEP_RUNS:,}, {QUICK_SWEEP_RUNS} with --quick; 0: skip)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -439,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else (
         QUICK_SIZES if args.quick else SIZES)
     repeats = args.repeats or (QUICK_REPEATS if args.quick else REPEATS)
+    sweep_runs = args.sweep_runs if args.sweep_runs is not None else (
+        QUICK_SWEEP_RUNS if args.quick else SWEEP_RUNS)
 
     cache = Path(tempfile.mkdtemp(prefix="board-scale-index-"))
     saved = {k: os.environ.get(k) for k in ("NBTRACK_CACHE_DIR", "NBTRACK_INDEX_RECONCILE_SECONDS")}
@@ -455,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             print(f"{size:,} runs", flush=True)
             rows, found = measure_size(size, repeats, memory=not args.no_memory,
-                                       client_timeout=args.client_timeout)
+                                       client_timeout=args.client_timeout,
+                                       sweep_runs=sweep_runs)
             results["rows"] += rows
             problems += found
     finally:

@@ -167,3 +167,21 @@ def png_figure(png: bytes, label: str) -> str:
     return (f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,'
             f'{data}" style="max-width:360px"><figcaption>{html.escape(label)}</figcaption>'
             f"</figure>")
+
+
+def caption(experiment: str, metric: str | None, ascending: bool, typed_filter: str,
+            sweep_id: str, sweep, read_so_far: int | None) -> str:
+    """The board's caption: what it ranks, how, what it is narrowed to (a filter, a sweep and
+    its best trial, given as a ``store.sweeps.Sweep`` when known), and, while a first read of
+    the runs goes on (``read_so_far`` of them), that the ranking is of those.
+    """
+    order = "lowest first" if ascending else "highest first"
+    by = f", ranked by {metric} ({order})" if metric else ""
+    where = f", filter: {typed_filter}" if typed_filter else ""
+    if sweep_id:
+        where += f", sweep {sweep.label if sweep else sweep_id}"
+    if sweep is not None and sweep.best_trial:
+        where += f", \u25c6 its best trial ({sweep.best_trial})"
+    if read_so_far is not None:
+        where += f"; reading the runs: ranked among the first {read_so_far:,} read"
+    return f"experiment '{experiment}'{by}{where}"

@@ -9,6 +9,7 @@ and text tables that travel in the same display bundle as the widget view.
 from __future__ import annotations
 
 import html
+import threading
 from collections.abc import Callable
 
 import ipywidgets as widgets
@@ -65,6 +66,7 @@ class Leaderboard(widgets.VBox):
         self._versions: dict[str, list] = {}
         self._metric = metric
         self._refreshing = False
+        self._refresh_lock = threading.RLock()
         self._history = plots.HistoryCache(tracking_uri)  # series read once per (run, key)
         self._sweeps: dict = {}  # sweep id -> nbtrack.store.sweeps.Sweep
         self._best: set[str] = set()  # the shown runs of the chosen search's best trial
@@ -166,6 +168,10 @@ class Leaderboard(widgets.VBox):
 
     def refresh(self) -> None:
         """Read the runs again and redraw; a bad filter leaves the last table and says why."""
+        with self._refresh_lock:  # the writer's and the run index's threads refresh it too
+            self._refresh()
+
+    def _refresh(self) -> None:
         if self._refreshing:
             return
         self._refreshing = True
@@ -336,18 +342,11 @@ class Leaderboard(widgets.VBox):
                                  self._history, alias=self.alias.value.strip() or "champion")
 
     def _caption(self) -> str:
-        order = "lowest first" if self.ascending else "highest first"
-        by = f", ranked by {self._metric} ({order})" if self._metric else ""
-        where = f", filter: {self.filter_box.value}" if self.filter_box.value.strip() else ""
         sweep = self._sweeps.get(self.sweep_choice.value)
-        if self.sweep_choice.value:
-            where += f", sweep {sweep.label if sweep else self.sweep_choice.value}"
-        if sweep is not None and sweep.best_trial:
-            where += f", \u25c6 its best trial ({sweep.best_trial})"
-        if self._table is not None and self._table.attrs.get("filling"):
-            where += (f"; reading the runs: ranked among the first "
-                      f"{self._table.attrs.get('indexed', 0):,} read")
-        return f"experiment '{self.experiment}'{by}{where}"
+        filling = self._table is not None and self._table.attrs.get("filling")
+        return render.caption(self.experiment, self._metric, self.ascending,
+                              self.filter_box.value.strip(), self.sweep_choice.value, sweep,
+                              self._table.attrs.get("indexed", 0) if filling else None)
 
     def _filter(self) -> str | None:
         """The filter box's expression, narrowed to the chosen sweep."""
@@ -452,18 +451,11 @@ class Leaderboard(widgets.VBox):
         return "".join(parts)
 
     def _run_name(self, run_id: str) -> str:
-        if self.runs is not None:
-            match = self.runs[self.runs["run_id"] == run_id]
-            if len(match):
-                return str(match["run"].iloc[0])
-        return run_id
+        return _shown(self.runs, run_id, "run") or run_id
 
     def _experiment_id(self, run_id: str) -> str:
-        if self._table is not None and "experiment_id" in self._table:
-            match = self._table[self._table["run_id"] == run_id]
-            if len(match):
-                return str(match["experiment_id"].iloc[0])
-        return query.get_run(run_id, self.tracking_uri).info.experiment_id
+        return (_shown(self._table, run_id, "experiment_id")
+                or query.get_run(run_id, self.tracking_uri).info.experiment_id)
 
     # -- display -----------------------------------------------------------------------------
 
@@ -491,6 +483,12 @@ class Leaderboard(widgets.VBox):
         bundle["text/html"] = self.static_html()
         bundle["text/plain"] = self.static_text()
         return bundle
+
+
+def _shown(table, run_id: str, column: str) -> str | None:
+    """A run's value in a column of a table the board read, if it is there."""
+    match = table[table["run_id"] == run_id] if table is not None and column in table else []
+    return str(match[column].iloc[0]) if len(match) else None
 
 
 def _reason(error: BaseException) -> str:

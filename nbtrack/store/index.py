@@ -7,16 +7,7 @@ inputs) in memory and in a small SQLite file of nbtrack's own, and asks MLflow o
 MLflow stays the only source of truth: the index is read from MLflow through ``MlflowClient``
 alone, and deleting the file loses nothing.
 
-Where the file lives: one ``runs-<hash>.sqlite`` per tracking URI (relative SQLite paths made
-absolute) and experiment id, beside the store for a SQLite store (the ``.nbtrack-index`` folder
-next to its database file), so every process that writes to the store and every process that
-reads it share one index; for other stores (a team server) in ``$XDG_CACHE_HOME/nbtrack``, else
-``~/.cache/nbtrack``. ``$NBTRACK_CACHE_DIR`` puts every index file in one folder instead.
-
-Who fills it: the recorder puts each run it finishes into the file (:func:`record_runs`), so a
-store nbtrack has been writing to has its index before anyone looks. Each row carries a sequence
-number, so a look reads only the rows other processes added since its last one.
-
+Where the file lives, and how the recorder fills it as it writes: :mod:`nbtrack.store.index_file`.
 How it stays current (:meth:`RunIndex.refresh`):
 
 - the rows recorders (this process's or others') put in the file since the last look;
@@ -52,9 +43,15 @@ import weakref
 from pathlib import Path
 
 from nbtrack.config import DEFAULT_RECONCILE_SECONDS, RECONCILE_ENV
-from nbtrack.store.index_file import IndexFile, IndexUnusable, index_path, sqlite_file
+from nbtrack.store.index_file import (
+    IndexFile,
+    IndexUnusable,
+    index_path,
+    sqlite_file,
+    without_gc,
+)
 from nbtrack.store.kernel_state import absolute_tracking_uri
-from nbtrack.store.summaries import RUNNING, RunSummary, natural_order
+from nbtrack.store.summaries import RUNNING, RunSummary
 
 # Runs other processes start are looked for from this long before the last look: their clocks
 # (another machine's, on a team server) may lag ours. A SQLite store's writers share our clock,
@@ -67,17 +64,6 @@ FILL_PAGE_SIZE = 2_500  # runs per page of a first fill in the background (ranke
 QUICK_LOOK_RUNS = 1_000  # newest runs a first look at a never-indexed store reads at once
 FILL_NOTIFY_SECONDS = 1.0  # listeners hear of a filling index at most this often
 IDS_PER_QUERY = 100  # run ids per "attributes.run_id IN (...)" filter
-
-
-def record_runs(tracking_uri: str, runs: list) -> None:
-    """Put runs just written (``mlflow.entities.Run``) into their experiments' index files,
-    creating the files; the recorder calls this as it finishes each run.
-    """
-    by_experiment: dict[str, list[RunSummary]] = {}
-    for run in runs:
-        by_experiment.setdefault(run.info.experiment_id, []).append(RunSummary.from_run(run))
-    for experiment_id, summaries in by_experiment.items():
-        RunIndex(tracking_uri, experiment_id).add_rows(summaries)
 
 
 class RunIndex:
@@ -149,8 +135,11 @@ class RunIndex:
         """Every active (not deleted) run, in ``search_runs``'s natural order."""
         with self._lock:
             if self._ordered is None:
-                self._ordered = sorted((s for s in self._runs.values() if not s.deleted),
-                                       key=natural_order)
+                # natural_order's order, as two stable sorts: faster than one on its tuples
+                active = sorted((s for s in self._runs.values() if not s.deleted),
+                                key=_run_id)
+                active.sort(key=_start_time, reverse=True)
+                self._ordered = active
             return list(self._ordered)
 
     def search(self, filter_string: str | None = None,
@@ -280,8 +269,8 @@ class RunIndex:
         changed = []
         for summary in summaries:
             held = self._runs.get(summary.run_id)
-            if held is not None and from_file and held.info.status != RUNNING \
-                    and summary.info.status == RUNNING:
+            if held is not None and from_file and held.status != RUNNING \
+                    and summary.status == RUNNING:
                 continue  # a row written while the run ran; this index has read its end
             if held is None or not _same(held, summary):
                 self._runs[summary.run_id] = summary
@@ -304,7 +293,7 @@ class RunIndex:
             records, self._seq = self._file.rows_since(self._seq)
         except (sqlite3.DatabaseError, IndexUnusable, OSError):
             return []  # the next save rebuilds the file
-        return self._merge([RunSummary(record) for record in records], from_file=True)
+        return self._merge(_summaries(records), from_file=True)
 
     def _reconcile_in_background(self) -> None:
         if self._background is not None and self._background.is_alive():
@@ -409,8 +398,8 @@ class RunIndex:
         # Live metrics of running runs. Runs left RUNNING for over a day are mostly abandoned
         # (a killed kernel): they wait for the full read, or show when they end (end_time).
         live_since = looked_at - LIVE_RUN_MS
-        running = [s.run_id for s in self._runs.values() if s.info.status == RUNNING
-                   and not s.deleted and (s.info.start_time or 0) >= live_since]
+        running = [s.run_id for s in self._runs.values() if s.status == RUNNING
+                   and not s.deleted and (s.start_time or 0) >= live_since]
         deleted_now = {run.info.run_id: run for run in self._search(view=ViewType.DELETED_ONLY)}
         held_deleted = [s.run_id for s in self._runs.values() if s.deleted]
         restored = [run_id for run_id in held_deleted if run_id not in deleted_now]
@@ -432,25 +421,16 @@ class RunIndex:
 
     # -- the file ------------------------------------------------------------------------------
 
-    def add_rows(self, summaries: list[RunSummary]) -> None:
-        """Put summaries into the file only (a recorder's runs; an index in memory merges them
-        at its next look). A file of another schema is made again.
-        """
-        try:
-            self._file.add(summaries)
-        except (sqlite3.DatabaseError, IndexUnusable):
-            self._file.discard()
-            self._file.add(summaries)
-
     def _load(self) -> None:
         """Read the file into memory; an unusable file is discarded (a full read follows)."""
         self._loaded = True
         if not self._file.exists():
             return
         try:
-            meta, records, seq = self._file.load()
-            self._runs = {r["info"]["run_id"]: RunSummary(r) for r in records}
-            del records
+            meta, rows, seq = self._file.load()
+            with without_gc():
+                self._runs = {s.run_id: s for s in _summaries(rows)}
+            del rows
             self._ordered = None
             self._seq = seq
             self._looked_at = int(meta["looked_at"]) if meta.get("looked_at") else None
@@ -492,13 +472,28 @@ class RunIndex:
         # Rows other processes added meanwhile: newer than ours only where they were not
         # written here too (those were rewritten above, with what this look read).
         written = {s.run_id for s in summaries}
-        self._merge([RunSummary(r) for r in others if r["info"]["run_id"] not in written],
-                    from_file=True)
+        self._merge(_summaries(row for row in others if row[0] not in written), from_file=True)
         self._seq = seq
 
 
+def _summaries(rows) -> list[RunSummary]:
+    """Summaries of the file's rows: the light part now, the rest when asked."""
+    return [RunSummary(run_id=run_id, light=light, text=text) for run_id, light, text in rows]
+
+
+def _run_id(summary: RunSummary) -> str:
+    return summary.run_id
+
+
+def _start_time(summary: RunSummary) -> int:
+    return summary.start_time or 0
+
+
 def _same(held: RunSummary, summary: RunSummary) -> bool:
-    return held.to_json() == summary.to_json() or held.same_as(summary)
+    try:
+        return held.to_json() == summary.to_json() or held.same_as(summary)
+    except ValueError:  # a row of the file that no longer decodes: replaced by what was read
+        return False
 
 
 def _now_ms() -> int:

@@ -1,15 +1,24 @@
 """The run index's file: one experiment's run summaries in a small SQLite database of nbtrack's own.
 
-Several processes share one file: the recorders of every kernel writing to the store add the runs
-they finish, and every board reading the store keeps it current from MLflow. Each row carries a
-sequence number (SQLite's ``AUTOINCREMENT``, handed out under the write lock, so in commit order),
-so a process reads only the rows added since the sequence it last saw (:meth:`IndexFile.rows_since`).
-A file made for another schema, store or experiment is refused with :class:`IndexUnusable`; the
-caller discards it and starts again from MLflow, which loses nothing.
+Where it lives: one ``runs-<hash>.sqlite`` per tracking URI (relative SQLite paths made absolute)
+and experiment id, beside the store for a SQLite store (the ``.nbtrack-index`` folder next to its
+database file), so every process that writes to the store and every process that reads it share
+one index; for other stores (a team server) in ``$XDG_CACHE_HOME/nbtrack``, else
+``~/.cache/nbtrack``. ``$NBTRACK_CACHE_DIR`` puts every index file in one folder instead.
+
+Several processes share one file: the recorders of every kernel writing to the store add each run
+as they finish it (:func:`record_runs`), so a store nbtrack has been writing to has its index
+before anyone looks, and every board reading the store keeps it current from MLflow. Each row
+carries a sequence number (SQLite's ``AUTOINCREMENT``, handed out under the write lock, so in
+commit order), so a process reads only the rows added since the sequence it last saw
+(:meth:`IndexFile.rows_since`). A file made for another schema, store or experiment is refused
+with :class:`IndexUnusable`; the caller discards it and starts again from MLflow, which loses
+nothing.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -21,7 +30,7 @@ from pathlib import Path
 from nbtrack.config import CACHE_ENV, cache_dir
 from nbtrack.store.kernel_state import absolute_tracking_uri
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INDEX_FOLDER = ".nbtrack-index"  # beside a SQLite store's database file
 IDENTITY_KEYS = ("schema_version", "tracking_uri", "experiment_id")
 
@@ -44,6 +53,25 @@ def sqlite_file(uri: str) -> Path | None:
         return None
     path = uri[len(prefix):].split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
+
+
+def record_runs(tracking_uri: str, runs: list) -> None:
+    """Put runs just written (``mlflow.entities.Run``) into their experiments' index files,
+    creating the files; the recorder calls this as it finishes each run.
+    """
+    from nbtrack.store.summaries import RunSummary
+
+    by_experiment: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        by_experiment.setdefault(run.info.experiment_id, []).append(RunSummary.from_run(run))
+    uri = absolute_tracking_uri(tracking_uri)
+    for experiment_id, summaries in by_experiment.items():
+        file = IndexFile(index_path(uri, experiment_id), uri, experiment_id)
+        try:
+            file.add(summaries)
+        except (sqlite3.DatabaseError, IndexUnusable):  # another schema's, or broken: anew
+            file.discard()
+            file.add(summaries)
 
 
 class IndexUnusable(Exception):
@@ -91,8 +119,10 @@ class IndexFile:
             if not write:
                 return False
             connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+            # light: what ranking reads, decoded at load; summary: the rest, decoded when asked
             connection.execute("CREATE TABLE runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                               "run_id TEXT NOT NULL UNIQUE, summary TEXT NOT NULL)")
+                               "run_id TEXT NOT NULL UNIQUE, light TEXT NOT NULL, "
+                               "summary TEXT NOT NULL)")
             connection.executemany("INSERT INTO meta VALUES (?, ?)", self.identity.items())
             return True
         meta = dict(connection.execute(
@@ -103,8 +133,10 @@ class IndexFile:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def load(self) -> tuple[dict, list[dict], int]:
-        """Everything: the file's meta values, every row's summary record, the last sequence."""
+    def load(self) -> tuple[dict, list[tuple], int]:
+        """Everything: the file's meta values, every row (``(run_id, light, summary text)``,
+        light decoded), the last sequence.
+        """
         with self._open() as connection:
             if connection is None:
                 return {}, [], 0
@@ -112,8 +144,8 @@ class IndexFile:
             records, seq = _rows(connection, 0)
         return meta, records, seq
 
-    def rows_since(self, seq: int) -> tuple[list[dict], int]:
-        """The summary records of rows added after ``seq``, and the last sequence now."""
+    def rows_since(self, seq: int) -> tuple[list[tuple], int]:
+        """The rows added after ``seq`` (as :meth:`load` gives them), and the last sequence now."""
         if not self.path.exists():
             return [], seq
         with self._open() as connection:
@@ -127,16 +159,16 @@ class IndexFile:
             _upsert(connection, summaries)
 
     def save(self, summaries: Iterable, since: int, meta: dict, removed: Iterable[str] = (),
-             keep_only: set[str] | None = None) -> tuple[list[dict], int]:
-        """A look's write: first the records of rows other processes added after ``since``
+             keep_only: set[str] | None = None) -> tuple[list[tuple], int]:
+        """A look's write: first the rows other processes added after ``since``
         (returned, for the caller to merge before its own rows replace them), then ``summaries``
         upserted, ``removed`` run ids deleted, every row not in ``keep_only`` (when given) deleted,
-        and ``meta`` stored. Returns those records and the last sequence after the write.
+        and ``meta`` stored. Returns those rows and the last sequence after the write.
         """
         with self._open(write=True) as connection:
             others, _ = _rows(connection, since)
             if keep_only is not None:
-                keep_only = keep_only | {r["info"]["run_id"] for r in others}
+                keep_only = keep_only | {run_id for run_id, _, _ in others}
                 held = [run_id for (run_id,) in connection.execute("SELECT run_id FROM runs")]
                 removed = [*removed, *(run_id for run_id in held if run_id not in keep_only)]
             _upsert(connection, summaries)
@@ -153,17 +185,37 @@ class IndexFile:
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
 
-def _rows(connection: sqlite3.Connection, since: int) -> tuple[list[dict], int]:
-    rows = connection.execute("SELECT seq, summary FROM runs WHERE seq > ? ORDER BY seq",
-                              (since,)).fetchall()
-    if not rows:
-        return [], since
-    # One document: the decoder then shares the key strings ("val_auc", ...) of every run,
-    # where a loads() a run would keep a copy of each in each run.
-    return json.loads("[" + ",".join(text for _, text in rows) + "]"), rows[-1][0]
+def _rows(connection: sqlite3.Connection, since: int) -> tuple[list[tuple], int]:
+    with without_gc():
+        rows = connection.execute("SELECT seq, run_id, light, summary FROM runs WHERE seq > ? "
+                                  "ORDER BY seq", (since,)).fetchall()
+        if not rows:
+            return [], since
+        # One document: the decoder then shares the key strings ("val_auc", ...) of every run,
+        # where a loads() a run would keep a copy of each in each run.
+        lights = json.loads("[" + ",".join(light for _, _, light, _ in rows) + "]")
+        return ([(run_id, light, text) for (_, run_id, _, text), light in zip(rows, lights,
+                                                                             strict=True)],
+                rows[-1][0])
+
+
+@contextmanager
+def without_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a large load builds objects without cycles:
+    each collection walks every object made so far, so a load of 100,000 runs spent about half
+    its time in them.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _upsert(connection: sqlite3.Connection, summaries: Iterable) -> None:
     # REPLACE deletes the run's old row and inserts a new one: a new, higher sequence number.
-    connection.executemany("INSERT OR REPLACE INTO runs (run_id, summary) VALUES (?, ?)",
-                           [(s.run_id, s.to_json()) for s in summaries])
+    connection.executemany(
+        "INSERT OR REPLACE INTO runs (run_id, light, summary) VALUES (?, ?, ?)",
+        [(s.run_id, json.dumps(s.light(), separators=(",", ":")), s.to_json()) for s in summaries])

@@ -75,11 +75,8 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
 
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from nbtrack.errors import NbtrackError
     from nbtrack.store import index as run_index
-    from nbtrack.store import summaries
 
     _read_your_writes(tracker)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -93,15 +90,29 @@ def runs_page(experiment=None, filter=None, metric=None, ascending=False, top=50
         index.on_change(on_change)
     index.refresh(background=background)
     try:
+        return _ranked_page(index, filter, metric, ascending, top)
+    except ValueError:  # a row of the index file that no longer decodes: read every run again
+        index.refresh(full=True)
+        return _ranked_page(index, filter, metric, ascending, top)
+
+
+def _ranked_page(index, filter, metric, ascending, top):
+    from mlflow.exceptions import MlflowException
+
+    from nbtrack.errors import NbtrackError
+    from nbtrack.store import summaries
+
+    try:
         matched = index.search(filter or None)
     except MlflowException as error:
         if filter and error.error_code == "INVALID_PARAMETER_VALUE":
             raise NbtrackError(f"filter {filter!r} not understood: {error.message}") from None
         raise
-    keys = summaries.metric_keys(matched)
-    metric = metric or summaries.default_metric(matched)
-    ranked = summaries.rank_by(matched, metric if metric in keys else None, ascending)
-    table = summaries.to_frame(ranked[:top], metrics=keys)
+    counts = summaries.metric_counts(matched)
+    keys = list(counts)
+    metric = metric or summaries.default_metric(matched, counts)
+    ranked = summaries.rank_by(matched, metric if metric in keys else None, ascending, top)
+    table = summaries.to_frame(ranked, metrics=keys)
     table.attrs["metric"] = metric
     table.attrs["matched"] = len(matched)
     table.attrs["filling"] = index.filling

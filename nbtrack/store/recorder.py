@@ -18,8 +18,7 @@ from pathlib import Path
 from nbtrack.display import short_error as _short
 from nbtrack.errors import RunOpenedPartlyError, StoreError
 from nbtrack.record import KILLED_REASON_TAG, CellRecord, FigureSnapshot, RunOutcome, Series
-from nbtrack.store import flavors, registry
-from nbtrack.store import index as run_index
+from nbtrack.store import flavors, index_file, registry
 from nbtrack.store.kernel_state import (
     experiment_of,
     quiet_mlflow,
@@ -382,7 +381,7 @@ def _index_runs(client, run_ids: list[str]) -> None:
     from the store. A cache: when it cannot be written, the board reads the runs from MLflow.
     """
     try:
-        run_index.record_runs(client.tracking_uri, [client.get_run(run_id) for run_id in run_ids])
+        index_file.record_runs(client.tracking_uri, [client.get_run(run_id) for run_id in run_ids])
     except Exception:  # noqa: S110 - the run is in the store; only a shortcut to it is missing
         pass
 

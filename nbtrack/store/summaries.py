@@ -5,6 +5,7 @@ ranked or tabled the way ``mlflow.search_runs`` would give it.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 
@@ -18,11 +19,15 @@ DATASET_CONTEXT_TAG = "mlflow.data.context"  # mlflow.utils.mlflow_tags.MLFLOW_D
 
 
 class _Info:
-    __slots__ = INFO_FIELDS
-
+    # The record's own dict as the attributes: no copy, which at 100,000 runs is most of the
+    # time a new process takes to load the index file.
     def __init__(self, values: dict):
-        for name in INFO_FIELDS:
-            setattr(self, name, values.get(name))
+        self.__dict__ = values
+
+    def __getattr__(self, name):  # a field an older record lacks
+        if name in INFO_FIELDS:
+            return None
+        raise AttributeError(name)
 
 
 class _Data:
@@ -64,15 +69,34 @@ class _Inputs:
 class RunSummary:
     """One run as the index holds it: ``info``, ``data`` (metrics, params, tags) and ``inputs``,
     shaped like ``mlflow.entities.Run`` as far as MLflow's filter and the board read it.
+
+    What ranking reads (``run_id``, ``start_time``, ``status``, ``deleted``, ``metrics``) is held
+    as plain attributes; the rest of a summary loaded from the index file stays the file's JSON
+    text until something asks for it (a filter, a row of the shown page). At 100,000 runs that
+    is most of what a new process's first page would spend.
     """
 
-    __slots__ = ("info", "data", "inputs", "_datasets")
+    __slots__ = ("run_id", "start_time", "status", "deleted", "metrics", "_text", "_record",
+                 "_info", "_data", "_inputs")
 
-    def __init__(self, record: dict):
-        self._datasets = record.get("datasets", [])
-        self.info = _Info(record["info"])
-        self.data = _Data(record["metrics"], record["params"], record["tags"])
-        self.inputs = _Inputs(self._datasets)
+    def __init__(self, record: dict | None = None, *, run_id: str | None = None,
+                 light: list | None = None, text: str | None = None):
+        self._info = self._data = self._inputs = None
+        if record is not None:
+            self._take(record)
+            self._text = None
+        else:  # from the file: its light columns, and the whole record's text
+            self.run_id = run_id
+            self.start_time, self.status, self.deleted, self.metrics = light
+            self._record, self._text = None, text
+
+    def _take(self, record: dict) -> None:
+        self._record = record
+        info = record["info"]
+        self.run_id, self.start_time, self.status = (info["run_id"], info.get("start_time"),
+                                                     info.get("status"))
+        self.deleted = info.get("lifecycle_stage") == DELETED
+        self.metrics = record["metrics"]
 
     @classmethod
     def from_run(cls, run) -> RunSummary:
@@ -89,25 +113,44 @@ class RunSummary:
             "datasets": datasets,
         })
 
-    @property
-    def run_id(self) -> str:
-        """The run's id."""
-        return self.info.run_id
-
-    @property
-    def deleted(self) -> bool:
-        """True for a run in MLflow's trash (``search_runs`` leaves it out)."""
-        return self.info.lifecycle_stage == DELETED
-
     def record(self) -> dict:
         """The summary as plain values (what the index file stores, as JSON)."""
-        return {"info": {name: getattr(self.info, name) for name in INFO_FIELDS},
-                "metrics": self.data.metrics, "params": self.data.params,
-                "tags": self.data.tags, "datasets": self._datasets}
+        if self._record is None:
+            self._take(json.loads(self._text))
+        return self._record
+
+    @property
+    def info(self) -> _Info:
+        """``run.info``'s fields."""
+        if self._info is None:
+            self._info = _Info(self.record()["info"])
+        return self._info
+
+    @property
+    def data(self) -> _Data:
+        """``run.data``: latest metric values, params, tags."""
+        if self._data is None:
+            record = self.record()
+            self._data = _Data(self.metrics, record["params"], record["tags"])
+        return self._data
+
+    @property
+    def inputs(self) -> _Inputs:
+        """``run.inputs``: the dataset inputs (name, digest, context)."""
+        if self._inputs is None:
+            datasets = self.record().get("datasets")
+            self._inputs = _Inputs(datasets) if datasets else _NO_INPUTS
+        return self._inputs
+
+    def light(self) -> list:
+        """What ranking reads, as the index file's ``light`` column stores it."""
+        return [self.start_time, self.status, self.deleted, self.metrics]
 
     def to_json(self) -> str:
         """The summary as stored in the index file."""
-        return json.dumps(self.record(), separators=(",", ":"))
+        if self._text is None:
+            self._text = json.dumps(self.record(), separators=(",", ":"))
+        return self._text
 
     def same_as(self, other: RunSummary) -> bool:
         """True when both summaries hold the same values."""
@@ -115,9 +158,12 @@ class RunSummary:
                                                                      sort_keys=True)
 
 
+_NO_INPUTS = _Inputs([])
+
+
 def natural_order(summary: RunSummary):
     """The order of ``search_runs`` without ``order_by``: newest start first, then run id."""
-    return (-(summary.info.start_time or 0), summary.info.run_id)
+    return (-(summary.start_time or 0), summary.run_id)
 
 
 def is_missing(value) -> bool:
@@ -128,43 +174,57 @@ def is_missing(value) -> bool:
 # -- the index -----------------------------------------------------------------------------------
 
 
-def default_metric(runs: list[RunSummary]) -> str | None:
-    """The metric most runs have (ties: by name), as :func:`nbtrack.store.query.rank` picks it."""
+def metric_counts(runs: list[RunSummary]) -> dict[str, int]:
+    """How many runs have a value of each metric key, keys in the order ``search_runs``'s
+    DataFrame has them; system metrics (``system/...``: the machine's, not the model's) are left
+    to the MLflow UI.
+    """
     counts: dict[str, int] = {}
+    get = counts.get
     for run in runs:
-        for key, value in run.data.metrics.items():
-            if key.startswith(SYSTEM_PREFIX):
-                continue
-            counts.setdefault(key, 0)
-            if not is_missing(value):
-                counts[key] += 1
+        for key, value in run.metrics.items():
+            # value != value: NaN, which the DataFrame shows as missing, as it shows None
+            counts[key] = get(key, 0) + (value is not None and value == value)
+    return {key: n for key, n in counts.items() if not key.startswith(SYSTEM_PREFIX)}
+
+
+def default_metric(runs: list[RunSummary], counts: dict[str, int] | None = None) -> str | None:
+    """The metric most runs have (ties: by name), as :func:`nbtrack.store.query.rank` picks it."""
+    counts = metric_counts(runs) if counts is None else counts
     if not counts:
         return None
     return sorted(counts, key=lambda key: (-counts[key], f"metrics.{key}"))[0]
 
 
-def rank_by(runs: list[RunSummary], metric: str | None, ascending: bool) -> list[RunSummary]:
+def rank_by(runs: list[RunSummary], metric: str | None, ascending: bool,
+            top: int | None = None) -> list[RunSummary]:
     """``runs`` (in natural order) ranked as pandas' stable ``sort_values`` ranks the
-    ``search_runs`` DataFrame: by the metric, missing values last, ties in natural order.
+    ``search_runs`` DataFrame: by the metric, missing values last, ties in natural order; only
+    the first ``top`` when given (the same ones, found without sorting every run).
     """
     if not metric:
-        return list(runs)
-    present = [r for r in runs if not is_missing(r.data.metrics.get(metric))]
-    missing = [r for r in runs if is_missing(r.data.metrics.get(metric))]
-    present.sort(key=lambda r: r.data.metrics[metric], reverse=not ascending)
-    return present + missing
+        return list(runs[:top] if top is not None else runs)
+    present, missing = [], []
+    for run in runs:
+        value = run.metrics.get(metric)
+        (missing if value is None or value != value else present).append(run)
+
+    def key(run):
+        return run.metrics[metric]
+
+    if top is None:
+        present.sort(key=key, reverse=not ascending)
+        return present + missing
+    # Documented as sorted(...)[:top], ties included: the same runs in the same order.
+    best = heapq.nsmallest(top, present, key) if ascending else heapq.nlargest(top, present, key)
+    return best + missing[:top - len(best)]
 
 
 def metric_keys(runs: list[RunSummary]) -> list[str]:
-    """Every metric key the runs have, in the order ``search_runs``'s DataFrame has them; system
-    metrics (``system/...``: the machine's, not the model's) are left to the MLflow UI.
+    """Every metric key the runs have, in the order ``search_runs``'s DataFrame has them, system
+    metrics left out (see :func:`metric_counts`).
     """
-    keys: dict[str, None] = {}
-    for run in runs:
-        for key in run.data.metrics:
-            if not key.startswith(SYSTEM_PREFIX):
-                keys.setdefault(key, None)
-    return list(keys)
+    return list(metric_counts(runs))
 
 
 def to_frame(runs: list[RunSummary], metrics: list[str] | None = None):

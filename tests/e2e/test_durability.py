@@ -731,6 +731,7 @@ def test_a_run_written_late_with_its_original_times_reaches_the_board_index(stor
     from mlflow import MlflowClient
 
     from nbtrack.store import index as run_index
+    from nbtrack.store import index_file
 
     client = MlflowClient(tracking_uri=store)
     experiment_id = client.create_experiment("late")
@@ -742,7 +743,7 @@ def test_a_run_written_late_with_its_original_times_reaches_the_board_index(stor
     client.set_terminated(run.info.run_id, end_time=hour_ago + 1000)
     index.refresh(full=False)
     assert [s.run_id for s in index.summaries()] == []  # outside the incremental window
-    run_index.record_runs(store, [client.get_run(run.info.run_id)])  # as the recorder does
+    index_file.record_runs(store, [client.get_run(run.info.run_id)])  # as the recorder does
     index.refresh(full=False)
     assert [s.run_id for s in index.summaries()] == [run.info.run_id]
 

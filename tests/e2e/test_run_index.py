@@ -226,11 +226,21 @@ def test_missing_corrupt_or_stale_index_file_is_rebuilt_from_mlflow(client, runs
     assert [s.run_id for s in index.summaries()] == expected
 
     with sqlite3.connect(path) as connection:
-        connection.execute("UPDATE runs SET summary = 'garbage'")
+        connection.execute("UPDATE runs SET light = 'garbage'")  # read as the file loads
     connection.close()
     index = RunIndex(client.tracking_uri, experiment_id)
     assert index.refresh()["mode"] == "full"
     assert [s.run_id for s in index.summaries()] == expected
+
+    # The rest of a run's summary is read when asked: a broken one is read again from MLflow.
+    expected_page = list(query.runs_page(EXPERIMENT)["run_id"])
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE runs SET summary = 'garbage'")
+    connection.close()
+    from nbtrack.store.index import RunIndex as Shared
+
+    Shared._shared.clear()  # a new process
+    assert list(query.runs_page(EXPERIMENT)["run_id"]) == expected_page
 
 
 def ended_long_ago(client, experiment_id, i) -> str:
@@ -380,3 +390,24 @@ def test_a_second_look_right_after_a_sweep_does_not_read_its_runs_again(client):
     stats = index.refresh(full=False)
     # A SQLite store's writers share this machine's clock: only the last seconds are read again.
     assert stats["read"] == 0 and stats["changed"] == 0
+
+
+def test_the_board_on_a_store_never_indexed_re_ranks_as_the_runs_arrive(client, runs,
+                                                                        monkeypatch):
+    from nbtrack.board import render
+    from nbtrack.board.widget import Leaderboard
+    from nbtrack.store import index as run_index
+
+    experiment_id, _ = runs
+    monkeypatch.setattr(run_index, "QUICK_LOOK_RUNS", 6)
+    monkeypatch.setattr(run_index, "FILL_PAGE_SIZE", 5)
+    board = Leaderboard(experiment=EXPERIMENT, metric="auc", tracking_uri=client.tracking_uri)
+    assert len(board.runs) <= 23
+    RunIndex.shared(client.tracking_uri, experiment_id).wait(timeout=60)
+    # The index told the board when it held every run; nobody pressed Refresh.
+    assert len(board.runs) == 23
+    assert "reading the runs" not in board.table.value
+    assert list(board.runs["run_id"]) == list(query.leaderboard(EXPERIMENT, metric="auc",
+                                                                 models=False)["run_id"])
+    assert render.caption("e", "auc", False, "", "", None, 6).endswith(
+        "; reading the runs: ranked among the first 6 read")
