@@ -393,8 +393,8 @@ class RunIndex:
         looked_at = _now_ms()
         from_file = self._merge_file_rows()
         since = (self._looked_at or 0) - self._skew_ms
-        read = self._search(f"attributes.start_time >= {since}")
-        read += self._search(f"attributes.end_time >= {since}")
+        read = self._search(f"attributes.start_time >= {since}")  # then ended since, not those:
+        read += self._search(f"attributes.end_time >= {since} and attributes.start_time < {since}")
         # Live metrics of running runs. Runs left RUNNING for over a day are mostly abandoned
         # (a killed kernel): they wait for the full read, or show when they end (end_time).
         live_since = looked_at - LIVE_RUN_MS

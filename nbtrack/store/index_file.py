@@ -24,11 +24,12 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from nbtrack.config import CACHE_ENV, cache_dir
 from nbtrack.store.kernel_state import absolute_tracking_uri
+from nbtrack.store.summaries import RunSummary
 
 SCHEMA_VERSION = 3
 INDEX_FOLDER = ".nbtrack-index"  # beside a SQLite store's database file
@@ -59,8 +60,6 @@ def record_runs(tracking_uri: str, runs: list) -> None:
     """Put runs just written (``mlflow.entities.Run``) into their experiments' index files,
     creating the files; the recorder calls this as it finishes each run.
     """
-    from nbtrack.store.summaries import RunSummary
-
     by_experiment: dict[str, list[RunSummary]] = {}
     for run in runs:
         by_experiment.setdefault(run.info.experiment_id, []).append(RunSummary.from_run(run))
@@ -186,7 +185,7 @@ class IndexFile:
 
 
 def _rows(connection: sqlite3.Connection, since: int) -> tuple[list[tuple], int]:
-    with without_gc():
+    with without_gc() if since == 0 else nullcontext():  # a whole file: many objects
         rows = connection.execute("SELECT seq, run_id, light, summary FROM runs WHERE seq > ? "
                                   "ORDER BY seq", (since,)).fetchall()
         if not rows:
