@@ -18,7 +18,7 @@ from typing import Any
 from nbtrack import display
 from nbtrack.capture import cell as capture
 from nbtrack.capture import lineage, sanitize
-from nbtrack.capture.curves import LightningTap
+from nbtrack.capture.curves import LightningTap, LiveTap, lightning_series
 from nbtrack.capture.figures import FigureCollector
 from nbtrack.capture.notebook import notebook_path
 from nbtrack.capture.pruning import PruneChannel
@@ -145,6 +145,10 @@ class Tracker:
         active.lightning.install()
         if self._wants_live(options):
             active.live = LivePanel(self.publish, active.run_name)
+            # The frameworks' own points while they train, drawn as the cell's are.
+            active.lightning.on_points = lambda: self._framework_points(active)
+            active.live_tap = LiveTap(active.lightning.on_points)
+            active.live_tap.install()
         active.pruning = PruneChannel.from_environ(self.environ)
         if self.settings.system_metrics:
             active.system = SystemSampler()
@@ -202,6 +206,8 @@ class Tracker:
             active.spool.close()
         if active.lightning is not None:
             active.lightning.remove()
+        if active.live_tap is not None:
+            active.live_tap.remove()
         if active.system is not None:
             active.system.stop()
         if active.run_id is not None:
@@ -318,8 +324,7 @@ class Tracker:
         if active.live is not None and timestamp_ms >= active.live.next_ms:
             # The sampler appends to its series on its thread; reading them here is safe (one
             # length, then items below it), and a sample missed now shows at the next redraw.
-            machine = active.system.series if active.system is not None else {}
-            self._draw(active, {**active.series, **machine})
+            self._draw(active, self._live_series(active))
 
     # -- the live panel ----------------------------------------------------------------------
 
@@ -335,6 +340,20 @@ class Tracker:
         if self.settings.live is not None:
             return bool(self.settings.live)
         return not batch_runner(self.environ)
+
+    def _framework_points(self, active: capture.ActiveCell) -> None:
+        """A framework reported points while it trains: redraw the panel when one is due."""
+        if active.live is not None and int(time.time() * 1000) >= active.live.next_ms:
+            self._draw(active, self._live_series(active))
+
+    @staticmethod
+    def _live_series(active: capture.ActiveCell) -> dict[str, Series]:
+        """What the panel draws: the frameworks' points, the cell's own (they win on a shared
+        key), the machine's.
+        """
+        machine = active.system.series if active.system is not None else {}
+        framework = active.live_tap.series if active.live_tap is not None else {}
+        return {**framework, **lightning_series(active.lightning), **active.series, **machine}
 
     def _draw(self, active: capture.ActiveCell, series: Mapping[str, Series]) -> None:
         try:

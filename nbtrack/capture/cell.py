@@ -92,6 +92,7 @@ class ActiveCell:
     explicit_params: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Series] = field(default_factory=dict)
     lightning: curves.LightningTap | None = None  # self.log, recorded while the cell runs
+    live_tap: curves.LiveTap | None = None  # Keras and HF points while they train (live panel)
     autologged: frozenset[str] = frozenset()  # flavors whose models mlflow.autolog logs itself
     system: Any = None  # the SystemSampler of CPU, memory and GPU while the cell runs
     live: Any = None  # the LivePanel drawing the series under the running cell

@@ -13,10 +13,12 @@ import math
 import numbers
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nbtrack.capture import frameworks
+from nbtrack.record import Series
 
 Curves = dict[str, list[tuple[int, float]]]
 MAX_POINTS = 100_000  # a curve longer than this is a record of something else
@@ -142,10 +144,11 @@ class LightningTap:
     :meth:`remove` puts it back. The wrapper records and then calls the original unchanged.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_points=None) -> None:
         self.curves: Curves = {}
         self._patched: list[tuple[type, Any]] = []
         self._lock = threading.Lock()
+        self.on_points = on_points  # called after each recording (the live panel's redraw)
 
     def install(self) -> None:
         """Start recording (in the Lightning modules imported so far)."""
@@ -170,6 +173,8 @@ class LightningTap:
         def log_metrics(connector, metrics, step=None):
             try:
                 tap._record(connector, metrics, step)
+                if tap.on_points is not None:
+                    tap.on_points()
             except Exception:  # a Lightning whose internals changed: the training goes on
                 pass
             return original(connector, metrics, step)
@@ -189,3 +194,91 @@ class LightningTap:
             for key, number in values.items():
                 if key != "step" and number is not None:
                     self.curves.setdefault(key, []).append((int(step), number))
+
+
+# Where the frameworks report a point while they train, for the live panel: (module, class,
+# method). Keras calls History.on_epoch_end after every epoch (History is in every fit's
+# callbacks); the Hugging Face Trainer passes every log (loss, eval_loss, learning_rate) through
+# CallbackHandler.on_log.
+_LIVE_HOOKS = (("keras.src.callbacks.history", "History", "on_epoch_end"),
+               ("keras.callbacks", "History", "on_epoch_end"),
+               ("tf_keras.callbacks", "History", "on_epoch_end"),
+               ("transformers.trainer_callback", "CallbackHandler", "on_log"))
+
+
+class LiveTap:
+    """Points Keras and the Hugging Face Trainer report while they train, for the live panel only
+    (the run's curves come from their own records, :func:`collect`, when the cell ends).
+
+    :meth:`install` wraps the reporting methods of the classes already imported (the frameworks
+    are imported by an earlier cell, or the tap finds nothing); the wrapper calls the original
+    unchanged, then records the points and calls ``on_points()``, on the thread that trains.
+    :meth:`remove` puts them back.
+    """
+
+    def __init__(self, on_points) -> None:
+        self.series: dict[str, Series] = {}
+        self._on_points = on_points
+        self._patched: list[tuple[type, str, Any]] = []
+
+    def install(self) -> None:
+        """Start listening (in the framework classes imported so far)."""
+        for module_name, class_name, method in _LIVE_HOOKS:
+            owner = getattr(sys.modules.get(module_name), class_name, None)
+            original = owner.__dict__.get(method) if isinstance(owner, type) else None
+            if original is None or getattr(original, "_nbtrack_tap", False):
+                continue
+            setattr(owner, method, self._wrap(original, method))
+            self._patched.append((owner, method, original))
+
+    def remove(self) -> None:
+        """Stop listening: the frameworks are as they were."""
+        while self._patched:
+            owner, method, original = self._patched.pop()
+            setattr(owner, method, original)
+
+    def _wrap(self, original, method: str):
+        tap = self
+
+        if method == "on_epoch_end":  # Keras: History.on_epoch_end(self, epoch, logs=None)
+            def reported(history, epoch, logs=None, *args, **kwargs):
+                result = original(history, epoch, logs, *args, **kwargs)
+                tap._heard(logs, epoch)
+                return result
+        else:  # Hugging Face: CallbackHandler.on_log(self, args, state, control, logs)
+            def reported(handler, args, state, control, logs=None, *rest, **kwargs):
+                result = original(handler, args, state, control, logs, *rest, **kwargs)
+                tap._heard(logs, getattr(state, "global_step", None))
+                return result
+
+        reported._nbtrack_tap = True
+        return reported
+
+    def _heard(self, logs, step) -> None:
+        try:
+            now = int(time.time() * 1000)
+            for key, value in (logs or {}).items():
+                number = _number(value)
+                if number is None or not math.isfinite(number):
+                    continue
+                series = self.series.get(key)
+                if series is None:
+                    series = self.series[key] = Series(str(key))
+                series.add(number, len(series) if step is None else int(step), now)
+            self._on_points()
+        except Exception:  # noqa: S110 - a picture of the training; the training goes on
+            pass
+
+
+def lightning_series(tap: LightningTap | None) -> dict[str, Series]:
+    """What a :class:`LightningTap` recorded so far, as series for the live panel."""
+    if tap is None:
+        return {}
+    with tap._lock:
+        recorded = {key: list(points) for key, points in tap.curves.items()}
+    found = {}
+    for key, points in recorded.items():
+        series = found[key] = Series(key)
+        for step, value in points:
+            series.add(value, step, 0)
+    return found

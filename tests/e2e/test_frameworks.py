@@ -116,7 +116,21 @@ NETWORK_CELLS = [
     "encoded = tokenizer(texts, padding=True)\n"
     "reviews = [{'input_ids': ids, 'attention_mask': mask, 'labels': label}\n"
     "           for ids, mask, label in zip(encoded['input_ids'], encoded['attention_mask'],\n"
-    "                                       [1, 1, 0, 0] * 4)]",
+    "                                       [1, 1, 0, 0] * 4)]\n"
+    "\n"
+    "# Probes: how many times the live panel was drawn, seen from inside each framework's loop.\n"
+    "import nbtrack\n"
+    "from transformers import TrainerCallback\n"
+    "seen = {}\n"
+    "def draws_now(name):\n"
+    "    live = nbtrack._tracker().active.live\n"
+    "    seen.setdefault(name, []).append(live.draws if live is not None else -1)\n"
+    "class LightningProbe(L.Callback):\n"
+    "    def on_train_epoch_end(self, trainer, module):\n"
+    "        draws_now('lightning')\n"
+    "class HFProbe(TrainerCallback):\n"
+    "    def on_log(self, args, state, control, logs=None, **kwargs):\n"
+    "        draws_now('bert')",
     # A plain torch loop: an optimizer, a loss module (no model), a 0-d tensor metric.
     "%%track -n torch-loop\n"
     "net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))\n"
@@ -131,8 +145,10 @@ NETWORK_CELLS = [
     "%%track -n lightning\n"
     "module = IrisNet(lr=0.05, hidden=8)\n"
     "trainer = L.Trainer(max_epochs=4, logger=False, enable_checkpointing=False,\n"
-    "                    enable_progress_bar=False, enable_model_summary=False)\n"
-    "trainer.fit(module, loader)",
+    "                    enable_progress_bar=False, enable_model_summary=False,\n"
+    "                    callbacks=[LightningProbe()])\n"
+    "trainer.fit(module, loader)\n"
+    "print('live draws while training:', max(seen['lightning']))",
     "%%track -n keras\n"
     "model = keras.Sequential([keras.Input(shape=(30,)),\n"
     "                          keras.layers.Dense(8, activation='relu'),\n"
@@ -140,7 +156,9 @@ NETWORK_CELLS = [
     "model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01),\n"
     "              loss='binary_crossentropy', metrics=['accuracy'])\n"
     "history = model.fit(X_cancer, y_cancer, epochs=3, batch_size=64, validation_split=0.2,\n"
-    "                    verbose=0)",
+    "                    verbose=0, callbacks=[keras.callbacks.LambdaCallback(\n"
+    "                        on_epoch_end=lambda epoch, logs: draws_now('keras'))])\n"
+    "print('live draws while training:', max(seen['keras']))",
     "%%track -n bert\n"
     "config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,\n"
     "                    num_attention_heads=2, intermediate_size=32, num_labels=2)\n"
@@ -149,8 +167,9 @@ NETWORK_CELLS = [
     "                         eval_strategy='epoch', num_train_epochs=2, use_cpu=True,\n"
     "                         per_device_train_batch_size=8, save_strategy='no', seed=7)\n"
     "hf_trainer = Trainer(model=bert, args=args, train_dataset=reviews, eval_dataset=reviews,\n"
-    "                     processing_class=tokenizer)\n"
-    "hf_trainer.train()",
+    "                     processing_class=tokenizer, callbacks=[HFProbe()])\n"
+    "hf_trainer.train()\n"
+    "print('live draws while training:', max(seen['bert']))",
 ]
 
 
@@ -346,6 +365,15 @@ def test_torch_loop_logs_module_optimizer_settings_tensor_metric_and_promotes(ne
     finally:
         mlflow.set_tracking_uri(None)
     assert champion.predict(rows).shape == (5, 3)
+
+
+def test_live_panel_draws_each_frameworks_points_while_it_trains(networks):
+    # The probes ran inside the training loops (before the cell ended), where nothing but the
+    # frameworks' own reporting (self.log, History, the Trainer's logs) could draw the panel.
+    for name in ("lightning", "keras", "bert"):
+        line = next(line for line in networks.outputs[name].splitlines()
+                    if line.startswith("live draws while training:"))
+        assert int(line.split(":")[1]) >= 1, networks.outputs[name]
 
 
 def test_lightning_module_logged_by_its_name_with_self_log_curve_and_hparams(networks):
