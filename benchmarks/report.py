@@ -105,6 +105,8 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
             detail += f"; gap {THROUGHPUT_TARGET / worst['caller_rate']:.1f}x"
         found.append((name, status, detail))
 
+    found.append(_live_panel_target(results.get("metric_throughput", {}).get("live_panel")))
+
     name = (f"issue 4.9: board first page and re-rank/filter < 1 s at {BOARD_SIZE:,} runs "
             "(SQLite store)")
     board = results.get("board_scale")
@@ -209,6 +211,19 @@ def summary(results: dict) -> list[list[str]]:
             lines.append([f"board {row.get('operation')} at {row.get('size'):,} runs ({row.get('tool')})",
                           f"{row['seconds']:.2f} s", "", ""])
     return lines
+
+
+def _live_panel_target(live: dict | None) -> tuple[str, str, str]:
+    """Issue 16.1: log_metric's rate to the caller with the live panel showing."""
+    name = "issue 16.1: nbtrack.log_metric >= 400,000 points/s to the caller with the live panel showing"
+    measured = [row for row in (live or {}).get("rows", []) if "ratio" in row]
+    if not measured:
+        return name, "not measured", "no live panel rows in the metric_throughput results"
+    worst = min(measured, key=lambda row: row["panel_rate"])
+    detail = "; ".join(f"{row['points']:,} points: {rate(row['panel_rate'])}/s showing, "
+                       f"{rate(row['no_panel_rate'])}/s off ({row['ratio']:.2f}x), draws "
+                       f"{', '.join(map(str, row['draws']))}" for row in measured)
+    return name, "met" if worst["panel_rate"] >= live["target"] else "NOT met", detail
 
 
 def _first_look_target(board: dict) -> tuple[str, str, str]:
