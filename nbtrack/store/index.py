@@ -23,10 +23,10 @@ How it stays current (:meth:`RunIndex.refresh`):
   steps above cannot see (a finished run renamed or re-tagged in the MLflow UI, a run created
   with a start time in the past) show within that bound, or at once with ``refresh(full=True)``.
 
-A board's first look (``refresh(background=True)``) never waits for every run: an index with
-rows answers at once while the full read runs in the background; with no rows (a store nbtrack
-never saw) it reads the newest :data:`QUICK_LOOK_RUNS` runs first, then the rest in pages in the
-background, telling :meth:`RunIndex.on_change` listeners as the ranking fills.
+A board's first look (``refresh(background=True)``) never waits for every run: it ranks what
+the file holds (the runs recorders wrote, on this machine) and the newest
+:data:`QUICK_LOOK_RUNS` runs (any writer's), and reads the rest in pages in the background,
+telling :meth:`RunIndex.on_change` listeners as the ranking fills.
 
 Ranking and filtering (:meth:`RunIndex.search`) evaluate MLflow's filter syntax with MLflow's own
 in-memory evaluator (``SearchUtils.filter``, which MLflow's file store uses), on summaries ordered
@@ -61,7 +61,7 @@ LOCAL_CLOCK_SKEW_MS = 5_000
 LIVE_RUN_MS = 24 * 3600 * 1000  # running runs younger than this are read again at each look
 PAGE_SIZE = 10_000  # runs per search_runs page, as mlflow.search_runs reads them
 FILL_PAGE_SIZE = 2_500  # runs per page of a first fill in the background (ranked as they come)
-QUICK_LOOK_RUNS = 1_000  # newest runs a first look at a never-indexed store reads at once
+QUICK_LOOK_RUNS = 250  # newest runs a first look reads at once (other writers' too)
 FILL_NOTIFY_SECONDS = 1.0  # listeners hear of a filling index at most this often
 IDS_PER_QUERY = 100  # run ids per "attributes.run_id IN (...)" filter
 
@@ -208,8 +208,8 @@ class RunIndex:
             ``reconcile_seconds``), else only the changes.
         background
             With ``full=None``, a due full read happens in a background thread and this call
-            returns at once with what the index holds (the file's runs, changes since the last
-            look) or, holding nothing, the newest :data:`QUICK_LOOK_RUNS` runs; listeners
+            returns at once with what the index holds (changes since the last look) or, never
+            having looked, the file's runs and the newest :data:`QUICK_LOOK_RUNS`; listeners
             (:meth:`on_change`) hear as the read goes on.
 
         Returns
@@ -241,9 +241,10 @@ class RunIndex:
 
     def _look_while_reading(self) -> dict:
         """A look that does not wait for the due full read: that goes on in the background."""
-        if self._runs or self._looked_at is not None:
-            stats = self._changes() if self._looked_at is not None else self._file_changes()
-        else:
+        if self._looked_at is not None:
+            stats = self._changes()
+        else:  # never looked: the recorders' rows hold this machine's runs, not other writers'
+            self._merge_file_rows()
             stats = self._quick_look()
             if stats["mode"] == "full":
                 return stats
