@@ -137,8 +137,8 @@ class RunIndex:
             if self._ordered is None:
                 # natural_order's order, as two stable sorts: faster than one on its tuples
                 active = sorted((s for s in self._runs.values() if not s.deleted),
-                                key=_run_id)
-                active.sort(key=_start_time, reverse=True)
+                                key=lambda s: s.run_id)
+                active.sort(key=lambda s: s.start_time or 0, reverse=True)
                 self._ordered = active
             return list(self._ordered)
 
@@ -243,6 +243,8 @@ class RunIndex:
         """A look that does not wait for the due full read: that goes on in the background."""
         if self._looked_at is not None:
             stats = self._changes()
+        elif self.filling:  # the first read is on its way (a board re-ranking as it fills)
+            return self._file_changes()
         else:  # never looked: the recorders' rows hold this machine's runs, not other writers'
             self._merge_file_rows()
             stats = self._quick_look()
@@ -480,14 +482,6 @@ class RunIndex:
 def _summaries(rows) -> list[RunSummary]:
     """Summaries of the file's rows: the light part now, the rest when asked."""
     return [RunSummary(run_id=run_id, light=light, text=text) for run_id, light, text in rows]
-
-
-def _run_id(summary: RunSummary) -> str:
-    return summary.run_id
-
-
-def _start_time(summary: RunSummary) -> int:
-    return summary.start_time or 0
 
 
 def _same(held: RunSummary, summary: RunSummary) -> bool:
