@@ -184,10 +184,12 @@ class RunIndex:
         with self._lock:
             self._listeners = [held for held in self._listeners if held() is not None]
             listeners = [held() for held in self._listeners]
+        from nbtrack.threads import with_imports
+
         for listener in listeners:
             if listener is not None:
-                try:
-                    listener()
+                try:  # a board's refresh that needs a first import does it with the gate
+                    with_imports(listener)
                 except Exception:  # noqa: S110 - a board says its own errors; the read goes on
                     pass
 
