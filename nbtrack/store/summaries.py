@@ -8,6 +8,9 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections import Counter
+from itertools import chain, islice
+from operator import attrgetter
 
 from nbtrack.record import SYSTEM_PREFIX
 
@@ -179,12 +182,21 @@ def metric_counts(runs: list[RunSummary]) -> dict[str, int]:
     DataFrame has them; system metrics (``system/...``: the machine's, not the model's) are left
     to the MLflow UI.
     """
-    counts: dict[str, int] = {}
-    get = counts.get
-    for run in runs:
-        for key, value in run.metrics.items():
-            # value != value: NaN, which the DataFrame shows as missing, as it shows None
-            counts[key] = get(key, 0) + (value is not None and value == value)
+    every = list(map(attrgetter("metrics"), runs))
+    # Counted in C; a value the DataFrame shows as missing (None, NaN) is rare: then one by one.
+    values = list(chain.from_iterable(map(dict.values, every)))
+    try:
+        rare = None in values or any(map(math.isnan, values))
+    except TypeError:  # not a number: MLflow's metrics are, a broken file's may not be
+        rare = True
+    if rare:
+        counts: dict[str, int] = {}
+        get = counts.get
+        for metrics in every:
+            for key, value in metrics.items():
+                counts[key] = get(key, 0) + (value is not None and value == value)
+    else:
+        counts = Counter(chain.from_iterable(every))
     return {key: n for key, n in counts.items() if not key.startswith(SYSTEM_PREFIX)}
 
 
@@ -204,20 +216,20 @@ def rank_by(runs: list[RunSummary], metric: str | None, ascending: bool,
     """
     if not metric:
         return list(runs[:top] if top is not None else runs)
-    present, missing = [], []
-    for run in runs:
-        value = run.metrics.get(metric)
-        (missing if value is None or value != value else present).append(run)
-
-    def key(run):
-        return run.metrics[metric]
-
+    values = [metrics.get(metric) for metrics in map(attrgetter("metrics"), runs)]
+    present = [i for i, value in enumerate(values) if value is not None and value == value]
+    key = values.__getitem__
     if top is None:
         present.sort(key=key, reverse=not ascending)
-        return present + missing
-    # Documented as sorted(...)[:top], ties included: the same runs in the same order.
-    best = heapq.nsmallest(top, present, key) if ascending else heapq.nlargest(top, present, key)
-    return best + missing[:top - len(best)]
+        best = present
+    else:  # documented as sorted(...)[:top], ties included: the same runs in the same order
+        best = (heapq.nsmallest if ascending else heapq.nlargest)(top, present, key)
+    ranked = [runs[i] for i in best]
+    if top is None or len(ranked) < top:
+        shown = set(present)
+        missing = (run for i, run in enumerate(runs) if i not in shown)
+        ranked += missing if top is None else islice(missing, top - len(ranked))
+    return ranked
 
 
 def metric_keys(runs: list[RunSummary]) -> list[str]:
