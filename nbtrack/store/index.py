@@ -51,7 +51,7 @@ from nbtrack.store.index_file import (
     without_gc,
 )
 from nbtrack.store.kernel_state import absolute_tracking_uri
-from nbtrack.store.summaries import RUNNING, RunSummary
+from nbtrack.store.summaries import RUNNING, RunSummary, in_natural_order, prefetch
 
 # Runs other processes start are looked for from this long before the last look: their clocks
 # (another machine's, on a team server) may lag ours. A SQLite store's writers share our clock,
@@ -135,11 +135,7 @@ class RunIndex:
         """Every active (not deleted) run, in ``search_runs``'s natural order."""
         with self._lock:
             if self._ordered is None:
-                # natural_order's order, as two stable sorts: faster than one on its tuples
-                active = sorted((s for s in self._runs.values() if not s.deleted),
-                                key=lambda s: s.run_id)
-                active.sort(key=lambda s: s.start_time or 0, reverse=True)
-                self._ordered = active
+                self._ordered = in_natural_order([s for s in self._runs.values() if not s.deleted])
             return list(self._ordered)
 
     def search(self, filter_string: str | None = None,
@@ -150,6 +146,8 @@ class RunIndex:
         from mlflow.utils.search_utils import SearchUtils
 
         runs = self.summaries()
+        if filter_string or order_by:
+            prefetch(runs)  # what they read (params, tags...), in one read of the file
         if filter_string:
             runs = SearchUtils.filter(runs, filter_string)
         if order_by:
@@ -271,6 +269,7 @@ class RunIndex:
 
     def _merge(self, summaries: list[RunSummary], from_file: bool = False) -> list[RunSummary]:
         """Take these summaries in; the ones that changed what the index held."""
+        prefetch(self._runs[s.run_id] for s in summaries if s.run_id in self._runs)  # compared
         changed = []
         for summary in summaries:
             held = self._runs.get(summary.run_id)
@@ -382,6 +381,7 @@ class RunIndex:
 
     def _replace_all(self, fetched: list[RunSummary], looked_at: int) -> None:
         held = self._runs
+        prefetch(held[s.run_id] for s in fetched if s.run_id in held)  # compared below
         self._runs = {s.run_id: s for s in fetched}
         self._ordered = None
         self._looked_at = looked_at
@@ -432,11 +432,12 @@ class RunIndex:
         if not self._file.exists():
             return
         try:
-            meta, rows, seq = self._file.load()
-            with without_gc():
-                self._runs = {s.run_id: s for s in _summaries(rows)}
-            del rows
-            self._ordered = None
+            meta, lights, seq = self._file.load()
+            with without_gc():  # the file gives them in natural order: no sort
+                loaded = [RunSummary(None, light, None, self._file) for light in lights]
+                self._runs = {s.run_id: s for s in loaded}
+                self._ordered = [s for s in loaded if not s.deleted]
+            del lights, loaded
             self._seq = seq
             self._looked_at = int(meta["looked_at"]) if meta.get("looked_at") else None
             self._reconciled_at = (int(meta["reconciled_at"]) if meta.get("reconciled_at")
@@ -477,13 +478,14 @@ class RunIndex:
         # Rows other processes added meanwhile: newer than ours only where they were not
         # written here too (those were rewritten above, with what this look read).
         written = {s.run_id for s in summaries}
-        self._merge(_summaries(row for row in others if row[0] not in written), from_file=True)
+        self._merge(_summaries(row for row in others if row[0][0] not in written),
+                    from_file=True)
         self._seq = seq
 
 
 def _summaries(rows) -> list[RunSummary]:
     """Summaries of the file's rows: the light part now, the rest when asked."""
-    return [RunSummary(run_id=run_id, light=light, text=text) for run_id, light, text in rows]
+    return [RunSummary(None, light, text) for light, text in rows]
 
 
 def _same(held: RunSummary, summary: RunSummary) -> bool:

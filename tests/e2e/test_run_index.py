@@ -225,8 +225,9 @@ def test_missing_corrupt_or_stale_index_file_is_rebuilt_from_mlflow(client, runs
     assert index.refresh()["mode"] == "full"
     assert [s.run_id for s in index.summaries()] == expected
 
-    with sqlite3.connect(path) as connection:
-        connection.execute("UPDATE runs SET light = 'garbage'")  # read as the file loads
+    with sqlite3.connect(path) as connection:  # without a snapshot, every row is read
+        connection.execute("DELETE FROM snapshot")
+        connection.execute("UPDATE runs SET light = 'garbage'")
     connection.close()
     index = RunIndex(client.tracking_uri, experiment_id)
     assert index.refresh()["mode"] == "full"
@@ -241,6 +242,44 @@ def test_missing_corrupt_or_stale_index_file_is_rebuilt_from_mlflow(client, runs
 
     Shared._shared.clear()  # a new process
     assert list(query.runs_page(EXPERIMENT)["run_id"]) == expected_page
+
+
+def test_a_new_process_loads_the_snapshot_with_the_rows_written_since_in_their_place(client,
+                                                                                    runs):
+    from nbtrack.store.index_file import record_runs
+
+    experiment_id, ids = runs
+    file = fresh_index(client, experiment_id)._file  # its write made the snapshot
+    # What another process's recorder wrote since: a new run between older ones, and a run
+    # written again (a new row) with a new metric value.
+    new = make_run(client, experiment_id, 40, start_time=START + 5500)
+    client.log_metric(ids[3], "auc", 0.99)
+    record_runs(client.tracking_uri, [client.get_run(new), client.get_run(ids[3])])
+
+    def loaded():
+        _, lights, _ = file.load()
+        return [light[0] for light in lights if not light[3]], {light[0]: light for light in lights}
+
+    natural = [run.info.run_id for run in client.search_runs([experiment_id])]
+    order, lights = loaded()
+    assert order == natural and new in order
+    assert lights[ids[3]][4]["auc"] == 0.99 and lights[ids[9]][3]  # deleted: held, not ranked
+    # A deleted row is not brought back by the snapshot: the write makes it again.
+    _, seq = file.rows_since(0)
+    file.save([], seq, {}, removed=[new])
+    assert loaded()[0] == [run_id for run_id in natural if run_id != new]
+    # A snapshot that does not read: the rows are, and the next write makes it again.
+    with sqlite3.connect(file.path) as connection:
+        connection.execute("UPDATE snapshot SET data = x'00ff'")
+    connection.close()
+    assert loaded()[0] == [run_id for run_id in natural if run_id != new]
+    assert file.broken_snapshot
+    file.save([], seq, {})
+    assert not file.broken_snapshot
+    with sqlite3.connect(file.path) as connection:
+        (data,) = connection.execute("SELECT data FROM snapshot").fetchone()
+    connection.close()
+    assert data != b"\x00\xff"
 
 
 def ended_long_ago(client, experiment_id, i) -> str:
