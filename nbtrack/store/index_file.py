@@ -221,7 +221,7 @@ class IndexFile:
                                    [(k, None if v is None else str(v)) for k, v in meta.items()])
             (seq,) = connection.execute("SELECT COALESCE(MAX(seq), 0) FROM runs").fetchone()
             if deleted > 0 or self.broken_snapshot or _snapshot_lags(connection):
-                _write_snapshot(connection)
+                _write_snapshot(connection, removed)
                 self.broken_snapshot = False
         return others, seq
 
@@ -295,10 +295,17 @@ def _snapshot_lags(connection: sqlite3.Connection) -> bool:
     return newer > SNAPSHOT_LAG
 
 
-def _write_snapshot(connection: sqlite3.Connection) -> None:
+def _write_snapshot(connection: sqlite3.Connection, removed: Iterable[str]) -> None:
+    """The snapshot made again: the one there (when readable) without the ``removed`` runs,
+    with the rows written since in their place; else every row, sorted.
+    """
     with without_gc():
-        lights, seq = _lights(connection, 0)
-        ordered = in_natural_order(lights, itemgetter(1), itemgetter(0))
+        lights, since, _ = _snapshot(connection)
+        gone = set(removed)
+        if gone and lights:
+            lights = [light for light in lights if light[0] not in gone]
+        newer, seq = _lights(connection, since)
+        ordered = _placed(lights, newer)
         columns = [list(column) for column in zip(*ordered, strict=True)] or [[], [], [], [], []]
         # One string object for each status: marshal then writes each once.
         columns[2] = [sys.intern(status) if isinstance(status, str) else status
