@@ -19,7 +19,6 @@ import os
 import re
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -43,9 +42,6 @@ from nbtrack.errors import BadOptionError, NbtrackError, NotebookError
 
 OK, FAILED, KILLED, PRUNED = "ok", "FAILED", "KILLED", "PRUNED"
 _EXIT_FAILED, _EXIT_KILLED, _EXIT_PRUNED = 1, 3, 4
-# How long an execution's last steps (attaching the executed notebook, ending a dead kernel's
-# runs) wait for a store that is down or locked, like a tracked cell in a batch execution.
-STORE_WAIT_SECONDS = 120.0
 # How long a starting kernel may take to answer. papermill's 60 s is too short for eight kernels
 # starting at once on two busy cores (seen: "Kernel didn't respond in 60 seconds"); a kernel
 # that dies while starting is reported at once whatever this is.
@@ -278,19 +274,27 @@ def kernel_environment(execution: Execution, tracking_uri: str) -> dict[str, str
 
 
 def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
-              on_done: Callable[[ExecutionResult], None] | None = None) -> list[ExecutionResult]:
-    """Run executions, up to ``jobs`` at once, each in its own process; return how each ended."""
+              on_done: Callable[[ExecutionResult], None] | None = None, retries: int = 0,
+              engine: Callable[[Execution, dict], tuple[int, str]] | None = None,
+              ) -> list[ExecutionResult]:
+    """Run executions, up to ``jobs`` at once; return how each ended.
+
+    ``engine(execution, environment)`` runs one execution to its end and returns its exit code
+    (0 or ``_EXIT_*``) and why it failed; the default runs it in this machine's worker processes,
+    :class:`nbtrack.ray_engine.RayEngine` as a task on a Ray cluster. An execution whose kernel or
+    worker was killed is run again, under a new execution id, up to ``retries`` times.
+    """
     from tqdm.auto import tqdm
 
     from nbtrack.store.kernel_state import absolute_tracking_uri
 
     tracking_uri = absolute_tracking_uri()
+    engine = engine or LocalEngine(max(1, jobs))
     results: list[ExecutionResult] = []
     with tqdm(total=len(executions), desc="executions", unit="nb", disable=not progress,
               file=sys.stderr) as bar, ThreadPoolExecutor(
                   max_workers=max(1, jobs), thread_name_prefix="nbtrack-execution") as pool:
-        futures = [pool.submit(_execute_in_process, e, tracking_uri, max(1, jobs))
-                   for e in executions]
+        futures = [pool.submit(_execute, e, tracking_uri, engine, retries) for e in executions]
         for future in futures:
             result = future.result()
             results.append(result)
@@ -298,6 +302,47 @@ def run_sweep(executions: list[Execution], jobs: int = 1, progress: bool = True,
             if on_done is not None:
                 on_done(result)
     return results
+
+
+def _execute(execution: Execution, tracking_uri: str,
+             engine: Callable[[Execution, dict], tuple[int, str]],
+             retries: int) -> ExecutionResult:
+    """Run one execution with ``engine``, then record its end in the store; run it again while
+    it was KILLED and retries are left. The result says what the killed attempts were.
+    """
+    from dataclasses import replace
+
+    from nbtrack.execution_record import after_execution
+
+    killed: list[str] = []
+    while True:
+        execution.output.parent.mkdir(parents=True, exist_ok=True)
+        code, reason = engine(execution, kernel_environment(execution, tracking_uri))
+        status = {0: OK, _EXIT_KILLED: KILLED, _EXIT_PRUNED: PRUNED}.get(code, FAILED)
+        if status != OK and not reason:
+            reason = f"exit code {code}"
+        reason, notes = after_execution(execution, tracking_uri, status, reason)
+        if status != KILLED or len(killed) >= retries:
+            break
+        killed.append(reason)
+        execution = replace(execution, execution_id=uuid.uuid4().hex[:12])
+    if killed:
+        notes.insert(0, f"run {len(killed) + 1} times: " + "; ".join(
+            f"attempt {number} KILLED ({why})" for number, why in enumerate(killed, start=1)))
+    if status == OK:
+        return ExecutionResult(execution, OK, "; ".join(notes))
+    return ExecutionResult(execution, status, "; ".join([reason, *notes]))
+
+
+def request_for(execution: Execution) -> dict:
+    """What a worker needs to run an execution (see _execute_in_worker), in plain values."""
+    return {
+        "notebook": str(execution.notebook), "output": str(execution.output),
+        "parameters": execution.parameters, "execution_id": execution.execution_id,
+        "experiment": execution.experiment,
+        "cwd": str(execution.cwd) if execution.cwd is not None else None,
+        "kernel": asdict(execution.kernel) if execution.kernel is not None else None,
+    }
 
 
 _pool: tuple[int, ProcessPoolExecutor] | None = None  # this process's workers, and how many
@@ -326,69 +371,26 @@ def _quiet() -> None:
     os.dup2(devnull, 2)
 
 
-def _execute_in_process(execution: Execution, tracking_uri: str, jobs: int) -> ExecutionResult:
-    global _pool
-    execution.output.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **kernel_environment(execution, tracking_uri)}
-    request = {
-        "notebook": str(execution.notebook), "output": str(execution.output),
-        "parameters": execution.parameters, "execution_id": execution.execution_id,
-        "experiment": execution.experiment,
-        "cwd": str(execution.cwd) if execution.cwd is not None else None,
-        "kernel": asdict(execution.kernel) if execution.kernel is not None else None,
-    }
-    workers = _workers(jobs)
-    try:
-        code, reason = workers.submit(_execute_in_worker, request, env).result()
-    except BrokenProcessPool:
-        # A worker was killed, and the pool ended the others' executions with it: those
-        # executions are KILLED, the next ones get new workers.
-        with _pool_lock:
-            if _pool is not None and _pool[1] is workers:
-                _pool = None
-        code, reason = _EXIT_KILLED, "the process executing it died"
-    status = {0: OK, _EXIT_KILLED: KILLED, _EXIT_PRUNED: PRUNED}.get(code, FAILED)
-    if status != OK and not reason:
-        reason = f"exit code {code}"
-    reason, notes = _after_execution(execution, tracking_uri, status, reason)
-    if status == OK:
-        return ExecutionResult(execution, OK, "; ".join(notes))
-    return ExecutionResult(execution, status, "; ".join([reason, *notes]))
+@dataclass(frozen=True)
+class LocalEngine:
+    """The default engine: ``jobs`` worker processes on this machine, kept between executions."""
 
+    jobs: int = 1
 
-def _after_execution(execution: Execution, tracking_uri: str, status: str,
-                     reason: str) -> tuple[str, list[str]]:
-    """What ``nbtrack run`` does with the store once an execution's process has ended: end the
-    runs a dead kernel left RUNNING, and log the executed notebook (secrets redacted) with every
-    run of the execution. Done here, where MLflow is loaded already, rather than in each
-    execution's process. Returns the reason, redacted, and what could not be done.
-    """
-    from nbtrack.store import recorder
-
-    output = execution.output
-    redactor = _redactor(output)
-    reason = redactor.redact(reason)
-    store = recorder.Recorder(tracking_uri)
-    notes = []
-    if status == KILLED:
-        notes.append(_when_store_answers(
-            lambda: store.end_running_runs(execution.experiment, execution.execution_id, reason),
-            "runs the dead kernel left RUNNING not ended (`nbtrack sync` ends them later)"))
-    if output.exists():
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="nbtrack-") as folder:
-            redacted = _redacted_copy(output, Path(folder), redactor)
-            if redacted is None:
-                notes.append(f"the executed notebook {output} could not be read, so it was not "
-                             "logged")
-            else:
-                notes.append(_when_store_answers(
-                    lambda: store.attach_to_execution(execution.experiment,
-                                                      execution.execution_id, redacted,
-                                                      "notebook"),
-                    f"executed notebook not attached to its runs; it is at {output}"))
-    return reason, [note for note in notes if note]
+    def __call__(self, execution: Execution, environment: dict) -> tuple[int, str]:
+        """Run ``execution`` in a worker, its kernel started with ``environment`` added."""
+        global _pool
+        workers = _workers(self.jobs)
+        try:
+            return workers.submit(_execute_in_worker, request_for(execution),
+                                  {**os.environ, **environment}).result()
+        except BrokenProcessPool:
+            # A worker was killed, and the pool ended the others' executions with it: those
+            # executions are KILLED, the next ones get new workers.
+            with _pool_lock:
+                if _pool is not None and _pool[1] is workers:
+                    _pool = None
+            return _EXIT_KILLED, "the process executing it died"
 
 
 def _execute_in_worker(request: dict, env: dict[str, str]) -> tuple[int, str]:
@@ -439,55 +441,3 @@ def _execute_in_worker(request: dict, env: dict[str, str]) -> tuple[int, str]:
     os.environ.clear()  # the next execution's environment is all its own
     os.environ.update(before)
     return code, reason.replace("\n", " ")
-
-
-def _when_store_answers(step: Callable[[], object], failed: str) -> str | None:
-    """Run ``step``, a write to the store; while the store refuses for now (down, restarting,
-    locked), try again for up to STORE_WAIT_SECONDS. The execution's outcome does not depend on
-    it: what could not be done is returned as one line (None when all went well).
-    """
-    from nbtrack.display import short_error
-    from nbtrack.durable.writer import retry_pause
-    from nbtrack.store.recorder import store_refused
-
-    deadline = time.monotonic() + STORE_WAIT_SECONDS
-    attempt = 0
-    while True:
-        try:
-            step()
-            return None
-        except Exception as error:
-            pause = retry_pause(attempt)
-            if not store_refused(error) or time.monotonic() + pause > deadline:
-                return f"{failed} ({short_error(error)})"
-        time.sleep(pause)
-        attempt += 1
-
-
-def _redactor(notebook: Path):
-    """What to redact from an executed notebook: secret-named environment variables, URL
-    passwords, and the secrets its cells assign (the injected parameters cell included).
-    """
-    from nbtrack.capture.notebook import code_sources
-    from nbtrack.capture.secrets import Redactor
-
-    redactor = Redactor()
-    redactor.add_from_environment(os.environ)
-    for source in code_sources(notebook):
-        redactor.add_from_source(source)
-    return redactor
-
-
-def _redacted_copy(notebook: Path, folder: Path, redactor) -> Path | None:
-    """A copy of the executed notebook, under the same name, with its secrets redacted: that
-    copy, never the original, is logged with the runs (None when it cannot be read).
-    """
-    from nbtrack.capture.notebook import notebook_snapshot
-
-    text = notebook_snapshot(notebook, redactor)
-    if text is None:
-        return None
-    copy = folder / notebook.name
-    copy.write_bytes(text)
-    return copy
-

@@ -257,9 +257,10 @@ def run_search(search: Search, study, make_execution: Callable[[int, dict], Exec
                     watcher.stop()
             import optuna
 
-            for (asked, trial, execution), result in zip(batch, results, strict=True):
+            for (asked, trial, _), result in zip(batch, results, strict=True):
                 trial.result = result
-                trial.value = objective_of(execution) if result.status == "ok" else None
+                # result.execution: a retried execution ran under a new id
+                trial.value = objective_of(result.execution) if result.status == "ok" else None
                 if result.status == "PRUNED":
                     study.tell(asked, state=optuna.trial.TrialState.PRUNED)
                     trial.state = "PRUNED"
