@@ -11,17 +11,22 @@ number of executions N, each way runs in its own new SQLite store in a temporary
 ``nbconvert x N``
     N ``jupyter nbconvert --to notebook --execute`` processes one after another, on copies of the
     notebook whose ``parameters`` cell was rewritten beforehand (untimed: nbconvert has no
-    parameters).
+    parameters);
+``nbtrack run --engine ray``
+    the same ``nbtrack run`` command as tasks on a local Ray cluster of two CPUs (two worker
+    processes), started once before and not timed, as a user's cluster is already running. Not
+    with ``--quick`` or ``--no-ray`` (starting the cluster takes 20-30 s here).
 
 The time is the wall time of the whole command(s), process start included. Afterwards the store is
 read: there must be N finished runs, with ``x`` = 0..N-1 and ``y = 2x``, or the time is not kept.
 
-    python -m benchmarks.sweep [--quick] [--executions 4,16]
+    python -m benchmarks.sweep [--quick] [--executions 4,16] [--no-ray]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -31,7 +36,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks._common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import RAY_ENV, local_ray_cluster  # noqa: E402  (the tests' own Ray starter)
+
+from benchmarks._common import (  # noqa: E402
     PYTHON,
     REPO,
     environment,
@@ -44,6 +52,7 @@ from benchmarks._common import (
 
 NAME = "sweep"
 WAYS = ("nbtrack run -j 2", "papermill, one after another", "nbconvert x N")
+RAY_WAY = "nbtrack run --engine ray"
 EXECUTIONS = (4, 16)
 QUICK_EXECUTIONS = (2,)
 TIMEOUT_S = 1800
@@ -71,13 +80,17 @@ def _write(path: Path, content: dict) -> Path:
     return path
 
 
-def commands(way: str, n: int, folder: Path) -> list[list[str]]:
+def commands(way: str, n: int, folder: Path, ray_address: str | None = None) -> list[list[str]]:
     """The command lines that make ``n`` executions ``way`` (copies written into ``folder``)."""
     source = _write(folder / "small.ipynb", notebook())
+    grid = ",".join(str(i) for i in range(n))
     if way == "nbtrack run -j 2":
-        grid = ",".join(str(i) for i in range(n))
         return [[str(BIN / "nbtrack"), "run", str(source), "--grid", f"x={grid}", "-j", "2",
                  "-e", "sweep", "-o", str(folder / "out"), "--no-progress"]]
+    if way == RAY_WAY:
+        return [[str(BIN / "nbtrack"), "run", str(source), "--grid", f"x={grid}", "--engine",
+                 "ray", "--address", ray_address, "-e", "sweep", "-o", str(folder / "out"),
+                 "--no-progress"]]
     if way == "papermill, one after another":
         script = ("import sys, papermill\n"
                   f"for i in range({n}):\n"
@@ -113,11 +126,11 @@ def verify(folder: Path, n: int) -> list[str]:
     return problems
 
 
-def sample(way: str, n: int) -> dict:
+def sample(way: str, n: int, ray_address: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="nbtrack-bench-sweep-") as temporary:
         folder = Path(temporary)
-        env = isolated_env(folder, MLFLOW_EXPERIMENT_NAME="sweep")
-        lines = commands(way, n, folder)
+        env = isolated_env(folder, MLFLOW_EXPERIMENT_NAME="sweep", **RAY_ENV)
+        lines = commands(way, n, folder, ray_address)
         start = time.perf_counter()
         for line in lines:
             done = subprocess.run(line, cwd=folder, env=env, capture_output=True, text=True,
@@ -129,12 +142,24 @@ def sample(way: str, n: int) -> dict:
         return {"seconds": seconds, "problems": verify(folder, n)}
 
 
-def run(sizes: tuple[int, ...]) -> dict:
+def run(sizes: tuple[int, ...], ray: bool = True) -> dict:
+    with contextlib.ExitStack() as stack:
+        address = None
+        if ray:
+            started = time.perf_counter()
+            address = stack.enter_context(local_ray_cluster(
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbtrack-ray-")))))
+            print(f"  local Ray cluster (2 CPUs) started in {time.perf_counter() - started:.0f} s "
+                  "(not timed)", flush=True)
+        return _run(sizes, address)
+
+
+def _run(sizes: tuple[int, ...], ray_address: str | None) -> dict:
     started = time.perf_counter()
     rows, problems = [], []
     for n in sizes:
-        for way in WAYS:
-            result = sample(way, n)
+        for way in WAYS + ((RAY_WAY,) if ray_address else ()):
+            result = sample(way, n, ray_address)
             row = {"way": way, "executions": n}
             if result["problems"]:
                 row["problems"] = result["problems"]
@@ -179,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"{QUICK_EXECUTIONS[0]} executions per way, for CI")
     parser.add_argument("--executions", help="comma-separated numbers of executions "
                         f"(default {','.join(map(str, EXECUTIONS))})")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="leave out the Ray engine (always left out with --quick)")
     args = parser.parse_args(argv)
     sizes = tuple(int(s) for s in args.executions.split(",")) if args.executions else (
         QUICK_EXECUTIONS if args.quick else EXECUTIONS)
     results = {"benchmark": NAME, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "quick": args.quick, "environment": environment(),
                "load_average_1min": {"start": load_average()}}
-    results.update(run(sizes))
+    results.update(run(sizes, ray=not (args.quick or args.no_ray)))
     results["load_average_1min"]["end"] = load_average()
     results["verification"] = {"ok": not results["problems"], "problems": results.pop("problems"),
                                "sweeps_checked": sum(1 for r in results["rows"] if "seconds" in r)}

@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                     "kernelspec names (python3 when it names none) unless -k names another.",
         epilog="Examples: nbtrack run train.ipynb -p seed=1 --grid C=0.01,0.1,1 -j 2\n"
                "          nbtrack run train.ipynb --search 'lr=loguniform(1e-4,1e-1)' "
-               "--search 'depth=int(2,8)' --trials 20 --objective val_auc -j 2",
+               "--search 'depth=int(2,8)' --trials 20 --objective val_auc -j 2\n"
+               "          nbtrack run train.ipynb --grid C=0.01,0.1,1 --engine ray "
+               "--address auto --retries 1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("notebook", type=Path, help="The .ipynb to execute.")
@@ -50,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                           "parsed (0.1, [1, 2], True); anything else is a string.")
     run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                      help="Values to sweep; repeatable: one execution per combination.")
-    run.add_argument("-j", "--jobs", type=int, default=1, help="Executions at once (default 1).")
+    run.add_argument("-j", "--jobs", type=int, default=None,
+                     help="Executions at once (default 1; with --engine ray, as many as the "
+                          "cluster holds).")
     run.add_argument("-k", "--kernel", metavar="NAME",
                      help="Kernel to execute on, instead of the one the notebook's kernelspec "
                           "names (see `jupyter kernelspec list`).")
@@ -60,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
                                                 "(default: the project's name).")
     run.add_argument("-m", "--metric", help="Metric to rank the printed leaderboard by.")
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    run.add_argument("--retries", type=int, default=0, metavar="N",
+                     help="Run an execution again, up to N times, when its kernel or worker "
+                          "dies mid-way (its runs end KILLED; default 0).")
+    engine = run.add_argument_group(
+        "engine", "Where executions run: worker processes on this machine (local, the default), "
+                  "or tasks on a Ray cluster (pip install 'nbtrack[ray]'). Ray's workers must "
+                  "reach the tracking store (a team server, or a shared file system).")
+    engine.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local (default) or ray.")
+    engine.add_argument("--address", metavar="ADDR",
+                        help="With --engine ray: the cluster (auto, HOST:PORT, ray://HOST:10001); "
+                             "default: RAY_ADDRESS, else one running here, else a new local one.")
+    engine.add_argument("--cpus-per-trial", type=float, default=None, metavar="N",
+                        help="With --engine ray: CPUs each execution asks for (default 1).")
+    engine.add_argument("--gpus-per-trial", type=float, default=None, metavar="N",
+                        help="With --engine ray: GPUs each execution asks for (default 0).")
     search = run.add_argument_group(
         "search", "Let Optuna choose each execution's values from what earlier ones scored "
                   "(each trial is a tracked execution; its runs are tagged nbtrack.trial).")

@@ -9,7 +9,7 @@ import time
 import uuid
 
 from nbtrack.cli import EXIT_FAILED, EXIT_OK, _print_board
-from nbtrack.errors import NbtrackError
+from nbtrack.errors import BadOptionError, NbtrackError
 from nbtrack.store import sweeps
 
 
@@ -19,8 +19,7 @@ def run(args) -> int:
     from nbtrack.config import resolve_experiment
 
     notebook = args.notebook
-    if args.jobs < 1:
-        raise NbtrackError("-j/--jobs takes a positive number.")
+    _check_engine_options(args)
     if args.search:
         return _search(args)
     points = batch.sweep_points(args.parameter, args.grid)
@@ -28,6 +27,7 @@ def run(args) -> int:
     for warning in batch.check_notebook(notebook, names):
         print(f"nbtrack run: warning: {warning}", file=sys.stderr)
     kernel = batch.choose_kernel(notebook, args.kernel)
+    engine, jobs = _engine(args)  # a cluster that is out of reach stops it before any run
     experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
     outdir = args.outdir or notebook.resolve().parent / "runs"
     if len(points) > 1:
@@ -47,7 +47,8 @@ def run(args) -> int:
                                    {**grid, **{f"fixed.{k}": v for k, v in
                                                batch.sweep_points(args.parameter, [])[0].items()}})
     executions = batch.plan(notebook, points, outdir, experiment, kernel, sweep, parent)
-    results = batch.run_sweep(executions, jobs=args.jobs, progress=not args.no_progress)
+    results = batch.run_sweep(executions, jobs=jobs, progress=not args.no_progress,
+                              retries=args.retries, engine=engine)
     if parent is not None:
         counts = {f"executions_{s.lower()}": sum(r.status == s for r in results)
                   for s in (batch.OK, batch.FAILED, batch.KILLED)}
@@ -93,6 +94,7 @@ def _search(args) -> int:
     batch.check_notebook(notebook, set(fixed))
     spec.check(batch.notebook_parameters(notebook))
     kernel = batch.choose_kernel(notebook, args.kernel)
+    engine, jobs = _engine(args)
     experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
     name = spec.study_name(notebook)
     outdir = (args.outdir or notebook.resolve().parent / "runs") / name
@@ -125,9 +127,10 @@ def _search(args) -> int:
     trials = search.run_search(
         spec, study, search.plan_trial(notebook, outdir, experiment, sweep, kernel, parent,
                                        spec.objective if spec.prune else None),
-        lambda executions: batch.run_sweep(executions, jobs=args.jobs, progress=False),
+        lambda executions: batch.run_sweep(executions, jobs=jobs, progress=False,
+                                           retries=args.retries, engine=engine),
         lambda execution: execution_metric(experiment, execution.execution_id, spec.objective),
-        jobs=args.jobs, progress=not args.no_progress, earlier=earlier)
+        jobs=jobs, progress=not args.no_progress, earlier=earlier)
     for trial in trials:
         point = ", ".join(f"{k}={v}" for k, v in trial.parameters.items())
         if trial.result is None:  # run before this search resumed
@@ -165,3 +168,36 @@ def _search(args) -> int:
     except NbtrackError as error:
         print(f"nbtrack run: no leaderboard: {error}", file=sys.stderr)
     return EXIT_OK if best is not None else EXIT_FAILED
+
+
+def _check_engine_options(args) -> None:
+    """Refuse engine options that do not go together, before anything runs."""
+    if args.jobs is not None and args.jobs < 1:
+        raise BadOptionError("-j/--jobs takes a positive number.")
+    if args.retries < 0:
+        raise BadOptionError("--retries takes 0 or a positive number.")
+    if args.engine != "ray":
+        given = [option for option, value in (("--address", args.address),
+                                              ("--cpus-per-trial", args.cpus_per_trial),
+                                              ("--gpus-per-trial", args.gpus_per_trial))
+                 if value is not None]
+        if given:
+            raise BadOptionError(f"{', '.join(given)} only go with --engine ray.")
+    for option, value in (("--cpus-per-trial", args.cpus_per_trial),
+                          ("--gpus-per-trial", args.gpus_per_trial)):
+        if value is not None and value < 0:
+            raise BadOptionError(f"{option} takes 0 or a positive number, got {value:g}.")
+    if args.cpus_per_trial == 0 and not args.gpus_per_trial:
+        raise BadOptionError("--cpus-per-trial 0 needs --gpus-per-trial: an execution must ask "
+                             "for something, or Ray would start all of them at once.")
+
+
+def _engine(args):
+    """The engine executions run on, and how many run at once."""
+    if args.engine != "ray":
+        return None, args.jobs or 1
+    from nbtrack.ray_engine import RayEngine
+
+    cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
+    engine = RayEngine(args.address, cpus, args.gpus_per_trial or 0.0)
+    return engine, args.jobs or engine.capacity()

@@ -7,6 +7,7 @@ its host, port, paths and passwords are replaced), so the tests prove what a new
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -336,3 +337,46 @@ def any_store(request, tmp_path, monkeypatch):
         uri = team.url
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return Store(request.param, uri, team)
+
+
+# Ray's processes bind the loopback address only with this (by default they bind every
+# interface), and never phone home.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY_START_SECONDS = 180
+
+
+@contextlib.contextmanager
+def local_ray_cluster(folder: Path, cpus: int = 2):
+    """A Ray head node on 127.0.0.1 with ``cpus`` CPUs (so that many worker processes run tasks
+    at once); yields its address. ``ray start --block`` runs in a session of its own, so stopping
+    it stops exactly the processes it started, not another Ray on this machine (``ray stop``
+    would stop them all).
+    """
+    port = free_port()
+    log = folder / "ray-start.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
+             f"--num-cpus={cpus}", "--num-gpus=0", "--include-dashboard=false",
+             "--disable-usage-stats"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **RAY_ENV},
+            start_new_session=True)
+    try:
+        deadline = time.monotonic() + RAY_START_SECONDS
+        while "Ray runtime started" not in log.read_text():
+            if head.poll() is not None:
+                raise RuntimeError(f"ray start exited {head.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ray start took over {RAY_START_SECONDS} s")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # with --block, it stops its cluster on SIGTERM
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # anything of its session still there
+        head.wait()

@@ -348,3 +348,21 @@ def test_unknown_kernel_is_a_one_line_error_before_anything_runs(tmp_path, store
     assert done.stdout == ""
     assert not (notebook.parent / "runs").exists()
     assert client.get_experiment_by_name("nokernel") is None
+
+
+def test_retries_run_a_killed_execution_again_under_a_new_execution_id(tmp_path, store, client):
+    """Fault: the kernel SIGKILLs itself on its first attempt (a marker file says which)."""
+    marker = tmp_path / "attempted"
+    notebook = write_notebook(tmp_path / "project" / "flaky.ipynb", [
+        "%load_ext nbtrack",
+        "%%track -n fit\nimport os, signal, pathlib\n"
+        "if not pathlib.Path(marker).exists():\n    pathlib.Path(marker).touch()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\nscore = 1.0",
+    ], parameters=f"marker = {str(marker)!r}")
+    done = nbtrack_cli("run", notebook.name, "--retries", "2", "-e", "flaky", "--no-progress",
+                       cwd=notebook.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "run 2 times: attempt 1 KILLED (the kernel died" in done.stdout
+    runs = experiment_runs(client, "flaky")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+    assert len({r.data.tags["nbtrack.execution"] for r in runs}) == 2
