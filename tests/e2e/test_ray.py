@@ -90,17 +90,6 @@ def test_a_grid_runs_as_ray_tasks_and_killed_executions_are_retried(ray_cluster,
     assert (tmp_path / "marker-1").read_text().startswith("ray::"), (tmp_path / "marker-1")
 
 
-def test_without_retries_a_killed_execution_stays_killed(ray_cluster, notebook, client):
-    done = ray_cli("sweep.ipynb", "--grid", "C=3,'die'", "--engine", "ray", "--address",
-                   ray_cluster, "-e", "noretry", cwd=notebook.parent)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert any(line.startswith("KILLED") and "the kernel died" in line
-               for line in done.stdout.splitlines()), done.stdout
-    runs = cell_runs(client.search_runs([client.get_experiment_by_name("noretry").experiment_id]))
-    assert sorted((r.data.params["C"], r.info.status) for r in runs) == [
-        ("3", "FINISHED"), ("die", "KILLED")]
-
-
 def test_a_search_runs_its_trials_on_ray(ray_cluster, notebook, client):
     done = ray_cli("sweep.ipynb", "--search", "C=uniform(0, 4)", "--trials", "4", "--objective",
                    "score", "--seed", "1", "--engine", "ray", "--address", ray_cluster,
