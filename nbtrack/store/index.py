@@ -276,7 +276,7 @@ class RunIndex:
             if held is not None and from_file and held.status != RUNNING \
                     and summary.status == RUNNING:
                 continue  # a row written while the run ran; this index has read its end
-            if held is None or not _same(held, summary):
+            if held is None or not held.same_as(summary):
                 self._runs[summary.run_id] = summary
                 changed.append(summary)
                 if from_file:
@@ -389,7 +389,7 @@ class RunIndex:
         # Only rows that differ from the file's are written: each write gives its row a new
         # sequence number, which every other process's index then reads again.
         self._unsaved = {s.run_id for s in fetched if s.run_id in self._unsaved
-                         or s.run_id not in held or not _same(held[s.run_id], s)}
+                         or s.run_id not in held or not held[s.run_id].same_as(s)}
         self._save(keep_only=set(self._runs))
 
     def _changes(self) -> dict:
@@ -453,10 +453,14 @@ class RunIndex:
         try:
             self._write(removed, keep_only)
         except (sqlite3.DatabaseError, IndexUnusable):
-            # Broken under us (another process, a full disk): one more go on a fresh file.
+            # Broken under us (another process, a full disk): one more go on a fresh file, with
+            # the runs whose texts it still gives; the others wait for a full read.
+            prefetch(self._runs.values())
             self._file.discard()
             self._seq = 0
-            self._unsaved = set(self._runs)
+            self._unsaved = {s.run_id for s in self._runs.values() if s.has_text()}
+            if len(self._unsaved) < len(self._runs):
+                self._reconciled_at = None
             try:
                 self._write((), None)
             except (sqlite3.DatabaseError, IndexUnusable, OSError) as error:
@@ -486,13 +490,6 @@ class RunIndex:
 def _summaries(rows) -> list[RunSummary]:
     """Summaries of the file's rows: the light part now, the rest when asked."""
     return [RunSummary(None, light, text) for light, text in rows]
-
-
-def _same(held: RunSummary, summary: RunSummary) -> bool:
-    try:
-        return held.to_json() == summary.to_json() or held.same_as(summary)
-    except ValueError:  # a row of the file that no longer decodes: replaced by what was read
-        return False
 
 
 def _now_ms() -> int:

@@ -161,10 +161,19 @@ class RunSummary:
             self._text = json.dumps(self.record(), separators=(",", ":"))
         return self._text
 
+    def has_text(self) -> bool:
+        """True when the whole summary is here, not only in the index file."""
+        return self._record is not None or self._text is not None
+
     def same_as(self, other: RunSummary) -> bool:
-        """True when both summaries hold the same values."""
-        return json.dumps(self.record(), sort_keys=True) == json.dumps(other.record(),
-                                                                     sort_keys=True)
+        """True when both summaries hold the same values; False when this one's text in the
+        index file no longer decodes or is gone (it is then replaced by what was read).
+        """
+        try:
+            return self.to_json() == other.to_json() or json.dumps(
+                self.record(), sort_keys=True) == json.dumps(other.record(), sort_keys=True)
+        except ValueError:
+            return False
 
 
 _NO_INPUTS = _Inputs([])

@@ -343,6 +343,21 @@ def test_index_keeps_working_in_memory_when_its_folder_cannot_be_written(client,
     assert "kept in memory only" in capsys.readouterr().err
 
 
+def test_a_file_broken_under_an_index_loaded_from_it_brings_a_full_read(client, runs):
+    experiment_id, _ = runs
+    expected_page = list(query.runs_page(EXPERIMENT)["run_id"])
+    RunIndex._shared.clear()  # a new process: the summaries' texts stay in the file
+    index = RunIndex.shared(client.tracking_uri, experiment_id)
+    index.refresh()
+    with sqlite3.connect(index.path) as connection:  # another experiment's file now
+        connection.execute("UPDATE meta SET value = 'other' WHERE key = 'experiment_id'")
+    connection.close()
+    index.refresh(full=False)  # its write finds the file unusable: a new one, the texts lost
+    assert index.reconcile_due()
+    assert list(query.runs_page(EXPERIMENT)["run_id"]) == expected_page  # read from MLflow
+    assert len(RunIndex(client.tracking_uri, experiment_id)._file.rows_since(0)[0]) == 24
+
+
 def test_deleted_runs_stay_out_as_search_runs_leaves_them_out(client, runs):
     experiment_id, ids = runs
     index = fresh_index(client, experiment_id)
