@@ -1,10 +1,17 @@
-"""Every notebook file nbtrack reads, through nbformat: which notebook the kernel runs, a redacted
-snapshot of it for a run's lineage, its saved code cells and its ``parameters`` cell.
+"""Every notebook file nbtrack reads: which notebook the kernel runs, a redacted snapshot of it for
+a run's lineage, its saved code cells and its ``parameters`` cell.
+
+``nbtrack run`` reads the notebooks it executes through nbformat (:func:`read`). A kernel reads its
+own notebook as the JSON it is, without nbformat: importing nbformat loads jsonschema and its format
+checkers, 2-3 s of CPU on every kernel's first tracked cell (a third of a small sweep's execution
+here), for a validation lineage does not need. A file that is not a version 4 notebook is treated
+as no notebook at all, and the snapshot is written as nbformat writes one (sorted keys, indent 1).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,16 +27,27 @@ def read(path: Path | str):
     return nbformat.read(os.fspath(path), as_version=4)
 
 
-def parse(snapshot: bytes | None):
-    """A notebook saved as bytes (a run's snapshot), or None when there is none or it is not one."""
+def parse(snapshot: bytes | str | None) -> dict | None:
+    """A version 4 notebook's JSON (a run's snapshot, a file's text) as a dict, or None when
+    there is none or it is not one.
+    """
     if not snapshot:
         return None
-    import nbformat
-
     try:
-        return nbformat.reads(snapshot.decode(), as_version=4)
-    except Exception:  # not JSON, not a notebook: as if there were none
+        notebook = json.loads(snapshot)
+    except ValueError:  # not JSON, not UTF-8
         return None
+    if (not isinstance(notebook, dict) or notebook.get("nbformat") != 4
+            or not isinstance(notebook.get("cells"), list)
+            or not all(isinstance(cell, dict) for cell in notebook["cells"])):
+        return None
+    return notebook
+
+
+def _source(cell: dict) -> str:
+    """A cell's source, which a notebook file may hold as one string or a list of lines."""
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
 
 
 def code_sources(path: Path) -> list[str]:
@@ -81,21 +99,20 @@ def notebook_snapshot(path: Path, redactor: Redactor) -> bytes | None:
 @functools.lru_cache(maxsize=4)
 def _notebook_snapshot(path: str, mtime_ns: int, size: int,
                        secrets: frozenset[str]) -> bytes | None:
-    import nbformat
-
     redactor = Redactor(secrets)
     try:
-        notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-    except Exception:  # unreadable, not JSON, not a notebook: lineage goes on without it
+        notebook = parse(Path(path).read_bytes())
+    except OSError:
+        notebook = None
+    if notebook is None:  # unreadable, not JSON, not a notebook: lineage goes on without it
         return None
-    for cell in notebook.get("cells", []):
-        source = cell.get("source", "")
-        cell["source"] = redactor.redact("".join(source) if isinstance(source, list) else source)
+    for cell in notebook["cells"]:
+        cell["source"] = redactor.redact(_source(cell))
         # Every text an output holds: streams, every mime type but images, error messages
         # and tracebacks (a failing cell's message often quotes the value it choked on).
         if "outputs" in cell:  # code cells only: a markdown cell with outputs is not valid
             cell["outputs"] = [_redact_output(output, redactor) for output in cell["outputs"]]
-    return nbformat.writes(notebook).encode()
+    return (json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def _redact_output(value: Any, redactor: Redactor, key: str = "") -> Any:
@@ -120,8 +137,8 @@ def saved_cells(snapshot: bytes | None) -> tuple[tuple[int, str], ...] | None:
     notebook = parse(snapshot)
     if notebook is None:
         return None
-    return tuple((number, cell.source) for number, cell in enumerate(notebook.cells, start=1)
-                 if cell.cell_type == "code")
+    return tuple((number, _source(cell)) for number, cell in enumerate(notebook["cells"], start=1)
+                 if cell.get("cell_type") == "code")
 
 
 def parameters_source(snapshot: bytes | None) -> str | None:
@@ -129,7 +146,9 @@ def parameters_source(snapshot: bytes | None) -> str | None:
     notebook = parse(snapshot)
     if notebook is None:
         return None
-    for cell in notebook.cells:
-        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            return cell.source.strip()
+    for cell in notebook["cells"]:
+        metadata = cell.get("metadata")
+        tags = metadata.get("tags", []) if isinstance(metadata, dict) else []
+        if cell.get("cell_type") == "code" and "parameters" in tags:
+            return _source(cell).strip()
     return None
