@@ -143,13 +143,15 @@ class Tracker:
         # Lightning's self.log, recorded while this cell runs only (removed in end()).
         active.lightning = LightningTap()
         active.lightning.install()
+        active.pruning = PruneChannel.from_environ(self.environ)
         if self._wants_live(options):
             active.live = LivePanel(self.publish, active.run_name)
-            # The frameworks' own points while they train, drawn as the cell's are.
+        if active.live is not None or active.pruning is not None:
+            # The frameworks' own points while they train: drawn as the cell's are, and the
+            # objective's reported to a search that prunes.
             active.lightning.on_points = lambda: self._framework_points(active)
             active.live_tap = LiveTap(active.lightning.on_points)
             active.live_tap.install()
-        active.pruning = PruneChannel.from_environ(self.environ)
         if self.settings.system_metrics:
             active.system = SystemSampler()
             active.system.start()
@@ -342,7 +344,18 @@ class Tracker:
         return not batch_runner(self.environ)
 
     def _framework_points(self, active: capture.ActiveCell) -> None:
-        """A framework reported points while it trains: redraw the panel when one is due."""
+        """A framework reported points while it trains: pass the objective's on to a search
+        that prunes (raises TrialPruned once it pruned the trial), redraw the panel when due.
+        """
+        pruning = active.pruning
+        if pruning is not None:
+            curve = active.live_tap.series.get(pruning.objective) if active.live_tap else None
+            if curve is not None:
+                pruning.report_curve("tap", curve.steps, curve.values)
+            points = active.lightning.points(pruning.objective) if active.lightning else []
+            if points:
+                steps, values = zip(*points, strict=True)
+                pruning.report_curve("lightning", steps, values)
         if active.live is not None and int(time.time() * 1000) >= active.live.next_ms:
             self._draw(active, self._live_series(active))
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nbtrack.capture import frameworks
+from nbtrack.capture.pruning import TrialPruned
 from nbtrack.record import Series
 
 Curves = dict[str, list[tuple[int, float]]]
@@ -161,6 +162,11 @@ class LightningTap:
             connector.log_metrics = self._wrap(original)
             self._patched.append((connector, original))
 
+    def points(self, key: str) -> list[tuple[int, float]]:
+        """The ``(step, value)`` points of one key recorded so far."""
+        with self._lock:
+            return list(self.curves.get(key, ()))
+
     def remove(self) -> None:
         """Stop recording: Lightning is as it was."""
         while self._patched:
@@ -175,6 +181,8 @@ class LightningTap:
                 tap._record(connector, metrics, step)
                 if tap.on_points is not None:
                     tap.on_points()
+            except TrialPruned:  # a search stops this trial: the training stops here
+                raise
             except Exception:  # a Lightning whose internals changed: the training goes on
                 pass
             return original(connector, metrics, step)
@@ -266,6 +274,8 @@ class LiveTap:
                     series = self.series[key] = Series(str(key))
                 series.add(number, len(series) if step is None else int(step), now)
             self._on_points()
+        except TrialPruned:  # a search stops this trial: the training stops here
+            raise
         except Exception:  # noqa: S110 - a picture of the training; the training goes on
             pass
 

@@ -236,6 +236,45 @@ def test_prune_stops_trials_behind_the_median_and_keeps_their_points(tmp_path, s
     assert "best: trial 0, score=12" in done.stdout or "best: trial 1, score=12" in done.stdout
 
 
+def test_prune_hears_a_frameworks_curve_while_it_trains(tmp_path, store, client):
+    """The objective is Keras's own per-epoch loss (no log_metric in the notebook). Trials 0 and
+    1 learn (learning rate 0.05), later ones cannot (0): with --prune after two trials, the
+    later ones are stopped mid-fit, from inside Keras's epoch loop, and end PRUNED.
+    """
+    notebook = write_notebook(tmp_path / "project" / "keras.ipynb", [
+        "%load_ext nbtrack",
+        "import os\nos.environ['KERAS_BACKEND'] = 'torch'\nimport keras",
+        "%%track -n fit\nimport time\nfrom sklearn.datasets import load_breast_cancer\n"
+        "from sklearn.preprocessing import StandardScaler\n"
+        "X, y = load_breast_cancer(return_X_y=True)\nX = StandardScaler().fit_transform(X)\n"
+        "keras.utils.set_random_seed(0)\n"
+        "rate = 0.05 if int(os.environ['NBTRACK_TRIAL']) < 2 else 0.0\n"
+        "model = keras.Sequential([keras.Input(shape=(30,)), keras.layers.Dense(1, "
+        "activation='sigmoid')])\n"
+        "model.compile(optimizer=keras.optimizers.SGD(learning_rate=rate), "
+        "loss='binary_crossentropy')\n"
+        "model.fit(X, y, epochs=12, batch_size=64, verbose=0, callbacks=[\n"
+        "    keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: time.sleep(0.6))])",
+    ], parameters="x = 0.0")
+    done = nbtrack_cli("run", "keras.ipynb", "--search", "x=uniform(0, 1)", "--trials", "4",
+                       "--objective", "loss", "--minimize", "--prune", "--prune-startup", "2",
+                       "-j", "2", "-e", "keras-pruned", "--no-progress", cwd=notebook.parent,
+                       env={"KERAS_BACKEND": "torch"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    experiment = client.get_experiment_by_name("keras-pruned")
+    every = client.search_runs([experiment.experiment_id])
+    runs = {int(r.data.tags["nbtrack.trial"]): r for r in cell_runs(every)}
+    assert sorted(runs) == [0, 1, 2, 3]
+    for number in (0, 1):
+        assert runs[number].info.status == "FINISHED", done.stdout
+    for number in (2, 3):
+        assert runs[number].info.status == "KILLED", done.stdout
+        assert runs[number].data.tags["nbtrack.pruned"] == "true"
+        assert f"trial {number:<3} PRUNED" in done.stdout
+    [parent] = [r for r in every if "nbtrack.sweep_parent" in r.data.tags]
+    assert parent.data.metrics["trials_pruned"] == 2
+
+
 @pytest.mark.parametrize("args, message", [
     (["--search", "x=normal(0,1)"], "is not a distribution"),
     (["--search", "x=uniform(3,1)"], "needs a < b"),
