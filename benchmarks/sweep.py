@@ -143,22 +143,20 @@ def sample(way: str, n: int, ray_address: str | None = None) -> dict:
 
 
 def run(sizes: tuple[int, ...], ray: bool = True) -> dict:
-    with contextlib.ExitStack() as stack:
-        address = None
-        if ray:
-            started = time.perf_counter()
-            address = stack.enter_context(local_ray_cluster(
-                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbtrack-ray-")))))
-            print(f"  local Ray cluster (2 CPUs) started in {time.perf_counter() - started:.0f} s "
-                  "(not timed)", flush=True)
-        return _run(sizes, address)
-
-
-def _run(sizes: tuple[int, ...], ray_address: str | None) -> dict:
     started = time.perf_counter()
     rows, problems = [], []
-    for n in sizes:
-        for way in WAYS + ((RAY_WAY,) if ray_address else ()):
+    plan = [(way, n) for n in sizes for way in WAYS]
+    # Last, in a cluster of its own: Ray's idle processes use CPU the other ways would feel.
+    plan += [(RAY_WAY, n) for n in sizes] if ray else []
+    with contextlib.ExitStack() as stack:
+        ray_address = None
+        for way, n in plan:
+            if way == RAY_WAY and ray_address is None:
+                begun = time.perf_counter()
+                ray_address = stack.enter_context(local_ray_cluster(Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="nbtrack-ray-")))))
+                print(f"  local Ray cluster (2 CPUs) started in {time.perf_counter() - begun:.0f} "
+                      "s (not timed)", flush=True)
             result = sample(way, n, ray_address)
             row = {"way": way, "executions": n}
             if result["problems"]:
