@@ -68,9 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="Run an execution again, up to N times, when its kernel or worker "
                           "dies mid-way (its runs end KILLED; default 0).")
     engine = run.add_argument_group(
-        "engine", "Where executions run: worker processes on this machine (local, the default), "
-                  "or tasks on a Ray cluster (pip install 'nbtrack[ray]'). Ray's workers must "
-                  "reach the tracking store (a team server, or a shared file system).")
+        "engine", "Where executions run: worker processes on this machine (local, the\n"
+                  "default), or tasks on a Ray cluster (pip install 'nbtrack[ray]'). Ray's\n"
+                  "workers must reach the tracking store (a team server, or a shared file\n"
+                  "system).")
     engine.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local (default) or ray.")
     engine.add_argument("--address", metavar="ADDR",
