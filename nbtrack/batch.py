@@ -362,6 +362,20 @@ def _workers(jobs: int) -> ProcessPoolExecutor:
         return _pool[1]
 
 
+def warm_workers(jobs: int) -> None:
+    """Start the worker processes now, and their import of papermill, while this process sets
+    the sweep up (its own imports, the store, the sweep's parent run): on two cores that is a
+    few seconds the first executions no longer wait for.
+    """
+    pool = _workers(max(1, jobs))
+    for _ in range(max(1, jobs)):
+        pool.submit(_warm)
+
+
+def _warm() -> None:
+    import papermill  # noqa: F401
+
+
 def _quiet() -> None:
     """A worker's and its kernels' own output is not the sweep's: why an execution failed comes
     back as its result.

@@ -26,6 +26,8 @@ def run(args) -> int:
     names = {name for point in points for name in point}
     for warning in batch.check_notebook(notebook, names):
         print(f"nbtrack run: warning: {warning}", file=sys.stderr)
+    if args.engine == "local":  # the notebook is there: start the workers while we set up
+        batch.warm_workers(args.jobs or 1)
     kernel = batch.choose_kernel(notebook, args.kernel)
     engine, jobs = _engine(args)  # a cluster that is out of reach stops it before any run
     experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
@@ -93,6 +95,8 @@ def _search(args) -> int:
                          args.prune_startup)
     batch.check_notebook(notebook, set(fixed))
     spec.check(batch.notebook_parameters(notebook))
+    if args.engine == "local":
+        batch.warm_workers(args.jobs or 1)
     kernel = batch.choose_kernel(notebook, args.kernel)
     engine, jobs = _engine(args)
     experiment = resolve_experiment(args.experiment, "", notebook.resolve().parent)
