@@ -48,10 +48,15 @@ def unload_ipython_extension(ipython) -> None:
     unload(ipython)
 
 
-def _tracker():
-    from nbtrack.tracker import current
+# The kernel's tracker, which nbtrack.tracker.set_current installs under "tracker". It lives here,
+# not in nbtrack.tracker, so that log_metric, called in tight training loops, reads it without an
+# import per call (that import was a third of the call's cost). `%reload_ext nbtrack` re-runs this
+# module in its old namespace while nbtrack.tracker keeps its reference: the dict must survive that.
+KERNEL: dict[str, Any] = globals().get("KERNEL", {})
 
-    return current()
+
+def _tracker():
+    return KERNEL.get("tracker")
 
 
 def log_metric(key: str, value: float, step: int | None = None) -> None:
@@ -72,7 +77,7 @@ def log_metric(key: str, value: float, step: int | None = None) -> None:
     ...     nbtrack.log_metric("train_loss", loss, step=epoch)
 
     """
-    tracker = _tracker()
+    tracker = KERNEL.get("tracker")
     if tracker is None:
         from nbtrack import display
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nbtrack import display
+from nbtrack import KERNEL, display
 from nbtrack.capture import cell as capture
 from nbtrack.capture import lineage, sanitize
 from nbtrack.capture.curves import LightningTap, LiveTap, lightning_series
@@ -307,7 +307,9 @@ class Tracker:
             self._require_active(f"log_metric({key!r})")
             return
         kind = type(value)
-        if kind is float or kind is int:  # the common case, kept short: loops call this a lot
+        if kind is float:  # the common cases, kept short: loops call this a lot
+            number = value
+        elif kind is int:
             number = float(value)
         else:
             number = metric_number(value)
@@ -318,9 +320,13 @@ class Tracker:
         if series is None:
             series = active.series[key] = Series(str(key))
         timestamp_ms = int(time.time() * 1000)
-        series.add(number, len(series) if step is None else int(step), timestamp_ms)
+        steps = series.steps
+        # Series.add, inlined: a training loop calls this hundreds of thousands of times a second.
+        steps.append(len(steps) if step is None else step if type(step) is int else int(step))
+        series.values.append(number)
+        series.timestamps_ms.append(timestamp_ms)
         if active.pruning is not None and key == active.pruning.objective:
-            active.pruning.report(series.steps[-1], number)  # raises TrialPruned once pruned
+            active.pruning.report(steps[-1], number)  # raises TrialPruned once pruned
         if timestamp_ms - active.spooled_ms >= SPOOL_INTERVAL_MS:
             self.queue.spool(active, timestamp_ms)
         if active.live is not None and timestamp_ms >= active.live.next_ms:
@@ -426,7 +432,7 @@ class Tracker:
 
 
 # The tracker of the kernel nbtrack is loaded into; nbtrack.log_metric & co. log through it.
-ACTIVE: dict[str, Tracker] = {}
+ACTIVE: dict[str, Tracker] = KERNEL
 
 
 def current() -> Tracker | None:
