@@ -299,7 +299,18 @@ def run_kernel(kernel: Kernel, cwd: Path) -> KernelResult:
         # the kernel_info requests of wait_for_ready.
         expected = cells[:-1] if killed else cells
         while any(cell.status == "no reply" for cell in expected):
-            reply = client.get_shell_msg(timeout=60)
+            try:
+                reply = client.get_shell_msg(timeout=60)
+            except queue.Empty:
+                # Every cell went idle on iopub, yet a reply never came: seen once in CI among 24
+                # loaded kernels (clients know it: kafonek/kernel-sidecar#12). The cell's iopub
+                # messages say as much as its reply would: an import the race broke shows there
+                # as an error output.
+                for cell in expected:
+                    if cell.status == "no reply":
+                        errors = any(kind == "error" for kind, _ in cell.outputs)
+                        cell.status = "error" if errors else "ok"
+                break
             answered = by_id.get(reply["parent_header"].get("msg_id"))
             if answered is not None:
                 answered.status = reply["content"]["status"]
