@@ -88,6 +88,10 @@ class JupyterLab:
             "JUPYTERLAB_SETTINGS_DIR": str(settings),
             "JUPYTERLAB_WORKSPACES_DIR": str(self.base / "lab-workspaces"),
             "IPYTHONDIR": str(self.base / "ipython"),
+            # The lab's kernels journal here, not in ~/.local/state: a kernel recovers the runs
+            # other processes left in its journal folder, and this machine's leftovers are not
+            # the test's.
+            "NBTRACK_JOURNAL_DIR": str(self.base / "journal"),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(extra)

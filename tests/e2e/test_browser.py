@@ -180,7 +180,11 @@ def test_register_and_set_champion_in_a_real_browser(jupyter_lab, page, tmp_path
         board.wait_for(state="visible", timeout=CELLS_TIMEOUT_MS)
         page.locator(".nbtrack-table table").wait_for(state="visible")
         options = page.locator(".nbtrack-select select option")
-        expect(options).to_have_count(len(C_VALUES))
+        # The cells return once their runs are journaled; the writer puts them in the store
+        # (a model each) after, and the board redraws as each lands: seconds apart under load.
+        expect(options).to_have_count(len(C_VALUES), timeout=CLICK_TIMEOUT_MS)
+        expect(page.locator(".nbtrack-table td", has_text="RUNNING")).to_have_count(
+            0, timeout=CLICK_TIMEOUT_MS)  # a run the writer has opened, its model not yet in
         first = options.first
         label = first.inner_text().replace("\xa0", " ")
         assert label.startswith("1. "), label
