@@ -137,3 +137,30 @@ def test_without_ray_installed_the_engine_says_how_to_get_it(notebook, tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--engine ray needs Ray, which is not installed here: pip install 'nbtrack[ray]'." \
         in done.stderr
+
+
+@pytest.mark.parametrize("any_store", ["http-postgres"], indirect=True)
+def test_a_grid_on_ray_writes_to_the_team_server_as_its_user(ray_cluster, any_store, tmp_path):
+    """The README's team set-up: Ray's workers write to the team server (PostgreSQL, proxied
+    artifacts, basic-auth) as the user who ran `nbtrack run`. In a run of the whole module the
+    cluster started before this test logged in as alice, with another test's store in its
+    environment: only what the driver forwards (MLFLOW_TRACKING_URI, alice's credentials) can
+    bring the runs here.
+    """
+    from mlflow import MlflowClient
+
+    experiment = any_store.name("rayteam")
+    write_notebook(Path.cwd() / "team.ipynb", [
+        "%load_ext nbtrack", "%%track -n fit\nscore = C * 10",
+        "import nbtrack\nnbtrack.flush()"], parameters="C = 1.0")
+    done = ray_cli("team.ipynb", "--grid", "C=1,2", "--engine", "ray", "--address", ray_cluster,
+                   "-e", experiment, cwd=Path.cwd())
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = MlflowClient()
+    runs = cell_runs(client.search_runs([client.get_experiment_by_name(experiment).experiment_id]))
+    assert sorted((r.data.params["C"], r.data.metrics["score"], r.info.status) for r in runs) == [
+        ("1", 10.0, "FINISHED"), ("2", 20.0, "FINISHED")]
+    for run in runs:
+        assert run.data.tags["mlflow.user"] == "alice"
+        [logged] = client.list_artifacts(run.info.run_id, "notebook")  # through the server's proxy
+        assert logged.path.endswith(".ipynb")
