@@ -2,6 +2,10 @@
 # Install nbtrack with everything its tests need (Chromium, PostgreSQL), then run the whole suite.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k capture -x
 source "$(dirname "$0")/_venv.sh"
+# torch first, pinned to the release whose CPU build this machine keeps on disk (/opt/wheels, in
+# pip's find-links): ~190 MB instead of PyPI's CUDA build (~6.5 GB with its nvidia packages, which
+# once filled CI's disk). No test needs a GPU. Where that file is absent, pip takes 2.13.0 from PyPI.
+python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
 bash scripts/install_browser.sh
 bash scripts/install_postgres.sh
