@@ -10,8 +10,9 @@ must never do while user code runs, because Python makes them process-wide:
   initialized module"). So every first import on an nbtrack thread happens while that thread holds
   the :data:`GATE`, which the kernel's main thread holds while it runs user code. An import
   guard (a ``sys.meta_path`` finder, installed with the extension) refuses any other first import
-  on an nbtrack thread with :class:`ImportNotNow`; the thread then does that piece of work again
-  with the gate in hand (:func:`with_imports`).
+  on an nbtrack thread with :class:`ImportNotNow`; the thread then imports what was refused with
+  the gate in hand, and does that piece of work again without it (:func:`with_imports`), so the
+  gate is held for imports, which are short, not for writes, which may be long.
 - **Draw.** matplotlib is not thread-safe (its mathtext parser is one object every figure shares):
   figure copies are drawn with the gate in hand.
 - **Touch warnings.** Warning filters are one list for the whole process: ``catch_warnings()``
@@ -30,6 +31,7 @@ nbtrack thread holds it waits for that piece of work, at most :attr:`IdleGate.WA
 
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
 import warnings
@@ -147,26 +149,33 @@ class _ImportGuard:
         self._local = threading.local()
         # (thread name, module) of each refused import, for tests and for `nbtrack` debugging.
         self.refused: list[tuple[str, str]] = []
+        # Modules found missing when imported with the gate (optional dependencies MLflow probes
+        # for, such as pyspark): looking for them again finds nothing, and runs no module code.
+        self.missing: set[str] = set()
 
     def find_spec(self, name, path=None, target=None):
-        if not getattr(self._local, "guarded", False) or GATE.holds():
+        if not getattr(self._local, "guarded", False) or GATE.holds() or name in self.missing:
             return None
-        self._local.refused = True
+        self._refusals().append(name)
         self.refused.append((threading.current_thread().name, name))
         raise ImportNotNow(f"{name} imported on {threading.current_thread().name} without the gate")
+
+    def _refusals(self) -> list[str]:
+        if not hasattr(self._local, "names"):
+            self._local.names = []
+        return self._local.names
 
     def guard_this_thread(self) -> None:
         self._local.guarded = True
 
     def refused_here(self) -> bool:
         """Whether an import was refused on this thread since :meth:`take_refusal` last looked."""
-        return getattr(self._local, "refused", False)
+        return bool(self._refusals())
 
-    def take_refusal(self) -> bool:
-        """Whether an import was refused on this thread since the last call (and forget it)."""
-        refused = getattr(self._local, "refused", False)
-        self._local.refused = False
-        return refused
+    def take_refusal(self) -> list[str]:
+        """The modules refused on this thread since the last call (and forget them)."""
+        names, self._local.names = self._refusals(), []
+        return names
 
 
 IMPORT_GUARD = _ImportGuard()
@@ -184,24 +193,59 @@ def remove_import_guard() -> None:
         sys.meta_path.remove(IMPORT_GUARD)
 
 
+# How many rounds of "import what was refused, with the gate; try again without it" one piece of
+# work gets before it is done with the gate in hand throughout.
+IMPORT_ROUNDS = 20
+
+
 def with_imports(work: Callable[[], T], redo: Callable[[T], bool] | None = None) -> T:
-    """Run ``work``; if it needed a first import (refused without the gate), run it again with
-    the gate in hand. ``work`` must be safe to repeat (the recorder resumes from its progress).
+    """Run ``work``; if it needed a first import (refused without the gate), import the refused
+    modules with the gate in hand and run ``work`` again without it. ``work`` must be safe to
+    repeat (the recorder resumes from its progress).
+
+    The gate is held for the imports only, not for the work: a write of a million points that
+    met its first MLflow import must not keep the next cell from starting until it is done. Work
+    still refused after :data:`IMPORT_ROUNDS` rounds, or whose refused module fails to import
+    (an optional dependency that is missing), is done with the gate throughout.
 
     A refusal that library code caught and turned into an ordinary failure leaves ``work``'s
     result to say so: ``redo(result)`` tells whether that result is one to try again (a write the
     store "refused"). A result that is not is kept: work done must not be done twice.
     """
     IMPORT_GUARD.take_refusal()
-    try:
-        result = work()
-    except ImportNotNow:
-        IMPORT_GUARD.take_refusal()
-    else:
-        if not IMPORT_GUARD.take_refusal() or redo is None or not redo(result):
-            return result
+    for _ in range(IMPORT_ROUNDS):
+        try:
+            result = work()
+        except ImportNotNow:
+            refused = IMPORT_GUARD.take_refusal()
+        else:
+            refused = IMPORT_GUARD.take_refusal()
+            if not refused or redo is None or not redo(result):
+                return result
+        if not _import_with_gate(refused):
+            break
     with GATE.idle():
         return work()
+
+
+def _import_with_gate(names: list[str]) -> bool:
+    """Import ``names`` with the gate in hand. A module that does not exist is noted as missing
+    (the work's own import of it then fails as it would without nbtrack); False if one fails to
+    import for another reason, and the caller does all the work with the gate.
+    """
+    with GATE.idle():
+        for name in dict.fromkeys(names):
+            if name in sys.modules:
+                continue
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as error:
+                if error.name != name:  # the module exists; something it imports does not
+                    return False
+                IMPORT_GUARD.missing.add(name)
+            except Exception:  # noqa: BLE001 - whatever it raises, the work meets it with the gate
+                return False
+    return True
 
 
 def start(name: str, target: Callable[[], object], *, gated: bool = False) -> threading.Thread:

@@ -169,3 +169,57 @@ def test_series_points_reach_the_store_with_their_steps(store, client, tmp_path)
     history = client.get_metric_history(outcome.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(0, 1.0), (10, 0.5), (20, 1 / 3), (30, 0.25),
                                                     (40, 0.2)]
+
+
+def test_cells_keep_starting_while_recovery_writes_a_long_series(store, client, tmp_path):
+    # An ended kernel left a record of 50,000 points. Its recovery meets MLflow's first imports
+    # while cells run; those imports wait for a moment between cells, but the write itself must
+    # not hold the gate: it did, and each cell then waited up to GATE.WAIT_SECONDS for it.
+    # A process of its own, so MLflow is not imported yet, as in a kernel that just started.
+    root = tmp_path / "journal"
+    script = textwrap.dedent(f"""
+        import sys, threading, time
+        from nbtrack import threads
+        from nbtrack.threads import GATE
+        from nbtrack.durable.journal import KernelJournal
+        from nbtrack.durable.writer import recover
+        from nbtrack.record import CellRecord, Series
+
+        loss = Series("loss")
+        for step in range(50_000):
+            loss.add(1.0 / (step + 1), step, 1_000 + step)
+        ended = KernelJournal.create({str(root)!r})
+        ended.keep(CellRecord("exp", "long", 1_000, 2_000, "FINISHED", series=(loss,)), {store!r})
+        ended.close()  # as its kernel ended: the record stays, the folder can be claimed
+
+        def recorder_for(uri):
+            from nbtrack.store.recorder import Recorder  # imports MLflow: on the recovery thread
+            return Recorder(uri)
+
+        threads.install_import_guard()
+        GATE.WAIT_SECONDS = 600.0  # a cell waiting for the write would wait for all of it
+        recovered = threading.Event()
+        GATE.user_code_starts()  # a cell runs as the recovery starts
+        recovery = threads.start("recovery", lambda: (recover(recorder_for, root={str(root)!r}),
+                                                      recovered.set()))
+        cells_during_the_write = 0
+        while not recovered.is_set() and cells_during_the_write < 10:
+            GATE.user_code_ends()
+            time.sleep(0.05)  # between two cells: the recovery may import now
+            GATE.user_code_starts()  # the next cell
+            if "mlflow" in sys.modules and not recovered.is_set():
+                cells_during_the_write += 1
+        GATE.user_code_ends()
+        recovery.join(600)
+        print("cells during the write:", cells_during_the_write)
+        print("refused imports:", len(threads.IMPORT_GUARD.refused))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ}, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "cells during the write: 10" in done.stdout, done.stdout
+    assert int(done.stdout.split("refused imports: ")[1]) > 0  # the imports did meet cells
+    (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(step, 1.0 / (step + 1))
+                                                    for step in range(50_000)]
