@@ -152,7 +152,7 @@ def test_a_grid_on_ray_writes_to_the_team_server_as_its_user(ray_cluster, any_st
     experiment = any_store.name("rayteam")
     write_notebook(Path.cwd() / "team.ipynb", [
         "%load_ext nbtrack", "%%track -n fit\nscore = C * 10",
-        "import nbtrack\nnbtrack.flush()"], parameters="C = 1.0")
+        "import nbtrack\nnbtrack.flush(120)"], parameters="C = 1.0")
     done = ray_cli("team.ipynb", "--grid", "C=1,2", "--engine", "ray", "--address", ray_cluster,
                    "-e", experiment, cwd=Path.cwd())
     assert done.returncode == 0, done.stdout + done.stderr
