@@ -431,18 +431,14 @@ class Tracker:
         return self.active
 
 
-# The tracker of the kernel nbtrack is loaded into; nbtrack.log_metric & co. log through it.
-ACTIVE: dict[str, Tracker] = KERNEL
-
-
 def current() -> Tracker | None:
     """The tracker of the running kernel, or None when the extension is not loaded."""
-    return ACTIVE.get("tracker")
+    return KERNEL.get("tracker")
 
 
 def set_current(tracker: Tracker | None) -> None:
     """Install (or, with None, remove) the kernel's tracker."""
     if tracker is None:
-        ACTIVE.pop("tracker", None)
+        KERNEL.pop("tracker", None)
     else:
-        ACTIVE["tracker"] = tracker
+        KERNEL["tracker"] = tracker
