@@ -10,9 +10,8 @@ must never do while user code runs, because Python makes them process-wide:
   initialized module"). So every first import on an nbtrack thread happens while that thread holds
   the :data:`GATE`, which the kernel's main thread holds while it runs user code. An import
   guard (a ``sys.meta_path`` finder, installed with the extension) refuses any other first import
-  on an nbtrack thread with :class:`ImportNotNow`; the thread then imports what was refused with
-  the gate in hand, and does that piece of work again without it (:func:`with_imports`), so the
-  gate is held for imports, which are short, not for writes, which may be long.
+  on an nbtrack thread with :class:`ImportNotNow`; the thread then does that piece of work again
+  with the gate in hand (:func:`with_imports`).
 - **Draw.** matplotlib is not thread-safe (its mathtext parser is one object every figure shares):
   figure copies are drawn with the gate in hand.
 - **Touch warnings.** Warning filters are one list for the whole process: ``catch_warnings()``
@@ -31,12 +30,11 @@ nbtrack thread holds it waits for that piece of work, at most :attr:`IdleGate.WA
 
 from __future__ import annotations
 
-import importlib
 import sys
 import threading
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import TypeVar
 
 # Every thread nbtrack starts is named so; MLflow's log records and warnings from them are dropped.
@@ -67,6 +65,8 @@ class IdleGate:
         self._changed = threading.Condition(threading.Lock())
         self._user: int | None = None  # the thread running user code
         self._worker: int | None = None  # the nbtrack thread holding the gate
+        self._cells_waiting = 0  # executions waiting to start: they go before nbtrack's work
+        self._held: ExitStack | None = None  # what the worker entered with the gate
         # Entered around each piece of work done with the gate: the IPython layer makes its
         # shell visible there, as it is to a cell (pandas, imported by MLflow, asks get_ipython()
         # whether it runs in a kernel to choose its display width).
@@ -78,7 +78,11 @@ class IdleGate:
         """Called on the main thread as an execution begins."""
         with self._changed:
             if self._user is None:
-                self._changed.wait_for(lambda: self._worker is None, timeout=self.WAIT_SECONDS)
+                self._cells_waiting += 1
+                try:
+                    self._changed.wait_for(lambda: self._worker is None, timeout=self.WAIT_SECONDS)
+                finally:
+                    self._cells_waiting -= 1
                 self._user = threading.get_ident()
 
     def user_code_ends(self) -> None:
@@ -117,17 +121,49 @@ class IdleGate:
         if self.holds():
             yield
             return
-        me = threading.get_ident()
-        with self._changed:
-            self._changed.wait_for(lambda: self._user is None and self._worker is None)
-            self._worker = me
+        self._take()
         try:
-            with registries_kept(), self.surroundings():
-                yield
+            yield
         finally:
-            with self._changed:
-                self._worker = None
-                self._changed.notify_all()
+            self._give()
+
+    def let_user_code_in(self) -> None:
+        """Called by long work of nbtrack's between its pieces (a write of many metric batches):
+        if this thread holds the gate and an execution waits to start, let it start, and take the
+        gate back once no user code runs. A cell then waits for one piece, not for all the work.
+        """
+        if self._worker != threading.get_ident() or not self._cells_waiting:
+            return
+        self._give()
+        self._take()
+
+    def _take(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._user is None and self._worker is None
+                                   and not self._cells_waiting)
+            self._worker = threading.get_ident()
+        held = ExitStack()
+        try:
+            held.enter_context(registries_kept())
+            held.enter_context(self.surroundings())
+        except BaseException:
+            held.close()
+            self._release()
+            raise
+        self._held = held
+
+    def _give(self) -> None:
+        held, self._held = self._held, None
+        try:
+            if held is not None:
+                held.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._changed:
+            self._worker = None
+            self._changed.notify_all()
 
     def holds(self) -> bool:
         """Whether the calling thread holds the gate."""
@@ -149,33 +185,26 @@ class _ImportGuard:
         self._local = threading.local()
         # (thread name, module) of each refused import, for tests and for `nbtrack` debugging.
         self.refused: list[tuple[str, str]] = []
-        # Modules found missing when imported with the gate (optional dependencies MLflow probes
-        # for, such as pyspark): looking for them again finds nothing, and runs no module code.
-        self.missing: set[str] = set()
 
     def find_spec(self, name, path=None, target=None):
-        if not getattr(self._local, "guarded", False) or GATE.holds() or name in self.missing:
+        if not getattr(self._local, "guarded", False) or GATE.holds():
             return None
-        self._refusals().append(name)
+        self._local.refused = True
         self.refused.append((threading.current_thread().name, name))
         raise ImportNotNow(f"{name} imported on {threading.current_thread().name} without the gate")
-
-    def _refusals(self) -> list[str]:
-        if not hasattr(self._local, "names"):
-            self._local.names = []
-        return self._local.names
 
     def guard_this_thread(self) -> None:
         self._local.guarded = True
 
     def refused_here(self) -> bool:
         """Whether an import was refused on this thread since :meth:`take_refusal` last looked."""
-        return bool(self._refusals())
+        return getattr(self._local, "refused", False)
 
-    def take_refusal(self) -> list[str]:
-        """The modules refused on this thread since the last call (and forget them)."""
-        names, self._local.names = self._refusals(), []
-        return names
+    def take_refusal(self) -> bool:
+        """Whether an import was refused on this thread since the last call (and forget it)."""
+        refused = getattr(self._local, "refused", False)
+        self._local.refused = False
+        return refused
 
 
 IMPORT_GUARD = _ImportGuard()
@@ -193,59 +222,24 @@ def remove_import_guard() -> None:
         sys.meta_path.remove(IMPORT_GUARD)
 
 
-# How many rounds of "import what was refused, with the gate; try again without it" one piece of
-# work gets before it is done with the gate in hand throughout.
-IMPORT_ROUNDS = 20
-
-
 def with_imports(work: Callable[[], T], redo: Callable[[T], bool] | None = None) -> T:
-    """Run ``work``; if it needed a first import (refused without the gate), import the refused
-    modules with the gate in hand and run ``work`` again without it. ``work`` must be safe to
-    repeat (the recorder resumes from its progress).
-
-    The gate is held for the imports only, not for the work: a write of a million points that
-    met its first MLflow import must not keep the next cell from starting until it is done. Work
-    still refused after :data:`IMPORT_ROUNDS` rounds, or whose refused module fails to import
-    (an optional dependency that is missing), is done with the gate throughout.
+    """Run ``work``; if it needed a first import (refused without the gate), run it again with
+    the gate in hand. ``work`` must be safe to repeat (the recorder resumes from its progress).
 
     A refusal that library code caught and turned into an ordinary failure leaves ``work``'s
     result to say so: ``redo(result)`` tells whether that result is one to try again (a write the
     store "refused"). A result that is not is kept: work done must not be done twice.
     """
     IMPORT_GUARD.take_refusal()
-    for _ in range(IMPORT_ROUNDS):
-        try:
-            result = work()
-        except ImportNotNow:
-            refused = IMPORT_GUARD.take_refusal()
-        else:
-            refused = IMPORT_GUARD.take_refusal()
-            if not refused or redo is None or not redo(result):
-                return result
-        if not _import_with_gate(refused):
-            break
+    try:
+        result = work()
+    except ImportNotNow:
+        IMPORT_GUARD.take_refusal()
+    else:
+        if not IMPORT_GUARD.take_refusal() or redo is None or not redo(result):
+            return result
     with GATE.idle():
         return work()
-
-
-def _import_with_gate(names: list[str]) -> bool:
-    """Import ``names`` with the gate in hand. A module that does not exist is noted as missing
-    (the work's own import of it then fails as it would without nbtrack); False if one fails to
-    import for another reason, and the caller does all the work with the gate.
-    """
-    with GATE.idle():
-        for name in dict.fromkeys(names):
-            if name in sys.modules:
-                continue
-            try:
-                importlib.import_module(name)
-            except ModuleNotFoundError as error:
-                if error.name != name:  # the module exists; something it imports does not
-                    return False
-                IMPORT_GUARD.missing.add(name)
-            except Exception:  # noqa: BLE001 - whatever it raises, the work meets it with the gate
-                return False
-    return True
 
 
 def start(name: str, target: Callable[[], object], *, gated: bool = False) -> threading.Thread:

@@ -173,8 +173,8 @@ def test_series_points_reach_the_store_with_their_steps(store, client, tmp_path)
 
 def test_cells_keep_starting_while_recovery_writes_a_long_series(store, client, tmp_path):
     # An ended kernel left a record of 50,000 points. Its recovery meets MLflow's first imports
-    # while cells run; those imports wait for a moment between cells, but the write itself must
-    # not hold the gate: it did, and each cell then waited up to GATE.WAIT_SECONDS for it.
+    # while cells run, and is redone with the gate; that write must let waiting cells in between
+    # its batches: each cell waited up to GATE.WAIT_SECONDS for all of it.
     # A process of its own, so MLflow is not imported yet, as in a kernel that just started.
     root = tmp_path / "journal"
     script = textwrap.dedent(f"""

@@ -101,44 +101,53 @@ def test_a_cell_starting_while_nbtrack_holds_the_gate_waits_for_that_work(guard)
     assert events == ["nbtrack's work done", "cell runs"]
 
 
-def test_with_imports_imports_with_the_gate_then_redoes_the_work_without_it(guard, tmp_path,
-                                                                           monkeypatch):
-    # The gate is held for the refused import only: a cell may start while the work (a long
-    # write, say) is redone. Holding it for the whole redo kept cells waiting up to
-    # GATE.WAIT_SECONDS each while a recovered journal's million points were written.
-    name = f"nbtrack_probe_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(
-        "from nbtrack.threads import GATE\nIMPORTED_WITH_THE_GATE = GATE.holds()\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_long_work_with_the_gate_lets_a_waiting_cell_in_between_its_pieces(guard, monkeypatch):
+    # A recovered journal's write of a million points, redone with the gate, kept each following
+    # cell waiting up to GATE.WAIT_SECONDS. Between two pieces of work, a waiting cell goes first.
     monkeypatch.setattr(GATE, "WAIT_SECONDS", 60.0)
     events: list[str] = []
-    redoing, cell_ran = threading.Event(), threading.Event()
+    first_piece_done, cell_waiting = threading.Event(), threading.Event()
+
+    def work():
+        for piece in range(3):
+            if piece == 1:
+                first_piece_done.set()
+                cell_waiting.wait(30)
+                wait_until(lambda: GATE._cells_waiting, "the cell waiting for the gate")
+            GATE.let_user_code_in()
+            assert GATE.holds()  # each piece is done with the gate
+            events.append(f"piece {piece}")
+
+    worker = threads.start("test-pieces", work, gated=True)
+    first_piece_done.wait(30)
+
+    def cell():
+        cell_waiting.set()
+        GATE.user_code_starts()
+        events.append("cell runs")
+        GATE.user_code_ends()
+
+    main = threading.Thread(target=cell)
+    main.start()
+    main.join(30)
+    worker.join(30)
+    assert events == ["piece 0", "cell runs", "piece 1", "piece 2"]
+
+
+def test_with_imports_redoes_refused_work_with_the_gate(guard, fresh_module):
+    attempts: list[bool] = []
     GATE.user_code_starts()
 
     def work():
-        events.append(f"attempt, gate held: {GATE.holds()}")
-        module = __import__(name)
-        redoing.set()
-        cell_ran.wait(10)  # the old way (the redo with the gate) made the cell wait for this
-        events.append("work done")
-        return module.IMPORTED_WITH_THE_GATE
+        attempts.append(GATE.holds())
+        return __import__(fresh_module).VALUE
 
     results = []
     thread = threads.start("test-with-imports", lambda: results.append(threads.with_imports(work)))
-    try:
-        wait_until(lambda: events, "the first attempt")
-        GATE.user_code_ends()
-        redoing.wait(30)
-        GATE.user_code_starts()  # the next cell starts while the work is redone
-        events.append("cell runs")
-        cell_ran.set()
-        GATE.user_code_ends()
-        thread.join(30)
-    finally:
-        sys.modules.pop(name, None)
-    assert events == ["attempt, gate held: False", "attempt, gate held: False", "cell runs",
-                      "work done"]
-    assert results == [True]  # the module itself was imported with the gate
+    wait_until(lambda: len(attempts) == 1, "the first attempt")
+    GATE.user_code_ends()
+    thread.join(30)
+    assert attempts == [False, True] and results == [42]
 
 
 def test_an_import_refused_and_swallowed_by_library_code_is_redone_when_it_failed(guard,
@@ -214,28 +223,3 @@ def test_work_done_despite_a_swallowed_refusal_is_not_done_twice(guard, fresh_mo
     thread.join(30)
     GATE.user_code_ends()
     assert done == [1] and results == ["written"]
-
-
-def test_an_optional_module_that_is_missing_fails_to_import_as_it_would_without_nbtrack(guard):
-    # MLflow probes for optional packages (pyspark) with try/except ImportError. The refused probe
-    # is found missing with the gate; the work then meets ModuleNotFoundError, not a refusal, and
-    # its redo runs without the gate like any other.
-    missing = f"nbtrack_missing_{uuid.uuid4().hex[:8]}"
-    attempts: list[bool] = []
-    GATE.user_code_starts()
-
-    def work():
-        attempts.append(GATE.holds())
-        try:
-            __import__(missing)
-        except ImportError:  # ImportNotNow is not an ImportError: a refusal passes through
-            return "without the optional module"
-        return "with it"
-
-    results = []
-    thread = threads.start("test-missing", lambda: results.append(threads.with_imports(work)))
-    wait_until(lambda: attempts, "the first attempt")
-    GATE.user_code_ends()
-    thread.join(30)
-    assert attempts == [False, False] and results == ["without the optional module"]
-    assert missing in guard.missing
