@@ -198,6 +198,12 @@ def test_ctrl_c_stops_a_search_with_one_line_and_the_same_command_resumes_it(tmp
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
 
 
+def trial_runs(client, experiment: str) -> tuple[list, dict]:
+    """Every run of a search's experiment, and its cells' runs by trial number."""
+    every = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return every, {int(r.data.tags["nbtrack.trial"]): r for r in cell_runs(every)}
+
+
 def test_prune_stops_trials_behind_the_median_and_keeps_their_points(tmp_path, store, client):
     """Trials 0 and 1 climb fast; later ones slowly (the curve depends on the trial number, so the
     test knows which fall behind). With --prune after two trials, the slow ones stop early, end
@@ -215,9 +221,7 @@ def test_prune_stops_trials_behind_the_median_and_keeps_their_points(tmp_path, s
                        "--objective", "score", "--prune", "--prune-startup", "2", "--seed", "1",
                        "-e", "pruned", "--no-progress", cwd=notebook.parent)
     assert done.returncode == 0, done.stdout + done.stderr
-    experiment = client.get_experiment_by_name("pruned")
-    every = client.search_runs([experiment.experiment_id])
-    runs = {int(r.data.tags["nbtrack.trial"]): r for r in cell_runs(every)}
+    every, runs = trial_runs(client, "pruned")
     assert sorted(runs) == [0, 1, 2, 3]
     for number in (0, 1):
         assert runs[number].info.status == "FINISHED" and "nbtrack.pruned" not in runs[number].data.tags
@@ -261,9 +265,7 @@ def test_prune_hears_a_frameworks_curve_while_it_trains(tmp_path, store, client)
                        "-j", "2", "-e", "keras-pruned", "--no-progress", cwd=notebook.parent,
                        env={"KERAS_BACKEND": "torch"})
     assert done.returncode == 0, done.stdout + done.stderr
-    experiment = client.get_experiment_by_name("keras-pruned")
-    every = client.search_runs([experiment.experiment_id])
-    runs = {int(r.data.tags["nbtrack.trial"]): r for r in cell_runs(every)}
+    every, runs = trial_runs(client, "keras-pruned")
     assert sorted(runs) == [0, 1, 2, 3]
     for number in (0, 1):
         assert runs[number].info.status == "FINISHED", done.stdout
