@@ -31,6 +31,8 @@ from nbtrack.threads import GATE, IMPORT_GUARD
 # MLflow's per-call limits for log_batch (mlflow.utils.validation).
 PARAMS_TAGS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
+# Set on the run as it is created, and noted in the journal before: see Recorder._create_run.
+WRITE_TOKEN_TAG = "nbtrack.write_token"
 
 
 class Recorder:
@@ -92,6 +94,30 @@ class Recorder:
         self._experiment_ids[name] = experiment_id
         return experiment_id
 
+    def _create_run(self, client, record: CellRecord, progress: dict, save_progress) -> str:
+        """Create the record's run, or find the one an attempt cut short made. The run carries
+        a token the journal notes first: an attempt stopped between the store making the run and
+        the journal noting its id (an import refused inside ``create_run`` after its insert, or
+        a kernel killed there) must not leave a second, RUNNING run when it is done again.
+        """
+        experiment_id = self.experiment_id(record.experiment)
+        token = progress.get("token")
+        if token is not None:
+            from mlflow.entities import ViewType
+
+            made = client.search_runs([experiment_id], f"tags.`{WRITE_TOKEN_TAG}` = '{token}'",
+                                      run_view_type=ViewType.ALL, max_results=1)
+            if made:
+                return made[0].info.run_id
+        else:
+            import uuid
+
+            progress["token"] = token = uuid.uuid4().hex
+            save_progress(progress)
+        return client.create_run(experiment_id, start_time=record.start_time_ms,
+                                 run_name=record.run_name,
+                                 tags={WRITE_TOKEN_TAG: token}).info.run_id
+
     def open_run(self, experiment: str, run_name: str, start_time_ms: int,
                  tags: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
         """Create a run and make it MLflow's active run, so the cell's own ``mlflow.log_*`` calls
@@ -140,11 +166,7 @@ class Recorder:
             client = self.client
             run_id = progress.get("run_id") or record.run_id
             if run_id is None:
-                run_id = client.create_run(
-                    self.experiment_id(record.experiment),
-                    start_time=record.start_time_ms,
-                    run_name=record.run_name,
-                ).info.run_id
+                run_id = self._create_run(client, record, progress, save_progress)
                 progress["run_id"] = run_id
                 save_progress(progress)
         except Exception as error:

@@ -223,3 +223,34 @@ def test_cells_keep_starting_while_recovery_writes_a_long_series(store, client, 
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(step, 1.0 / (step + 1))
                                                     for step in range(50_000)]
+
+
+def test_a_write_cut_short_right_after_the_store_made_its_run_makes_no_second_run(
+        store, client, tmp_path, monkeypatch):
+    # The import-race test found a run in the store twice, one left RUNNING: an attempt stopped
+    # after create_run's insert and before the journal noted the run's id, then was done again.
+    from nbtrack.threads import ImportNotNow
+
+    journal = KernelJournal.create(tmp_path / "journal")
+    entry = journal.keep(a_record("one", 1_000), store)
+    recorder = Recorder(store)
+    real_create_run = recorder.client.create_run
+    cut: list[str] = []
+
+    def create_run_then_cut(*args, **kwargs):
+        run = real_create_run(*args, **kwargs)
+        if not cut:  # the injected fault: an import refused inside create_run, after its insert
+            cut.append(run.info.run_id)
+            raise ImportNotNow("injected: an import refused after the run was made")
+        return run
+
+    monkeypatch.setattr(recorder.client, "create_run", create_run_then_cut)
+    try:
+        write_entry(recorder, journal, entry)
+    except ImportNotNow:
+        pass
+    assert cut, "the fault was not injected"
+    outcome = write_entry(recorder, journal, entry)
+    assert outcome.run_id == cut[0] and outcome.problems == ()
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("one", "FINISHED")]

@@ -94,7 +94,7 @@ def test_a_write_cut_short_resumes_in_the_same_run_without_repeating_parts(store
 
     def save_and_die_after_values(progress):
         # The injected fault: the kernel dies right after the journal noted the values written.
-        saved.append({"run_id": progress["run_id"], "done": list(progress.get("done", []))})
+        saved.append({"run_id": progress.get("run_id"), "done": list(progress.get("done", []))})
         if "values" in progress.get("done", []):
             raise KernelDied
 
